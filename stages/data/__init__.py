@@ -1,0 +1,1 @@
+"""Datasets: sources for `prepare`, ImageFolders in and out, batched augmentation."""

@@ -1,0 +1,96 @@
+"""Batched augmentation driven by an explicit per-epoch plan.
+
+A plan fixes, for one epoch, the image order, each slot's crop box and flip, and each batch's mix
+partner, λ and cutmix box. Teacher training, online-KD, hard-label training and FKD relabelling all
+draw plans from the same function; FKD stores them in Parquet, so replaying an epoch rebuilds the
+exact crops the teacher saw. Rendering works on a whole batch at once (one roi_align call), never on
+PIL images one by one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+from stages.data.folder import normalise
+
+
+@dataclass(frozen=True)
+class Augment:
+    crop_scale: tuple[float, float]  # area fraction of RandomResizedCrop boxes; (1, 1) = no crop
+    flip: bool
+    mix: str  # "cutmix" | "mixup" | "none"
+    mix_alpha: float
+    image_size: int
+
+
+@dataclass
+class EpochPlan:
+    batch_size: int
+    mix: str
+    order: np.ndarray  # int64 [N] image index of each slot
+    boxes: np.ndarray  # float32 [N, 4] crop (top, left, height, width) as fractions of the image
+    flips: np.ndarray  # bool [N]
+    partner: np.ndarray  # int64 [N] in-batch position of the slot's mix partner
+    lam: np.ndarray  # float32 [N] weight of the slot's own image (one value per batch)
+    cut: np.ndarray  # int64 [N, 4] cutmix box y0, y1, x0, x1 in output pixels (one per batch)
+
+    def batches(self) -> list[slice]:
+        n = len(self.order)
+        return [slice(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
+
+
+def plan_epoch(n: int, batch_size: int, rng: np.random.Generator, aug: Augment) -> EpochPlan:
+    order = rng.permutation(n)
+    area = rng.uniform(*aug.crop_scale, size=n)
+    ratio = np.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3), size=n))
+    width = np.minimum(np.sqrt(area * ratio), 1.0)
+    height = np.minimum(np.sqrt(area / ratio), 1.0)
+    top = rng.uniform(size=n) * (1 - height)
+    left = rng.uniform(size=n) * (1 - width)
+    boxes = np.stack([top, left, height, width], 1).astype(np.float32)
+    flips = rng.uniform(size=n) < 0.5 if aug.flip else np.zeros(n, bool)
+
+    partner, lam, cut = np.arange(n), np.ones(n, np.float32), np.zeros((n, 4), np.int64)
+    size = aug.image_size
+    for s in range(0, n, batch_size):
+        e = min(s + batch_size, n)
+        if aug.mix == "none":
+            partner[s:e] = np.arange(e - s)
+            continue
+        partner[s:e] = rng.permutation(e - s)
+        weight = rng.beta(aug.mix_alpha, aug.mix_alpha)
+        if aug.mix == "cutmix":  # box of area (1 - λ), then λ corrected to the clipped box
+            side = math.sqrt(1 - weight)
+            cy, cx = rng.integers(size, size=2)
+            h, w = int(size * side), int(size * side)
+            y0, y1 = np.clip([cy - h // 2, cy + h // 2], 0, size)
+            x0, x1 = np.clip([cx - w // 2, cx + w // 2], 0, size)
+            cut[s:e] = (y0, y1, x0, x1)
+            weight = 1 - (y1 - y0) * (x1 - x0) / size ** 2
+        lam[s:e] = weight
+    return EpochPlan(batch_size, aug.mix, order, boxes, flips, partner, lam, cut)
+
+
+def render(images: torch.Tensor, plan: EpochPlan, batch: slice, mean, std, size: int) -> torch.Tensor:
+    """The normalised, cropped, flipped and mixed float batch for one slice of a plan."""
+    src = images[torch.from_numpy(plan.order[batch])].float().div_(255)
+    _, _, h, w = src.shape
+    top, left, bh, bw = torch.from_numpy(plan.boxes[batch]).unbind(1)
+    rois = torch.stack([torch.arange(len(src), dtype=torch.float32), left * w, top * h,
+                        (left + bw) * w, (top + bh) * h], 1)
+    x = roi_align(src, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    flips = torch.from_numpy(plan.flips[batch]).view(-1, 1, 1, 1)
+    x = normalise(torch.where(flips, x.flip(3), x), mean, std)
+    if plan.mix == "none":
+        return x
+    partner = torch.from_numpy(plan.partner[batch])
+    if plan.mix == "mixup":
+        lam = float(plan.lam[batch][0])
+        return lam * x + (1 - lam) * x[partner]
+    y0, y1, x0, x1 = (int(v) for v in plan.cut[batch][0])
+    x[:, :, y0:y1, x0:x1] = x[partner][:, :, y0:y1, x0:x1]
+    return x

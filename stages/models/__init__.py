@@ -1,0 +1,70 @@
+"""Architecture registry, and teacher checkpoints (safetensors weights + meta.json) in and out."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from stages.pipeline.errors import PipelineError
+from stages.models.convnet import ConvNet
+from stages.models.resnet import resnet18_modified, resnetap10
+
+OUR_ARCHS = {"convnet": ConvNet, "resnet18_modified": resnet18_modified, "resnetap10": resnetap10}
+
+
+def torchvision_archs() -> set[str]:
+    import torchvision
+
+    return set(torchvision.models.list_models(module=torchvision.models))
+
+
+def is_registered(arch: str) -> bool:
+    return arch in OUR_ARCHS or arch in torchvision_archs()
+
+
+def build(arch: str, num_classes: int, image_size: int, config: dict | None = None) -> nn.Module:
+    """Our small-image nets take `config` (width, depth, norm); torchvision archs are built by name."""
+    if arch in OUR_ARCHS:
+        return OUR_ARCHS[arch](num_classes, image_size, **(config or {}))
+    if arch in torchvision_archs():
+        import torchvision
+
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    raise PipelineError(f"unknown arch {arch!r}: register it in stages/models or use a torchvision name")
+
+
+def save_checkpoint(model: nn.Module, out_dir: Path, meta: dict) -> None:
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out_dir / "model.safetensors", metadata={"arch": meta["arch"]})
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a model from meta.json and load its safetensors weights (no pickle). Returns (eval model, meta)."""
+    model_dir = Path(model_dir)
+    meta_path, weights_path = model_dir / "meta.json", model_dir / "model.safetensors"
+    for path in (meta_path, weights_path):
+        if not path.exists():
+            raise PipelineError(f"{path}: missing; train the teacher first (dvc repro teacher)")
+    meta = json.loads(meta_path.read_text())
+    if classes_sha256 is not None and meta["classes_sha256"] != classes_sha256:
+        raise PipelineError(
+            f"{meta_path}: trained on another class order (classes_sha256 {meta['classes_sha256'][:12]}, "
+            f"data has {classes_sha256[:12]}); retrain it on this dataset"
+        )
+    model = build(meta["arch"], meta["num_classes"], meta["image_size"], meta["config"])
+    try:
+        model.load_state_dict(load_file(weights_path))
+    except RuntimeError as e:
+        raise PipelineError(f"{weights_path}: does not fit arch {meta['arch']!r}: {e}") from None
+    return model.eval(), meta
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits for already-normalised float images, in eval mode, batched."""
+    model.eval()
+    return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])

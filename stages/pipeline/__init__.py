@@ -1,0 +1,1 @@
+"""What every stage shares: validated params, errors, atomic outputs, cards, seeds, the CLI wrapper."""

@@ -1,0 +1,171 @@
+"""params.yaml, loaded through one validated schema.
+
+Defaults live in params.yaml, not here: every field is required, so a missing key is an error too.
+An unknown key, a wrong type or an impossible value stops with one message naming key and value.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stages.pipeline.errors import ParamsError
+from stages.models import OUR_ARCHS, is_registered
+
+Positive = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _check_scale(value: list[float]) -> list[float]:
+    if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
+        raise ValueError("must be [min, max] with 0 < min <= max <= 1")
+    return value
+
+
+class Prepare(Section):
+    image_size: Positive
+    val_fraction: Fraction
+    root: Optional[str]
+    download: bool
+    classes: Optional[list[str]]
+    on_corrupt: Literal["fail", "skip"]
+
+
+class ArchConfig(Section):
+    width: Positive
+    depth: Optional[Positive] = None
+    norm: Literal["batch", "instance"]
+
+
+class Teacher(Section):
+    archs: Annotated[list[str], Field(min_length=1)]
+    epochs: Positive
+    batch_size: Positive
+    lr: PositiveFloat
+    momentum: NonNegFloat
+    weight_decay: NonNegFloat
+    crop_scale: list[float]
+    flip: bool
+
+    _scale = field_validator("crop_scale")(_check_scale)
+
+    @field_validator("archs")
+    @classmethod
+    def _registered(cls, archs: list[str]) -> list[str]:
+        for arch in archs:
+            if not is_registered(arch):
+                raise ValueError(f"arch {arch!r} is not registered (ours or a torchvision model name)")
+        return archs
+
+
+class Evaluate(Section):
+    student: str
+    teacher: str
+    protocols: Annotated[list[Literal["fkd", "teacher", "hard"]], Field(min_length=1)]
+    seeds: Positive
+    epochs: Positive
+    full_epochs: Positive
+    batch_size: Union[Literal["auto"], Positive]
+    optimizer: Literal["adamw", "sgd"]
+    lr: PositiveFloat
+    weight_decay: NonNegFloat
+    temperature: PositiveFloat
+    crop_scale: list[float]
+    flip: bool
+    mix: Literal["cutmix", "mixup", "none"]
+    mix_alpha: PositiveFloat
+    eval_points: Positive
+
+    _scale = field_validator("crop_scale")(_check_scale)
+
+    @field_validator("student")
+    @classmethod
+    def _registered(cls, arch: str) -> str:
+        if not is_registered(arch):
+            raise ValueError(f"arch {arch!r} is not registered (ours or a torchvision model name)")
+        return arch
+
+
+class Params(Section):
+    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
+    ipc: Positive
+    seed: Annotated[int, Field(ge=0)]
+    prepare: Prepare
+    models: dict[str, ArchConfig]
+    teacher: Teacher
+    evaluate: Evaluate
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: dict) -> dict:
+        for name in models:
+            if name not in OUR_ARCHS:
+                raise ValueError(f"{name!r} is not one of our architectures {sorted(OUR_ARCHS)}")
+        return models
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Params":
+        for arch in [*self.teacher.archs, self.evaluate.student]:
+            if arch in OUR_ARCHS and arch not in self.models:
+                raise ValueError(f"models.{arch} = None: arch {arch!r} is used but has no config")
+        if self.evaluate.teacher not in self.teacher.archs:
+            raise ValueError(
+                f"evaluate.teacher = {self.evaluate.teacher!r}: not one of teacher.archs {self.teacher.archs}"
+            )
+        if self.dataset in ("cifar10", "cifar100", "imagefolder") and self.prepare.root is None:
+            raise ValueError(f"prepare.root = None: dataset {self.dataset!r} needs a source folder")
+        return self
+
+
+def _describe(err: ValidationError, raw: dict, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}"
+    if first["type"] == "missing":
+        return f"{source}: missing key {key!r}"
+    if not key:  # a model-level check already names its key and value
+        return f"{source}: {msg}"
+    return f"{source}: {key} = {first['input']!r}: {msg}"
+
+
+def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Params:
+    """Load and validate params; once `prepare` ran, also check `ipc` against the class sizes."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_describe(e, raw, str(path))) from None
+    check_ipc(params, Path(data_root) / params.dataset / "meta.json", str(path))
+    return params
+
+
+def check_ipc(params: Params, meta_path: Path, source: str = "params.yaml") -> None:
+    """ipc must not exceed the smallest train class (known once `prepare` wrote meta.json)."""
+    if not meta_path.exists():
+        return
+    counts = json.loads(meta_path.read_text())["train_counts"]
+    smallest = min(counts, key=counts.get)
+    if params.ipc > counts[smallest]:
+        raise ParamsError(
+            f"{source}: ipc = {params.ipc}: above the smallest class size "
+            f"({counts[smallest]} train images in class {smallest!r})"
+        )

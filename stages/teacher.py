@@ -1,0 +1,71 @@
+"""teacher@<arch>: train a classifier on the prepared train set (SGD, cosine, crop/flip).
+
+Writes model.safetensors, meta.json (arch, config, class-order hash, normalisation, input size),
+metrics.json (val top-1/top-5) and dvclive curves under live/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+
+from stages.data.augment import Augment, plan_epoch
+from stages.data.folder import load_imagefolder, read_classes
+from stages.models import build, save_checkpoint
+from stages.pipeline import cli, params
+from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.seeds import derive_seed
+from stages.training.loop import Optim, hard_loss, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", required=True)
+    parser.add_argument("--data", required=True, help="data/<dataset>")
+    parser.add_argument("--out", required=True, help="artifacts/<dataset>/teachers/<arch>")
+    args = parser.parse_args()
+    p = params.load()
+    t = p.teacher
+    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    classes = read_classes(args.data)
+    size, norm = data_meta["image_size"], (data_meta["mean"], data_meta["std"])
+    trainset = load_imagefolder(Path(args.data) / "train", classes, size)
+    valset = load_imagefolder(Path(args.data) / "val", classes, size)
+
+    torch.manual_seed(derive_seed(p.seed, "teacher", args.arch))
+    config = p.models[args.arch].model_dump() if args.arch in p.models else None
+    model = build(args.arch, len(classes), size, config)
+    rng = np.random.default_rng(derive_seed(p.seed, "teacher", args.arch, "augment"))
+    augment = Augment(tuple(t.crop_scale), t.flip, "none", 1.0, size)
+
+    with atomic_dir(args.out) as tmp, Live(str(tmp / "live"), dvcyaml=False, save_dvc_exp=False) as live:
+        def log(epoch: int, values: dict) -> None:
+            live.step = epoch
+            live.log_metric("train/loss", values["loss"])
+            live.log_metric("val/top1", values["top1"])
+            live.log_metric("val/top5", values["top5"])
+
+        history = train(model, trainset, norm, t.epochs, t.batch_size,
+                        lambda epoch: (plan_epoch(len(trainset), t.batch_size, rng, augment), None),
+                        hard_loss, Optim("sgd", t.lr, t.weight_decay, t.momentum),
+                        (valset.normalised(*norm), valset.labels), eval_points=t.epochs,
+                        desc=f"teacher {args.arch}", on_eval=log)
+        summary = history.summary()
+        save_checkpoint(model, tmp, {
+            "arch": args.arch, "config": config, "num_classes": len(classes), "image_size": size,
+            "mean": norm[0], "std": norm[1], "classes_sha256": data_meta["classes_sha256"],
+            "epochs": t.epochs, "val_top1": summary["top1"],
+        })
+        write_json(tmp / "metrics.json", {k: round(v, 6) if isinstance(v, float) else v
+                                          for k, v in summary.items() if k not in ("train_seconds",
+                                                                                   "images_per_second")})
+    print(f"teacher {args.arch}: val top-1 {summary['top1']:.4f} (best {summary['top1_best']:.4f} at epoch "
+          f"{summary['best_epoch']}), {summary['images_per_second']:.0f} img/s → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

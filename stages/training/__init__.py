@@ -1,0 +1,1 @@
+"""Training: one loop for teachers and students, losses per protocol, FKD soft-label files."""

@@ -1,0 +1,129 @@
+"""One training loop for teachers and students: plans in, cosine-scheduled steps, periodic validation."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from stages.data.augment import EpochPlan, render
+from stages.data.folder import ImageSet
+from stages.models import predict
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # normalised, augmented, mixed
+    labels: torch.Tensor
+    partner_labels: torch.Tensor
+    lam: float
+    soft: torch.Tensor | None = None  # stored teacher logits (FKD) for exactly this batch
+
+
+@dataclass
+class Optim:
+    name: str  # "sgd" | "adamw"
+    lr: float
+    weight_decay: float
+    momentum: float = 0.9
+
+
+@dataclass
+class History:
+    epochs: list[int] = field(default_factory=list)
+    top1: list[float] = field(default_factory=list)
+    top5: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    images_seen: int = 0
+
+    def summary(self) -> dict:
+        best = max(range(len(self.top1)), key=self.top1.__getitem__)
+        return {"top1": self.top1[-1], "top5": self.top5[-1], "top1_best": self.top1[best],
+                "top5_best": self.top5[best], "best_epoch": self.epochs[best], "train_seconds": self.seconds,
+                "images_per_second": self.images_seen / max(self.seconds, 1e-9)}
+
+
+def hard_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    if batch.lam == 1.0:
+        return F.cross_entropy(logits, batch.labels)
+    return batch.lam * F.cross_entropy(logits, batch.labels) + (1 - batch.lam) * F.cross_entropy(
+        logits, batch.partner_labels)
+
+
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(student ‖ teacher) at temperature T, batch mean (SRe2L/RDED: no T² factor)."""
+    return F.kl_div(F.log_softmax(logits / temperature, 1), F.softmax(teacher_logits.float() / temperature, 1),
+                    reduction="batchmean")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    logits = predict(model, images)
+    top = logits.topk(min(5, logits.shape[1]), 1).indices
+    top1 = (top[:, 0] == labels).float().mean().item()
+    top5 = (top == labels[:, None]).any(1).float().mean().item()
+    return top1, top5
+
+
+def eval_epochs(epochs: int, points: int) -> set[int]:
+    """`points` evenly spaced validation epochs (1-based), always including the last."""
+    step = max(1, epochs // points)
+    return {e for e in range(step, epochs + 1, step)} | {epochs}
+
+
+def make_optimizer(model: nn.Module, cfg: Optim) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int, batch_size: int,
+          plans: Callable[[int], tuple[EpochPlan, torch.Tensor | None]],
+          loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor], optim: Optim,
+          val: tuple[torch.Tensor, torch.Tensor], eval_points: int, desc: str,
+          on_eval: Callable[[int, dict], None] | None = None) -> History:
+    """Train for `epochs`; `plans(e)` gives epoch e's plan and, for FKD, its stored logits."""
+    size = data.images.shape[-1]
+    steps_per_epoch = math.ceil(len(data) / batch_size)
+    optimizer = make_optimizer(model, optim)
+    total = max(1, epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    checkpoints, history = eval_epochs(epochs, eval_points), History()
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", mininterval=1, leave=False)
+    start = time.perf_counter()
+    for epoch in bar:
+        plan, logits = plans(epoch)
+        model.train()
+        running = 0.0
+        for batch_slice in plan.batches():
+            idx = torch.from_numpy(plan.order[batch_slice])
+            labels = data.labels[idx]
+            batch = Batch(render(data.images, plan, batch_slice, *norm, size), labels,
+                          labels[torch.from_numpy(plan.partner[batch_slice])], float(plan.lam[batch_slice][0]),
+                          None if logits is None else logits[batch_slice])
+            loss = loss_fn(model(batch.x), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += loss.item() * len(idx)
+            history.images_seen += len(idx)
+        if epoch + 1 in checkpoints:
+            history.seconds += time.perf_counter() - start
+            top1, top5 = accuracy(model, *val)
+            start = time.perf_counter()
+            history.epochs.append(epoch + 1)
+            history.top1.append(top1)
+            history.top5.append(top5)
+            history.loss.append(running / len(data))
+            bar.set_postfix(loss=f"{running / len(data):.3f}", top1=f"{top1:.3f}")
+            if on_eval:
+                on_eval(epoch + 1, {"loss": running / len(data), "top1": top1, "top5": top5})
+    history.seconds += time.perf_counter() - start
+    return history
