@@ -84,7 +84,7 @@ def render(images: torch.Tensor, plan: EpochPlan, batch: slice, mean, std, size:
                         (left + bw) * w, (top + bh) * h], 1)
     x = roi_align(src, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     flips = torch.from_numpy(plan.flips[batch]).view(-1, 1, 1, 1)
-    x = normalise(torch.where(flips, x.flip(3), x), mean, std)
+    x = normalise(torch.where(flips, x.flip(3), x), mean, std).contiguous(memory_format=torch.channels_last)
     if plan.mix == "none":
         return x
     partner = torch.from_numpy(plan.partner[batch])

@@ -1,0 +1,110 @@
+"""evaluate@<set>: train fresh students on a distilled set with the shared recipe; report val accuracy.
+
+Protocols (evaluate.protocols): `fkd` replays relabel's stored crops and soft labels, `teacher`
+distils the teacher online, `hard` is cross-entropy on each image's own label. Every protocol trains
+`evaluate.seeds` students; metrics hold final and best (labelled) top-1/top-5 as mean ± std.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.data.augment import plan_epoch
+from stages.data.distilled import load_set, images_root
+from stages.data.folder import load_imagefolder, read_classes
+from stages.models import build, load_checkpoint
+from stages.pipeline import cli, params
+from stages.pipeline.errors import DataError
+from stages.pipeline.outputs import dir_bytes, write_json
+from stages.pipeline.seeds import derive_seed
+from stages.training.loop import Optim, hard_loss, kd_loss, train
+from stages.training.recipe import eval_augment, eval_batch_size
+from stages.training.soft_labels import epoch_file, read_epoch
+
+
+def fkd_plans(labels_dir: Path, epochs: int, batch_size: int, num_images: int):
+    meta_path = labels_dir / "fkd.json"
+    if not meta_path.exists():
+        raise DataError(f"{meta_path}: missing; run relabel for this set first")
+    meta = json.loads(meta_path.read_text())
+    if meta["epochs"] < epochs or meta["batch_size"] != batch_size or meta["num_images"] != num_images:
+        raise DataError(f"{meta_path}: stored {meta['epochs']} epochs x batch {meta['batch_size']} for "
+                        f"{meta['num_images']} images; evaluate needs {epochs} x {batch_size} for {num_images}")
+    return lambda epoch: read_epoch(epoch_file(labels_dir, epoch))
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 6),
+            "std": round(statistics.stdev(values), 6) if len(values) > 1 else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--set", required=True, help="distilled set folder (with card.json)")
+    parser.add_argument("--labels", required=True, help="relabel output (FKD soft labels) of this set")
+    parser.add_argument("--teacher", required=True, help="teacher folder, for the `teacher` protocol")
+    parser.add_argument("--data", required=True, help="data/<dataset>")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    args = parser.parse_args()
+    p = params.load()
+    cfg = p.evaluate
+    started = time.perf_counter()
+    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    classes = read_classes(args.data)
+    card, images = load_set(args.set, args.data)
+    size, norm = data_meta["image_size"], (data_meta["mean"], data_meta["std"])
+    valset = load_imagefolder(Path(args.data) / "val", classes, size)
+    val = (valset.normalised(*norm), valset.labels)
+    teacher, _ = load_checkpoint(args.teacher, data_meta["classes_sha256"])
+    batch_size = eval_batch_size(cfg, len(images), len(classes))
+    augment = eval_augment(cfg, size)
+    student_config = p.models[cfg.student].model_dump() if cfg.student in p.models else None
+
+    def online_kd(logits, batch):
+        with torch.no_grad():
+            target = teacher(batch.x)
+        return kd_loss(logits, target, cfg.temperature)
+
+    losses = {"fkd": lambda logits, batch: kd_loss(logits, batch.soft, cfg.temperature),
+              "teacher": online_kd, "hard": hard_loss}
+    results = {}
+    for protocol in cfg.protocols:
+        runs = []
+        for s in range(cfg.seeds):
+            torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
+            student = build(cfg.student, len(classes), size, student_config)
+            if protocol == "fkd":
+                plans = fkd_plans(Path(args.labels), args.epochs, batch_size, len(images))
+            else:
+                rng = np.random.default_rng(derive_seed(p.seed, "evaluate", protocol, s, "augment"))
+                plans = lambda epoch, rng=rng: (plan_epoch(len(images), batch_size, rng, augment), None)
+            history = train(student, images, norm, args.epochs, batch_size, plans, losses[protocol],
+                            Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
+                            desc=f"evaluate {card.method} {protocol} seed {s}")
+            runs.append(history.summary())
+            print(f"evaluate {card.method} [{protocol} seed {s}]: top-1 {runs[-1]['top1']:.4f} "
+                  f"(best {runs[-1]['top1_best']:.4f}), {runs[-1]['images_per_second']:.0f} img/s")
+        results[protocol] = {
+            **{k: mean_std([r[k] for r in runs]) for k in ("top1", "top5", "top1_best", "top5_best")},
+            "per_seed_top1": [round(r["top1"], 6) for r in runs],
+            "train_seconds": round(sum(r["train_seconds"] for r in runs), 2),
+        }
+    write_json(args.out, {
+        "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
+        "bytes": dir_bytes(images_root(Path(args.set), card)), "student": cfg.student, "epochs": args.epochs,
+        "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results,
+        "note": "top1/top5 are after the last epoch; *_best are the max over validation points (optimistic)",
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    })
+    print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in results.items()))
+
+
+if __name__ == "__main__":
+    cli.run(main)

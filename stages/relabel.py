@@ -1,0 +1,64 @@
+"""relabel@<set>: FKD soft labels for a distilled set, one Parquet file per evaluation epoch.
+
+For each epoch the evaluation recipe's augmentation plan is drawn (image order, crop box, flip, mix
+partner, λ, cutmix box), the teacher labels exactly those augmented batches, and plan + fp16 logits
+are stored. `evaluate --protocol fkd` replays the files: same crops, stored logits, no teacher.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stages.data.augment import plan_epoch, render
+from stages.data.distilled import load_set
+from stages.data.folder import read_classes
+from stages.models import load_checkpoint
+from stages.pipeline import cli, params
+from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline.seeds import derive_seed
+from stages.training.recipe import eval_augment, eval_batch_size
+from stages.training.soft_labels import epoch_file, write_epoch
+
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--set", required=True, help="distilled set folder (with card.json)")
+    parser.add_argument("--teacher", required=True, help="teacher folder (model.safetensors + meta.json)")
+    parser.add_argument("--data", required=True, help="data/<dataset>")
+    parser.add_argument("--epochs", type=int, required=True, help="evaluation epochs to store")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    p = params.load()
+    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    card, images = load_set(args.set, args.data)
+    teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
+    size, norm = images.images.shape[-1], (t_meta["mean"], t_meta["std"])
+    classes = read_classes(args.data)
+    batch_size = eval_batch_size(p.evaluate, len(images), len(classes))
+    augment = eval_augment(p.evaluate, size)
+    rng = np.random.default_rng(derive_seed(p.seed, "relabel"))
+
+    with atomic_dir(args.out) as tmp, torch.no_grad():
+        for epoch in tqdm(range(args.epochs), desc=f"relabel {card.method}", unit="epoch", mininterval=1):
+            plan = plan_epoch(len(images), batch_size, rng, augment)
+            logits = torch.cat([teacher(render(images.images, plan, s, *norm, size)) for s in plan.batches()])
+            write_epoch(epoch_file(tmp, epoch), plan, logits)
+        write_json(tmp / "fkd.json", {
+            "epochs": args.epochs, "batch_size": batch_size, "num_images": len(images),
+            "augment": {"crop_scale": list(augment.crop_scale), "flip": augment.flip, "mix": augment.mix,
+                        "mix_alpha": augment.mix_alpha, "image_size": size},
+            "teacher": {"arch": t_meta["arch"], "sha256": sha256_file(Path(args.teacher) / "model.safetensors")},
+            "set": {"method": card.method, "paths": images.paths},
+            "seed": derive_seed(p.seed, "relabel"), "logits": "raw teacher logits, fp16",
+        })
+    print(f"relabel {card.method}: {args.epochs} epochs x {len(images)} images (batch {batch_size}) → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

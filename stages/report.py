@@ -1,0 +1,147 @@
+"""report: every metrics file for the current dataset/ipc → a table (Markdown, CSV), an accuracy plot,
+an image grid per distilled set, and summary.json (the numbers `dvc exp show` lists).
+
+Gain is measured against `random` under the same protocol. A method that loses to random shows a
+negative gain; nothing is hidden.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from stages.data.distilled import images_root  # noqa: E402
+from stages.data.folder import decode_rgb, list_images, read_classes  # noqa: E402
+from stages.pipeline import cli  # noqa: E402
+from stages.pipeline.card import read_card  # noqa: E402
+from stages.pipeline.errors import DataError  # noqa: E402
+from stages.pipeline.outputs import atomic_dir, write_json  # noqa: E402
+
+GRID_COLUMNS = 10
+
+
+def collect(metric_dirs: list[Path]) -> pd.DataFrame:
+    rows = []
+    for folder in metric_dirs:
+        for path in sorted(folder.glob("*.json")):
+            m = json.loads(path.read_text())
+            for protocol, r in m["protocols"].items():
+                rows.append({
+                    "method": m["method"], "protocol": protocol, "ipc": m["ipc"] if m["ipc"] is not None else "all",
+                    "top1": r["top1"]["mean"], "top1_std": r["top1"]["std"],
+                    "top1_best": r["top1_best"]["mean"], "top1_best_std": r["top1_best"]["std"],
+                    "top5": r["top5"]["mean"], "seeds": m["seeds"], "images": m["images"], "bytes": m["bytes"],
+                    "student": m["student"], "epochs": m["epochs"], "eval_seconds": r["train_seconds"],
+                })
+    if not rows:
+        raise DataError(f"no metrics under {', '.join(map(str, metric_dirs))}; run the evaluate stages first")
+    table = pd.DataFrame(rows)
+    random = table[table.method == "random"].set_index("protocol")["top1"]
+    table["gain_vs_random"] = [row.top1 - random[row.protocol] if row.protocol in random.index else np.nan
+                               for row in table.itertuples()]
+    rank = {"random": 0, "full": 2}
+    table["_order"] = [rank.get(m, 1) for m in table.method]
+    return table.sort_values(["_order", "method", "protocol"]).drop(columns="_order").reset_index(drop=True)
+
+
+def pct(mean: float, std: float | None = None) -> str:
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def markdown(table: pd.DataFrame, title: str) -> str:
+    lines = [f"# {title}", "",
+             "Top-1 on the real validation set after the last epoch (mean ± std over seeds); `best` is the max over",
+             "validation points, an optimistic figure. Gain is top-1 minus `random` under the same protocol.", "",
+             "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | images | bytes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
+        lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
+                     f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {r.images} | {r.bytes} |")
+    first = table.iloc[0]
+    lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
+              + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, path: Path, title: str) -> None:
+    methods = list(dict.fromkeys(table.method))
+    protocols = list(dict.fromkeys(table.protocol))
+    width = 0.8 / len(protocols)
+    fig, ax = plt.subplots(figsize=(1.4 + 1.2 * len(methods), 3.6))
+    for i, protocol in enumerate(protocols):
+        part = table[table.protocol == protocol].set_index("method").reindex(methods)
+        ax.bar(np.arange(len(methods)) + (i - (len(protocols) - 1) / 2) * width, 100 * part.top1, width,
+               yerr=100 * part.top1_std, capsize=3, label=protocol)
+    ax.set_xticks(np.arange(len(methods)), methods)
+    ax.set_ylabel("val top-1 (%)")
+    low = 100 * (table.top1 - table.top1_std).min()
+    ax.set_ylim(max(0, low - 10), 100)
+    ax.set_title(title)
+    ax.legend(title="protocol", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def image_grid(set_dir: Path, classes: list[str], path: Path) -> None:
+    """One row per class, up to GRID_COLUMNS images each (the first ones in file order)."""
+    card = read_card(set_dir)
+    files = list_images(images_root(set_dir, card), classes)
+    rows = [[p for p, y in files if y == label][:GRID_COLUMNS] for label in range(len(classes))]
+    columns = max(map(len, rows))
+    fig, axes = plt.subplots(len(classes), columns, figsize=(0.6 * columns + 0.6, 0.6 * len(classes) + 0.4),
+                             squeeze=False)
+    for label, row in enumerate(rows):
+        for col in range(columns):
+            ax = axes[label][col]
+            ax.axis("off")
+            if col < len(row):
+                ax.imshow(decode_rgb(row[col]), interpolation="nearest")
+        axes[label][0].text(-0.3, 0.5, classes[label], transform=axes[label][0].transAxes, ha="right",
+                            va="center", fontsize=7)
+    fig.suptitle(f"{card.method} ({card.num_images} images)", fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--metrics", nargs="+", required=True, type=Path, help="folders of evaluate outputs")
+    parser.add_argument("--sets", nargs="+", required=True, type=Path, help="folders of distilled sets")
+    parser.add_argument("--data", required=True, help="data/<dataset>")
+    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--summary", required=True, help="summary metrics JSON for `dvc exp show`")
+    args = parser.parse_args()
+    classes = read_classes(args.data)
+    table = collect(args.metrics)
+    ipc = next(i for i in table.ipc if i != "all") if (table.ipc != "all").any() else "all"
+    title = f"{Path(args.data).name}, IPC {ipc}"
+
+    with atomic_dir(args.out) as tmp:
+        table.to_csv(tmp / "results.csv", index=False, float_format="%.6f")
+        (tmp / "results.md").write_text(markdown(table, title))
+        plot(table, tmp / "accuracy.png", title)
+        (tmp / "grids").mkdir()
+        for folder in args.sets:
+            for set_dir in sorted(d for d in folder.iterdir() if (d / "card.json").exists()):
+                image_grid(set_dir, classes, tmp / "grids" / f"{set_dir.name}.png")
+    summary = {"ipc": ipc}
+    for r in table.itertuples():
+        summary.setdefault(r.method, {})[r.protocol] = {
+            "top1": round(r.top1, 4), "top1_std": round(r.top1_std, 4),
+            **({} if np.isnan(r.gain_vs_random) else {"gain": round(r.gain_vs_random, 4)})}
+    write_json(args.summary, summary)
+    print((Path(args.out) / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    cli.run(main)
