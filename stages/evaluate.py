@@ -18,7 +18,7 @@ import torch
 from stages.data.augment import plan_epoch
 from stages.data.distilled import load_set, images_root
 from stages.data.folder import load_imagefolder, read_classes
-from stages.models import build, load_checkpoint
+from stages.models import build, load_checkpoint, predict
 from stages.pipeline import cli, params
 from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import dir_bytes, write_json
@@ -68,9 +68,7 @@ def main() -> None:
     student_config = p.models[cfg.student].model_dump() if cfg.student in p.models else None
 
     def online_kd(logits, batch):
-        with torch.no_grad():
-            target = teacher(batch.x)
-        return kd_loss(logits, target, cfg.temperature)
+        return kd_loss(logits, predict(teacher, batch.x), cfg.temperature)
 
     losses = {"fkd": lambda logits, batch: kd_loss(logits, batch.soft, cfg.temperature),
               "teacher": online_kd, "hard": hard_loss}

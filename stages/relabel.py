@@ -17,7 +17,7 @@ from tqdm import tqdm
 from stages.data.augment import plan_epoch, render
 from stages.data.distilled import load_set
 from stages.data.folder import read_classes
-from stages.models import load_checkpoint
+from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
 from stages.pipeline.seeds import derive_seed
@@ -47,7 +47,7 @@ def main() -> None:
     with atomic_dir(args.out) as tmp, torch.no_grad():
         for epoch in tqdm(range(args.epochs), desc=f"relabel {card.method}", unit="epoch", mininterval=1):
             plan = plan_epoch(len(images), batch_size, rng, augment)
-            logits = torch.cat([teacher(render(images.images, plan, s, *norm, size)) for s in plan.batches()])
+            logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size)) for s in plan.batches()])
             write_epoch(epoch_file(tmp, epoch), plan, logits)
         write_json(tmp / "fkd.json", {
             "epochs": args.epochs, "batch_size": batch_size, "num_images": len(images),

@@ -76,15 +76,19 @@ def plan_epoch(n: int, batch_size: int, rng: np.random.Generator, aug: Augment) 
 
 
 def render(images: torch.Tensor, plan: EpochPlan, batch: slice, mean, std, size: int) -> torch.Tensor:
-    """The normalised, cropped, flipped and mixed float batch for one slice of a plan."""
+    """The normalised, cropped, flipped and mixed float batch for one slice of a plan.
+
+    Crops are resized bilinearly (roi_align with one sample per output pixel, the pixel centres), so a
+    full-image box is the identity, as in torchvision's RandomResizedCrop.
+    """
     src = images[torch.from_numpy(plan.order[batch])].float().div_(255)
     _, _, h, w = src.shape
     top, left, bh, bw = torch.from_numpy(plan.boxes[batch]).unbind(1)
     rois = torch.stack([torch.arange(len(src), dtype=torch.float32), left * w, top * h,
                         (left + bw) * w, (top + bh) * h], 1)
-    x = roi_align(src, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    x = roi_align(src, rois, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
     flips = torch.from_numpy(plan.flips[batch]).view(-1, 1, 1, 1)
-    x = normalise(torch.where(flips, x.flip(3), x), mean, std).contiguous(memory_format=torch.channels_last)
+    x = normalise(torch.where(flips, x.flip(3), x), mean, std)
     if plan.mix == "none":
         return x
     partner = torch.from_numpy(plan.partner[batch])

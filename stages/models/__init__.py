@@ -14,6 +14,11 @@ from stages.models.resnet import resnet18_modified, resnetap10
 
 OUR_ARCHS = {"convnet": ConvNet, "resnet18_modified": resnet18_modified, "resnetap10": resnetap10}
 
+# Channels-last doubles the ConvNet's CPU training throughput. It is not used for ResNets: with torch
+# 2.15 on CPU, a 1x1 stride-2 convolution (the ResNet shortcut) in channels-last corrupts the heap when
+# the batch size changes between steps (reproduced at widths 4 and 8; a crash, not a wrong number).
+CHANNELS_LAST = {"convnet"}
+
 
 def torchvision_archs() -> set[str]:
     import torchvision
@@ -26,10 +31,7 @@ def is_registered(arch: str) -> bool:
 
 
 def build(arch: str, num_classes: int, image_size: int, config: dict | None = None) -> nn.Module:
-    """Our small-image nets take `config` (width, depth, norm); torchvision archs are built by name.
-
-    Models are channels-last: on CPU that alone doubles the ConvNet's training throughput.
-    """
+    """Our small-image nets take `config` (width, depth, norm); torchvision archs are built by name."""
     if arch in OUR_ARCHS:
         model = OUR_ARCHS[arch](num_classes, image_size, **(config or {}))
     elif arch in torchvision_archs():
@@ -38,7 +40,15 @@ def build(arch: str, num_classes: int, image_size: int, config: dict | None = No
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     else:
         raise PipelineError(f"unknown arch {arch!r}: register it in stages/models or use a torchvision name")
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last) if arch in CHANNELS_LAST else model
+
+
+def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` in the memory format the model's weights use (an input's format decides the conv kernels')."""
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    channels_last = weight is not None and weight.is_contiguous(memory_format=torch.channels_last) \
+        and not weight.is_contiguous()
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def save_checkpoint(model: nn.Module, out_dir: Path, meta: dict) -> None:
@@ -72,5 +82,4 @@ def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) ->
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits for already-normalised float images, in eval mode, batched."""
     model.eval()
-    return torch.cat([model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
-                      for i in range(0, len(images), batch_size)])
+    return torch.cat([model(as_input(model, images[i:i + batch_size])) for i in range(0, len(images), batch_size)])

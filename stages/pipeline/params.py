@@ -104,16 +104,12 @@ class Params(Section):
     teacher: Teacher
     evaluate: Evaluate
 
-    @field_validator("models")
-    @classmethod
-    def _known_models(cls, models: dict) -> dict:
-        for name in models:
-            if name not in OUR_ARCHS:
-                raise ValueError(f"{name!r} is not one of our architectures {sorted(OUR_ARCHS)}")
-        return models
-
     @model_validator(mode="after")
     def _consistent(self) -> "Params":
+        for name, config in self.models.items():
+            if name not in OUR_ARCHS:
+                raise ValueError(f"models.{name} = {config.model_dump()}: not one of our architectures "
+                                 f"{sorted(OUR_ARCHS)} (torchvision archs take no config)")
         for arch in [*self.teacher.archs, self.evaluate.student]:
             if arch in OUR_ARCHS and arch not in self.models:
                 raise ValueError(f"models.{arch} = None: arch {arch!r} is used but has no config")

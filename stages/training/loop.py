@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from stages.data.augment import EpochPlan, render
 from stages.data.folder import ImageSet
-from stages.models import predict
+from stages.models import as_input, predict
 
 
 @dataclass
@@ -107,7 +107,7 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             batch = Batch(render(data.images, plan, batch_slice, *norm, size), labels,
                           labels[torch.from_numpy(plan.partner[batch_slice])], float(plan.lam[batch_slice][0]),
                           None if logits is None else logits[batch_slice])
-            loss = loss_fn(model(batch.x), batch)
+            loss = loss_fn(model(as_input(model, batch.x)), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

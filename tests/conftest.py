@@ -1,0 +1,96 @@
+"""Test helpers: tiny projects in temp dirs that run the real stage modules and the real dvc.yaml."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for CI, big enough that every code path runs (mixing, several batches, val points).
+TINY = {
+    "ipc": 3,
+    "teacher": {"archs": ["convnet", "resnet18_modified"], "epochs": 2},
+    "models": {"convnet": {"width": 16, "depth": 2, "norm": "batch"},
+               "resnet18_modified": {"width": 4, "norm": "batch"}},
+    "evaluate": {"epochs": 30, "full_epochs": 2, "seeds": 2, "eval_points": 2,
+                 "protocols": ["fkd", "teacher", "hard"]},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def write_params(folder: Path, override: dict | None = None) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(merge(default_params(), override or {}), sort_keys=False))
+    return path
+
+
+def stage_env() -> dict:
+    return {**os.environ, "TQDM_DISABLE": "1", "SOURCE_DATE_EPOCH": "0", "DDPIPE_THREADS": "2"}
+
+
+def run_stage(project: Path, module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m stages.<module>` inside `project`, exactly as dvc.yaml does."""
+    result = subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=project, env=stage_env(),
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"stages.{module} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(project: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=stage_env(),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True,
+                   capture_output=True)
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """A copy of this repository's pipeline (code, dvc.yaml, tiny params) with its own git and DVC."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    write_params(root, TINY)
+    git(root, "init", "-q")
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "tiny project")
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """A project folder with the digits prepared and a tiny convnet teacher, shared by unit tests."""
+    root = tmp_path_factory.mktemp("prepared")
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    write_params(root, TINY)
+    run_stage(root, "prepare", "--out", "data/digits")
+    run_stage(root, "teacher", "--arch", "convnet", "--data", "data/digits", "--out",
+              "artifacts/digits/teachers/convnet")
+    return root

@@ -1,0 +1,48 @@
+"""Architectures build and round-trip through safetensors checkpoints (no pickle)."""
+import json
+
+import pytest
+import torch
+
+from stages.models import build, load_checkpoint, save_checkpoint
+from stages.pipeline.errors import PipelineError
+
+
+@pytest.mark.parametrize("arch, config, size", [
+    ("convnet", {"width": 8, "depth": 3, "norm": "batch"}, 16),
+    ("convnet", {"width": 8, "depth": None, "norm": "instance"}, 32),
+    ("resnet18_modified", {"width": 4, "norm": "batch"}, 16),
+    ("resnetap10", {"width": 4, "norm": "instance"}, 16),
+    ("resnet18", None, 32),
+])
+def test_forward_shape(arch, config, size):
+    model = build(arch, 7, size, config).eval()
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
+
+
+def test_resnet18_modified_at_width_64_matches_the_paper_network():
+    params = sum(p.numel() for p in build("resnet18_modified", 100, 32, {"width": 64, "norm": "batch"}).parameters())
+    assert params == 11_220_132  # torchvision resnet18(num_classes=100) with a 3x3 stem: 11.22 M
+
+
+def test_checkpoint_round_trip_and_class_order_check(tmp_path):
+    model = build("convnet", 10, 16, {"width": 8, "depth": 2, "norm": "batch"}).eval()
+    meta = {"arch": "convnet", "config": {"width": 8, "depth": 2, "norm": "batch"}, "num_classes": 10,
+            "image_size": 16, "classes_sha256": "abc"}
+    save_checkpoint(model, tmp_path, meta)
+    loaded, loaded_meta = load_checkpoint(tmp_path, "abc")
+    x = torch.randn(4, 3, 16, 16)
+    assert torch.equal(model(x), loaded(x)) and loaded_meta == meta
+    with pytest.raises(PipelineError, match="trained on another class order"):
+        load_checkpoint(tmp_path, "def")
+
+
+def test_checkpoint_for_another_architecture_is_refused(tmp_path):
+    save_checkpoint(build("convnet", 10, 16, {"width": 8, "depth": 2, "norm": "batch"}), tmp_path,
+                    {"arch": "convnet", "config": {"width": 8, "depth": 2, "norm": "batch"}, "num_classes": 10,
+                     "image_size": 16, "classes_sha256": "abc"})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["config"]["width"] = 16
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PipelineError, match="does not fit arch 'convnet'"):
+        load_checkpoint(tmp_path)

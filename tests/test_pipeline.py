@@ -1,0 +1,90 @@
+"""The real dvc.yaml on tiny params: every declared output appears and is sane, a second `dvc repro`
+does nothing, and `dvc exp run -S ipc=...` reruns only the stages that read `ipc`."""
+import json
+import re
+
+import pandas as pd
+from PIL import Image
+
+from tests.conftest import dvc, git
+
+ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "baseline@random", "baseline@full",
+              "relabel@random", "relabel@full", "evaluate@random", "evaluate@full", "report"}
+IPC_STAGES = {"baseline@random", "relabel@random", "evaluate@random", "report"}
+
+
+def ran(log: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+def check_metrics(path, images, protocols=("fkd", "teacher", "hard")):
+    m = json.loads(path.read_text())
+    assert m["images"] == images and m["bytes"] > 0 and m["seeds"] == 2
+    assert set(m["protocols"]) == set(protocols)
+    for result in m["protocols"].values():
+        assert len(result["per_seed_top1"]) == 2
+        assert 0.0 <= result["top1"]["mean"] <= result["top1_best"]["mean"] <= 1.0
+        assert result["top1"]["mean"] > 0.2  # well above the 10% of chance even after a few epochs
+        assert result["top5"]["mean"] >= result["top1"]["mean"]
+
+
+def test_repro_outputs_noop_and_ipc_experiment(project):
+    log = dvc(project, "repro")
+    assert ran(log) == ALL_STAGES
+    art = project / "artifacts" / "digits"
+
+    data = project / "data" / "digits"
+    assert json.loads((data / "classes.json").read_text()) == [str(d) for d in range(10)]
+    for arch in ("convnet", "resnet18_modified"):
+        teacher = art / "teachers" / arch
+        meta = json.loads((teacher / "meta.json").read_text())
+        assert meta["arch"] == arch and meta["num_classes"] == 10 and meta["image_size"] == 16
+        assert len(meta["mean"]) == 3 and meta["classes_sha256"] == json.loads((data / "meta.json").read_text())["classes_sha256"]
+        assert (teacher / "model.safetensors").stat().st_size > 0
+        assert 0.2 < json.loads((teacher / "metrics.json").read_text())["top1"] <= 1
+        assert (teacher / "live" / "plots" / "metrics" / "val" / "top1.tsv").exists()
+
+    random = art / "ipc3" / "distilled" / "random"
+    card = json.loads((random / "card.json").read_text())
+    assert card["method"] == "random" and card["ipc"] == 3 and card["num_images"] == 30
+    assert len(list(random.rglob("*.png"))) == 30
+    full_card = json.loads((art / "full" / "distilled" / "full" / "card.json").read_text())
+    assert full_card["images_from"] == "data/digits/train" and full_card["num_images"] == 1437
+    assert len(list((art / "ipc3" / "soft_labels" / "random").glob("epoch_*.parquet"))) == 30
+    assert len(list((art / "full" / "soft_labels" / "full").glob("epoch_*.parquet"))) == 2
+    check_metrics(art / "ipc3" / "metrics" / "random.json", 30)
+    check_metrics(art / "full" / "metrics" / "full.json", 1437)
+
+    report = art / "ipc3" / "report"
+    table = pd.read_csv(report / "results.csv")
+    assert set(zip(table.method, table.protocol)) == {(m, p) for m in ("random", "full")
+                                                      for p in ("fkd", "teacher", "hard")}
+    assert (table[table.method == "random"].gain_vs_random == 0).all()
+    assert "| random | fkd | 3 |" in (report / "results.md").read_text()
+    for png in ("accuracy.png", "grids/random.png", "grids/full.png"):
+        with Image.open(report / png) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+    summary = json.loads((art / "summary.json").read_text())
+    assert summary["ipc"] == 3 and set(summary) == {"ipc", "random", "full"}
+
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "ipc 3 results")
+    again = dvc(project, "repro")
+    assert ran(again) == set() and "Data and pipelines are up to date" in again
+
+    experiment = dvc(project, "exp", "run", "-S", "ipc=2")
+    assert ran(experiment) == IPC_STAGES
+    for stage in ALL_STAGES - IPC_STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in experiment
+    check_metrics(art / "ipc2" / "metrics" / "random.json", 20)
+    assert json.loads((art / "summary.json").read_text())["ipc"] == 2
+
+    shown = json.loads(dvc(project, "exp", "show", "--json"))
+    rows = []
+    for commit in shown:  # the workspace, the commit, and the experiments based on it
+        rows.append(commit["data"])
+        for exp in commit.get("experiments") or []:
+            rows += [r["data"] for r in exp["revs"]]
+    ipcs = {row["metrics"]["artifacts/digits/summary.json"]["data"]["ipc"] for row in rows
+            if "artifacts/digits/summary.json" in (row.get("metrics") or {})}
+    assert {2, 3} <= ipcs
