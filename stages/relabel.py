@@ -2,7 +2,7 @@
 
 For each epoch the evaluation recipe's augmentation plan is drawn (image order, crop box, flip, mix
 partner, λ, cutmix box), the teacher labels exactly those augmented batches, and plan + fp16 logits
-are stored. `evaluate --protocol fkd` replays the files: same crops, stored logits, no teacher.
+are stored. evaluate's `fkd` protocol replays the files: same crops, stored logits, no teacher.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
 from stages.pipeline.seeds import derive_seed
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, write_epoch
-
 
 
 def main() -> None:

@@ -67,21 +67,31 @@ def git(project: Path, *args: str) -> None:
                    capture_output=True)
 
 
-@pytest.fixture
-def project(tmp_path) -> Path:
-    """A copy of this repository's pipeline (code, dvc.yaml, tiny params) with its own git and DVC."""
-    root = tmp_path / "project"
+def make_project(root: Path, params: dict | None) -> Path:
+    """A copy of this repository's pipeline (code, dvc.yaml, params) with its own git and DVC."""
     root.mkdir()
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
-    write_params(root, TINY)
+    write_params(root, params)
     git(root, "init", "-q")
     dvc(root, "init", "-q")
     dvc(root, "config", "core.analytics", "false")
     git(root, "add", "-A")
-    git(root, "commit", "-qm", "tiny project")
+    git(root, "commit", "-qm", "project")
     return root
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    """The pipeline on tiny params."""
+    return make_project(tmp_path / "project", TINY)
+
+
+@pytest.fixture
+def default_project(tmp_path) -> Path:
+    """The pipeline on the shipped params.yaml, untouched."""
+    return make_project(tmp_path / "project", None)
 
 
 @pytest.fixture(scope="session")

@@ -46,3 +46,4 @@ def test_checkpoint_for_another_architecture_is_refused(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(PipelineError, match="does not fit arch 'convnet'"):
         load_checkpoint(tmp_path)
+

@@ -122,7 +122,7 @@ class Params(Section):
         return self
 
 
-def _describe(err: ValidationError, raw: dict, source: str) -> str:
+def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
@@ -149,7 +149,7 @@ def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Pa
     try:
         params = Params.model_validate(raw)
     except ValidationError as e:
-        raise ParamsError(_describe(e, raw, str(path))) from None
+        raise ParamsError(_describe(e, str(path))) from None
     check_ipc(params, Path(data_root) / params.dataset / "meta.json", str(path))
     return params
 
