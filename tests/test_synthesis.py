@@ -1,0 +1,141 @@
+"""Invariants of the SRe2L-family building blocks (research/sre2l_family.md §9)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from stages.models import build
+from stages.synthesis.bn_matching import BNStatisticsLoss
+from stages.synthesis.schedules import iterations_per_rank, join_rounds, medium_order, round_sizes, select
+
+
+def test_bn_loss_is_zero_when_batch_statistics_equal_running_statistics():
+    torch.manual_seed(0)
+    model = build("convnet", 10, 16, {"width": 8, "depth": 1, "norm": "batch"}).eval()
+    x = torch.randn(32, 3, 16, 16)
+    first_bn = model[1]
+    with torch.no_grad():  # make the running statistics those of exactly this batch's BN input
+        conv_out = model[0](x)
+        first_bn.running_mean.copy_(conv_out.mean((0, 2, 3)))
+        first_bn.running_var.copy_(conv_out.var((0, 2, 3), unbiased=False))
+    with BNStatisticsLoss(model) as bn:
+        model(x)
+        assert bn.loss().item() == pytest.approx(0.0, abs=1e-5)
+        model(x + 1.0)  # shifted batch: the mean term is ‖1 + …‖, clearly non-zero
+        assert bn.loss().item() > 1.0
+
+
+def test_bn_loss_weights_the_first_layer_and_the_variance_term():
+    model = nn.Sequential(nn.BatchNorm2d(2), nn.BatchNorm2d(2)).eval()
+    x = torch.zeros(4, 2, 3, 3)
+    x[:, 0] = 2.0  # channel 0: mean 2, var 0 ; running stats: mean 0, var 1
+    with BNStatisticsLoss(model, first_multiplier=10.0, r_var=0.5) as bn:
+        model(x)
+        loss = bn.loss().item()
+    # BN 1 input: mean (2, 0), var (0, 0) → ‖mean‖ = 2, ‖var − 1‖ = √2 ; BN 2 sees BN 1's output.
+    first = 2.0 + 0.5 * 2 ** 0.5
+    with torch.no_grad():
+        y = model[0](x)
+    second = torch.linalg.vector_norm(y.mean((0, 2, 3))).item() + 0.5 * torch.linalg.vector_norm(
+        y.permute(1, 0, 2, 3).reshape(2, -1).var(1, unbiased=False) - 1).item()
+    assert loss == pytest.approx(10 * first + second, rel=1e-5)
+
+
+def test_medium_order_alternates_outward_from_the_median():
+    assert medium_order(7) == [4, 5, 3, 6, 2, 1, 0]
+    assert medium_order(6) == [3, 4, 2, 5, 1, 0]
+    assert sorted(medium_order(11)) == list(range(11))
+
+
+def test_selection_criteria():
+    scores = np.array([0.5, 0.9, 0.1, 0.7, 0.3])  # ascending positions: 2, 4, 0, 3, 1
+    assert select(scores, 2, "top") == [1, 3]
+    assert select(scores, 2, "min") == [2, 4]
+    assert select(scores, 3, "medium") == [3, 1, 0]  # median position m = 3 → 3, 4, 2 in ascending order
+    with pytest.raises(ValueError, match="criterion 'best'"):
+        select(scores, 1, "best")
+
+
+def test_earlylate_rounds_match_the_reference_counts():
+    assert round_sizes(50, 8) == [7, 7, 6, 6, 6, 6, 6, 6]
+    counts = iterations_per_rank(50, 4000, 500)
+    assert counts[:7] == [4000] * 7 and counts[7:14] == [3500] * 7 and counts[44:] == [500] * 6
+    assert sum(counts) == 115_500  # vs 50 × 4000 = 200,000 for SRe2L: −42.25 %
+    assert iterations_per_rank(10, 4000, 500) == [4000, 4000, 3500, 3500, 3000, 2500, 2000, 1500, 1000, 500]
+    assert join_rounds(3, 8) == [0, 1, 2]
+
+
+def tiny_teacher():
+    torch.manual_seed(1)
+    model = build("convnet", 3, 8, {"width": 8, "depth": 2, "norm": "batch"})
+    model.train()
+    with torch.no_grad():  # give the BN layers non-trivial running statistics
+        for _ in range(20):
+            model(torch.randn(16, 3, 8, 8) * 0.5 + 0.2)
+    return model.eval()
+
+
+def test_recover_fits_the_teacher_and_keeps_pixels_valid():
+    from stages.synthesis.recover import RecoverConfig, recover_batch
+
+    teacher = tiny_teacher()
+    cfg = RecoverConfig(iterations=150, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=1,
+                        crop_min_scale=0.5, crop_schedule="cosine", flip=True)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    init = torch.randn(6, 3, 8, 8)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    out = recover_batch(teacher, init, labels, torch.zeros(6, dtype=torch.long), cfg, mean, std,
+                        torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = F.cross_entropy(teacher(init), labels).item()
+        after = F.cross_entropy(teacher(out), labels).item()
+        predicted = teacher(out).argmax(1)
+    assert after < before and torch.equal(predicted, labels)  # every image now reads as its own class
+    pixels = out * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
+
+
+def test_late_joiners_are_untouched_before_their_round():
+    from stages.synthesis.recover import RecoverConfig, recover_batch
+
+    teacher = tiny_teacher()
+    cfg = RecoverConfig(iterations=10, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=0,
+                        crop_min_scale=1.0, crop_schedule="fixed", flip=False)
+    init = torch.rand(3, 3, 8, 8)  # inside the valid range for mean 0, std 1
+    labels = torch.tensor([0, 1, 2])
+    never = torch.tensor([0, 5, 10])  # the third image joins after the last iteration
+    out = recover_batch(teacher, init, labels, never, cfg, [0, 0, 0], [1, 1, 1], torch.Generator().manual_seed(0))
+    assert torch.equal(out[2], init[2])
+    assert not torch.equal(out[0], init[0]) and not torch.equal(out[1], init[1])
+
+
+def test_recover_reports_a_non_finite_loss_with_its_iteration():
+    from stages.pipeline.errors import PipelineError
+    from stages.synthesis.recover import RecoverConfig, recover_batch
+
+    cfg = RecoverConfig(iterations=3, lr=0.1, r_bn=float("inf"), first_bn_multiplier=10, r_var=1.0, jitter=0,
+                        crop_min_scale=1.0, crop_schedule="fixed", flip=False)
+    with pytest.raises(PipelineError, match="recover: loss is .* at iteration 0"):
+        recover_batch(tiny_teacher(), torch.rand(3, 3, 8, 8), torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.long),
+                      cfg, [0, 0, 0], [1, 1, 1], torch.Generator().manual_seed(0))
+
+
+def test_a_run_sharded_into_two_ipc_ranges_produces_the_same_images():
+    from stages.pipeline.errors import PipelineError
+    from stages.synthesis.recover import RecoverConfig, plan_groups, synthesize
+
+    teacher = tiny_teacher()
+    cfg = RecoverConfig(iterations=8, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=1,
+                        crop_min_scale=0.5, crop_schedule="cosine", flip=True)
+
+    def run(start, end):
+        results = synthesize(teacher, 3, 8, plan_groups(start, end, 2), cfg, [0, 0, 0], [1, 1, 1], seed=7)
+        return {(int(y), int(i)): img for r in results for y, i, img in zip(r.labels, r.indices, r.images)}
+
+    whole = run(0, 6)
+    shards = {**run(0, 2), **run(2, 6)}
+    assert whole.keys() == shards.keys() == {(y, i) for y in range(3) for i in range(6)}
+    assert all(torch.equal(whole[k], shards[k]) for k in whole)
+    with pytest.raises(PipelineError, match="ipc_start = 3: must be a multiple of ipc_per_batch"):
+        plan_groups(3, 6, 2)
