@@ -8,9 +8,10 @@ from PIL import Image
 
 from tests.conftest import dvc, git
 
-ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "baseline@random", "baseline@full",
+ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "select",
+              "baseline@random", "baseline@full",
               "relabel@random", "relabel@full", "evaluate@random", "evaluate@full", "report"}
-IPC_STAGES = {"baseline@random", "relabel@random", "evaluate@random", "report"}
+IPC_STAGES = {"select", "baseline@random", "relabel@random", "evaluate@random", "report"}
 
 
 def ran(log: str) -> set[str]:
@@ -43,6 +44,8 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
         assert (teacher / "model.safetensors").stat().st_size > 0
         assert 0.2 < json.loads((teacher / "metrics.json").read_text())["top1"] <= 1
         assert (teacher / "live" / "plots" / "metrics" / "val" / "top1.tsv").exists()
+
+    assert len(list((art / "ipc3" / "init" / "medium").rglob("*.png"))) == 30
 
     random = art / "ipc3" / "distilled" / "random"
     card = json.loads((random / "card.json").read_text())

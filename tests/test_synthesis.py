@@ -139,3 +139,29 @@ def test_a_run_sharded_into_two_ipc_ranges_produces_the_same_images():
     assert all(torch.equal(whole[k], shards[k]) for k in whole)
     with pytest.raises(PipelineError, match="ipc_start = 3: must be a multiple of ipc_per_batch"):
         plan_groups(3, 6, 2)
+
+
+def test_ranking_csv_is_sorted_and_select_writes_the_medium_order(prepared):
+    import pandas as pd
+
+    from tests.conftest import run_stage
+
+    run_stage(prepared, "rank", "--teacher", "artifacts/digits/teachers/convnet", "--data", "data/digits",
+              "--out", "artifacts/digits/ranking.csv")
+    table = pd.read_csv(prepared / "artifacts" / "digits" / "ranking.csv", dtype={"class": str})
+    assert list(table.columns) == ["path", "class", "label", "score", "rank"]
+    assert len(table) == 1437 and table.label.is_monotonic_increasing
+    for _, part in table.groupby("label"):
+        assert part.score.is_monotonic_decreasing and list(part["rank"]) == list(range(len(part)))
+        assert ((0 <= part.score) & (part.score <= 1)).all()
+    assert (table["class"] == table.label.astype(str)).all()
+
+    run_stage(prepared, "select", "--ranking", "artifacts/digits/ranking.csv", "--data", "data/digits",
+              "--out", "init")
+    picked = sorted((prepared / "init" / "5").iterdir())
+    assert [p.name[:4] for p in picked] == ["000_", "001_", "002_"]  # ipc 3 in TINY
+    scores = table[table.label == 5].set_index("path").score
+    ascending = sorted(scores.index, key=lambda path: (scores[path], path))
+    m = (len(ascending) + 1) // 2
+    expected = [ascending[m], ascending[m + 1], ascending[m - 1]]
+    assert [p.name[4:] for p in picked] == [path.split("/")[1] for path in expected]

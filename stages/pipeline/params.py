@@ -95,6 +95,11 @@ class Evaluate(Section):
         return arch
 
 
+class Delt(Section):
+    ranker: str
+    criterion: Literal["top", "min", "medium"]
+
+
 class Params(Section):
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
     ipc: Positive
@@ -103,6 +108,7 @@ class Params(Section):
     models: dict[str, ArchConfig]
     teacher: Teacher
     evaluate: Evaluate
+    delt: Delt
 
     @model_validator(mode="after")
     def _consistent(self) -> "Params":
@@ -117,6 +123,8 @@ class Params(Section):
             raise ValueError(
                 f"evaluate.teacher = {self.evaluate.teacher!r}: not one of teacher.archs {self.teacher.archs}"
             )
+        if self.delt.ranker not in self.teacher.archs:
+            raise ValueError(f"delt.ranker = {self.delt.ranker!r}: not one of teacher.archs {self.teacher.archs}")
         if self.dataset in ("cifar10", "cifar100", "imagefolder") and self.prepare.root is None:
             raise ValueError(f"prepare.root = None: dataset {self.dataset!r} needs a source folder")
         return self

@@ -1,0 +1,50 @@
+"""rank (DELT): score every real training image by the teacher's probability of its true class.
+
+Writes ranking.csv: path (relative to the train folder), class, label, score = p(true class), and
+rank in class (0 = highest score); rows sorted by label, then score descending, then path. `select`
+reads it with any criterion without running the teacher again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from stages.data.folder import load_imagefolder, read_classes
+from stages.models import load_checkpoint, predict
+from stages.pipeline import cli, params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--teacher", required=True, help="ranker: a teacher folder")
+    parser.add_argument("--data", required=True, help="data/<dataset>")
+    parser.add_argument("--out", required=True, help="ranking CSV to write")
+    args = parser.parse_args()
+    params.load()
+    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    classes = read_classes(args.data)
+    teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
+    train = load_imagefolder(Path(args.data) / "train", classes, t_meta["image_size"])
+    probabilities = torch.softmax(predict(teacher, train.normalised(t_meta["mean"], t_meta["std"])), 1)
+    table = pd.DataFrame({
+        "path": train.paths,
+        "class": [classes[y] for y in train.labels.tolist()],
+        "label": train.labels.numpy(),
+        "score": probabilities[torch.arange(len(train)), train.labels].numpy().astype("float64"),
+    })
+    table = table.sort_values(["label", "score", "path"], ascending=[True, False, True], kind="stable")
+    table["rank"] = table.groupby("label").cumcount()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+    table.to_csv(tmp, index=False, float_format="%.8f")
+    tmp.replace(args.out)
+    accuracy = float((probabilities.argmax(1) == train.labels).float().mean())
+    print(f"rank: {len(table)} images scored by {t_meta['arch']} (train top-1 {accuracy:.4f}) → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

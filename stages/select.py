@@ -1,0 +1,66 @@
+"""select (DELT init): `ipc` real images per class from ranking.csv by `delt.criterion`.
+
+top = highest teacher scores (easiest), min = lowest, medium (DELT's default) = from the median
+outward: m, m+1, m−1, … Files are written as <class>/<k>_<original name>, k the selection order,
+which EarlyLate uses as the rank (k = 0 is optimised longest).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.data.folder import read_classes
+from stages.pipeline import cli, params
+from stages.pipeline.errors import DataError
+from stages.pipeline.outputs import atomic_dir, write_json
+from stages.synthesis.schedules import select
+
+COLUMNS = ["path", "class", "label", "score", "rank"]
+
+
+def read_ranking(path: Path, classes: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: missing; run the rank stage first")
+    table = pd.read_csv(path, dtype={"path": str, "class": str})  # class names like "0" stay names
+    if list(table.columns) != COLUMNS:
+        raise DataError(f"{path}: columns {list(table.columns)}, expected {COLUMNS}")
+    unknown = sorted(set(table["class"]) - set(classes))
+    if unknown:
+        raise DataError(f"{path}: classes {unknown[:5]} are not in classes.json")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ranking", required=True, type=Path)
+    parser.add_argument("--data", required=True, help="data/<dataset>")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    p = params.load()
+    classes = read_classes(args.data)
+    table = read_ranking(args.ranking, classes)
+    train_dir = Path(args.data) / "train"
+    width = max(3, len(str(p.ipc - 1)))
+    with atomic_dir(args.out) as tmp:
+        for name in classes:
+            members = table[table["class"] == name].sort_values("score", kind="stable")
+            if len(members) < p.ipc:
+                raise DataError(f"{args.ranking}: class {name!r} has {len(members)} ranked images, ipc = {p.ipc}")
+            picked = select(members["score"].to_numpy(np.float64), p.ipc, p.delt.criterion)
+            (tmp / name).mkdir()
+            for k, i in enumerate(picked):
+                source = train_dir / members["path"].iloc[i]
+                if not source.is_file():
+                    raise DataError(f"{args.ranking}: {members['path'].iloc[i]} is not in {train_dir}")
+                shutil.copyfile(source, tmp / name / f"{k:0{width}d}_{source.name}")
+        write_json(tmp / "selection.json", {"criterion": p.delt.criterion, "ipc": p.ipc,
+                                            "ranking": str(args.ranking)})
+    print(f"select: {p.ipc} x {len(classes)} images by {p.delt.criterion} → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
