@@ -19,6 +19,7 @@ from stages.data.augment import plan_epoch
 from stages.data.distilled import load_set, images_root
 from stages.data.folder import load_imagefolder, read_classes
 from stages.models import build, load_checkpoint, predict
+from stages.models.probes import teacher_view
 from stages.pipeline import cli, params
 from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import dir_bytes, write_json
@@ -95,10 +96,13 @@ def main() -> None:
             "train_seconds": round(sum(r["train_seconds"] for r in runs), 2),
         }
     write_json(args.out, {
+        **teacher_view(teacher, images.normalised(*norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
         "bytes": dir_bytes(images_root(Path(args.set), card)), "student": cfg.student, "epochs": args.epochs,
         "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results,
-        "note": "top1/top5 are after the last epoch; *_best are the max over validation points (optimistic)",
+        "note": "top1/top5 are after the last epoch; *_best are the max over validation points (optimistic); "
+                "teacher_fidelity: the teacher's top-1 on the set's own images; intra_class_cosine: mean "
+                "cosine similarity of same-class teacher penultimate features (lower = more diverse)",
         "wall_seconds": round(time.perf_counter() - started, 2),
     })
     print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in results.items()))

@@ -39,6 +39,7 @@ def collect(metric_dirs: list[Path]) -> pd.DataFrame:
                     "top1_best": r["top1_best"]["mean"], "top1_best_std": r["top1_best"]["std"],
                     "top5": r["top5"]["mean"], "seeds": m["seeds"], "images": m["images"], "bytes": m["bytes"],
                     "student": m["student"], "epochs": m["epochs"], "eval_seconds": r["train_seconds"],
+                    "teacher_fidelity": m["teacher_fidelity"], "intra_class_cosine": m["intra_class_cosine"],
                 })
     if not rows:
         raise DataError(f"no metrics under {', '.join(map(str, metric_dirs))}; run the evaluate stages first")
@@ -58,13 +59,17 @@ def pct(mean: float, std: float | None = None) -> str:
 def markdown(table: pd.DataFrame, title: str) -> str:
     lines = [f"# {title}", "",
              "Top-1 on the real validation set after the last epoch (mean ± std over seeds); `best` is the max over",
-             "validation points, an optimistic figure. Gain is top-1 minus `random` under the same protocol.", "",
-             "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | images | bytes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "validation points, an optimistic figure. Gain is top-1 minus `random` under the same protocol.",
+             "Fidelity: the teacher's top-1 on the set's own images. Intra-class cos: mean cosine similarity of",
+             "same-class teacher penultimate features (DELT's diversity measure; lower = more diverse).", "",
+             "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | fidelity % "
+             "| intra-class cos | images | bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
         lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
-                     f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {r.images} | {r.bytes} |")
+                     f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {pct(r.teacher_fidelity)} | "
+                     f"{r.intra_class_cosine:.3f} | {r.images} | {r.bytes} |")
     first = table.iloc[0]
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
               + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."]
@@ -135,6 +140,8 @@ def main() -> None:
             for set_dir in sorted(d for d in folder.iterdir() if (d / "card.json").exists()):
                 image_grid(set_dir, classes, tmp / "grids" / f"{set_dir.name}.png")
     summary = {"ipc": ipc}
+    for r in table.drop_duplicates("method").itertuples():
+        summary[r.method] = {"teacher_fidelity": r.teacher_fidelity, "intra_class_cosine": r.intra_class_cosine}
     for r in table.itertuples():
         summary.setdefault(r.method, {})[r.protocol] = {
             "top1": round(r.top1, 4), "top1_std": round(r.top1_std, 4),

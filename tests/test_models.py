@@ -47,3 +47,21 @@ def test_checkpoint_for_another_architecture_is_refused(tmp_path):
     with pytest.raises(PipelineError, match="does not fit arch 'convnet'"):
         load_checkpoint(tmp_path)
 
+
+
+def test_probes_read_the_penultimate_features_and_measure_diversity():
+    from stages.models.probes import intra_class_cosine, logits_and_features, teacher_view
+
+    model = build("resnet18_modified", 3, 16, {"width": 4, "norm": "batch"}).eval()
+    logits, features = logits_and_features(model, torch.randn(5, 3, 16, 16))
+    assert logits.shape == (5, 3) and features.shape == (5, 32)  # 8 × width channels before the head
+    assert logits_and_features(build("convnet", 3, 16, {"width": 8, "depth": 2, "norm": "batch"}),
+                               torch.randn(2, 3, 16, 16))[1].shape == (2, 8 * 4 * 4)
+
+    labels = torch.tensor([0, 0, 1, 1])
+    same = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    assert intra_class_cosine(same, labels) == pytest.approx(1.0)
+    orthogonal = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert intra_class_cosine(orthogonal, labels) == pytest.approx(0.0)
+    view = teacher_view(model, torch.randn(4, 3, 16, 16), labels)
+    assert 0 <= view["teacher_fidelity"] <= 1 and -1 <= view["intra_class_cosine"] <= 1

@@ -21,6 +21,7 @@ def ran(log: str) -> set[str]:
 def check_metrics(path, images, protocols=("fkd", "teacher", "hard")):
     m = json.loads(path.read_text())
     assert m["images"] == images and m["bytes"] > 0 and m["seeds"] == 2
+    assert 0.5 < m["teacher_fidelity"] <= 1 and 0 < m["intra_class_cosine"] < 1
     assert set(m["protocols"]) == set(protocols)
     for result in m["protocols"].values():
         assert len(result["per_seed_top1"]) == 2
@@ -69,6 +70,7 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
             assert img.size[0] > 100 and img.size[1] > 100
     summary = json.loads((art / "summary.json").read_text())
     assert summary["ipc"] == 3 and set(summary) == {"ipc", "random", "full"}
+    assert 0 < summary["random"]["teacher_fidelity"] <= 1
 
     git(project, "add", "-A")
     git(project, "commit", "-qm", "ipc 3 results")
