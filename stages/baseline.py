@@ -14,10 +14,9 @@ import numpy as np
 
 from stages.data.folder import list_images, read_classes
 from stages.pipeline import cli, params
-from stages.pipeline.card import write_card
+from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.seeds import derive_seed
-from stages.training.recipe import EVALUATION_NOTE
 
 
 def main() -> None:

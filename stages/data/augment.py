@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
 
 from stages.data.folder import normalise
 
@@ -81,6 +80,8 @@ def render(images: torch.Tensor, plan: EpochPlan, batch: slice, mean, std, size:
     Crops are resized bilinearly (roi_align with one sample per output pixel, the pixel centres), so a
     full-image box is the identity, as in torchvision's RandomResizedCrop.
     """
+    from torchvision.ops import roi_align  # deferred: importing torchvision costs ~1.5 s per stage start
+
     src = images[torch.from_numpy(plan.order[batch])].float().div_(255)
     _, _, h, w = src.shape
     top, left, bh, bw = torch.from_numpy(plan.boxes[batch]).unbind(1)

@@ -20,6 +20,14 @@ from stages.pipeline.outputs import write_json
 CARD = "card.json"
 
 
+EVALUATION_NOTE = {
+    "protocols": {"fkd": "student learns the stored FKD soft labels (relabel output)",
+                  "teacher": "student learns the teacher's logits online",
+                  "hard": "cross-entropy on each image's own label"},
+    "recipe": "the `evaluate` section of params.yaml at the commit that made this set",
+}
+
+
 class Card(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -19,10 +19,3 @@ def eval_batch_size(cfg: Evaluate, num_images: int, num_classes: int) -> int:
 def eval_augment(cfg: Evaluate, image_size: int) -> Augment:
     return Augment(tuple(cfg.crop_scale), cfg.flip, cfg.mix, cfg.mix_alpha, image_size)
 
-
-EVALUATION_NOTE = {
-    "protocols": {"fkd": "student learns the stored FKD soft labels (relabel output)",
-                  "teacher": "student learns the teacher's logits online",
-                  "hard": "cross-entropy on each image's own label"},
-    "recipe": "the `evaluate` section of params.yaml at the commit that made this set",
-}
