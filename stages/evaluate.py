@@ -17,7 +17,7 @@ import torch
 
 from stages.data.augment import plan_epoch
 from stages.data.distilled import load_set, images_root
-from stages.data.folder import load_imagefolder, read_classes
+from stages.data.folder import load_imagefolder, read_classes, renormalise
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
 from stages.pipeline import cli, params
@@ -63,13 +63,14 @@ def main() -> None:
     size, norm = data_meta["image_size"], (data_meta["mean"], data_meta["std"])
     valset = load_imagefolder(Path(args.data) / "val", classes, size)
     val = (valset.normalised(*norm), valset.labels)
-    teacher, _ = load_checkpoint(args.teacher, data_meta["classes_sha256"])
+    teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
+    teacher_norm = (t_meta["mean"], t_meta["std"])  # a teacher sees images in its own normalisation
     batch_size = eval_batch_size(cfg, len(images), len(classes))
     augment = eval_augment(cfg, size)
     student_config = p.models[cfg.student].model_dump() if cfg.student in p.models else None
 
     def online_kd(logits, batch):
-        return kd_loss(logits, predict(teacher, batch.x), cfg.temperature)
+        return kd_loss(logits, predict(teacher, renormalise(batch.x, norm, teacher_norm)), cfg.temperature)
 
     losses = {"fkd": lambda logits, batch: kd_loss(logits, batch.soft, cfg.temperature),
               "teacher": online_kd, "hard": hard_loss}
@@ -96,7 +97,7 @@ def main() -> None:
             "train_seconds": round(sum(r["train_seconds"] for r in runs), 2),
         }
     write_json(args.out, {
-        **teacher_view(teacher, images.normalised(*norm), images.labels),
+        **teacher_view(teacher, images.normalised(*teacher_norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
         "bytes": dir_bytes(images_root(Path(args.set), card)), "student": cfg.student, "epochs": args.epochs,
         "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results,

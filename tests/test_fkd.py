@@ -104,3 +104,15 @@ def test_evaluate_refuses_labels_stored_for_fewer_epochs(relabelled):
                        "--data", "data/digits", "--epochs", "5", "--out", "m.json", check=False)
     assert result.returncode == 2
     assert "stored 3 epochs x batch 30 for 30 images; evaluate needs 5 x 30 for 30" in result.stderr
+
+
+def test_renormalise_moves_between_normalisations_and_commutes_with_mixing():
+    from stages.data.folder import normalise, renormalise
+
+    pixels = torch.rand(4, 3, 8, 8)
+    a, b = ([0.5, 0.4, 0.3], [0.2, 0.3, 0.4]), ([0.1, 0.2, 0.3], [0.5, 0.5, 0.5])
+    assert torch.allclose(renormalise(normalise(pixels, *a), a, b), normalise(pixels, *b), atol=1e-6)
+    mixed = 0.3 * normalise(pixels, *a) + 0.7 * normalise(pixels.flip(0), *a)
+    assert torch.allclose(renormalise(mixed, a, b), normalise(0.3 * pixels + 0.7 * pixels.flip(0), *b), atol=1e-6)
+    x = normalise(pixels, *a)
+    assert renormalise(x, a, a) is x

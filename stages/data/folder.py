@@ -32,6 +32,14 @@ def normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Ten
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
+def renormalise(x: torch.Tensor, source: tuple[list, list], target: tuple[list, list]) -> torch.Tensor:
+    """Move normalised images from one (mean, std) to another; linear, so it commutes with mixing."""
+    if source == target:
+        return x
+    pixels = x * torch.tensor(source[1]).view(1, 3, 1, 1) + torch.tensor(source[0]).view(1, 3, 1, 1)
+    return normalise(pixels, *target)
+
+
 def read_classes(data_dir: str | Path) -> list[str]:
     path = Path(data_dir) / "classes.json"
     if not path.exists():
