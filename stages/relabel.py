@@ -43,7 +43,7 @@ def main() -> None:
     augment = eval_augment(p.evaluate, size)
     rng = np.random.default_rng(derive_seed(p.seed, "relabel"))
 
-    with atomic_dir(args.out) as tmp, torch.no_grad():
+    with atomic_dir(args.out) as tmp:
         for epoch in tqdm(range(args.epochs), desc=f"relabel {card.method}", unit="epoch", mininterval=1):
             plan = plan_epoch(len(images), batch_size, rng, augment)
             logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size)) for s in plan.batches()])

@@ -42,15 +42,35 @@ class EpochPlan:
         return [slice(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
 
 
-def plan_epoch(n: int, batch_size: int, rng: np.random.Generator, aug: Augment) -> EpochPlan:
-    order = rng.permutation(n)
-    area = rng.uniform(*aug.crop_scale, size=n)
+def sample_boxes(n: int, rng: np.random.Generator, scale: tuple[float, float]) -> np.ndarray:
+    """RandomResizedCrop boxes (top, left, height, width) as fractions: area in `scale`, ratio 3/4..4/3."""
+    area = rng.uniform(*scale, size=n)
     ratio = np.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3), size=n))
     width = np.minimum(np.sqrt(area * ratio), 1.0)
     height = np.minimum(np.sqrt(area / ratio), 1.0)
     top = rng.uniform(size=n) * (1 - height)
     left = rng.uniform(size=n) * (1 - width)
-    boxes = np.stack([top, left, height, width], 1).astype(np.float32)
+    return np.stack([top, left, height, width], 1).astype(np.float32)
+
+
+def crop_resize(x: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
+    """Each image's box resized bilinearly to size x size in one roi_align call.
+
+    One sample per output pixel, at the pixel centres, so a full-image box is the identity (as in
+    torchvision's RandomResizedCrop, which only ever upsamples here).
+    """
+    from torchvision.ops import roi_align  # deferred: importing torchvision costs ~1.5 s per stage start
+
+    _, _, h, w = x.shape
+    top, left, bh, bw = torch.from_numpy(boxes).unbind(1)
+    rois = torch.stack([torch.arange(len(x), dtype=torch.float32), left * w, top * h,
+                        (left + bw) * w, (top + bh) * h], 1).to(x.dtype)
+    return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+
+
+def plan_epoch(n: int, batch_size: int, rng: np.random.Generator, aug: Augment) -> EpochPlan:
+    order = rng.permutation(n)
+    boxes = sample_boxes(n, rng, aug.crop_scale)
     flips = rng.uniform(size=n) < 0.5 if aug.flip else np.zeros(n, bool)
 
     partner, lam, cut = np.arange(n), np.ones(n, np.float32), np.zeros((n, 4), np.int64)
@@ -75,19 +95,9 @@ def plan_epoch(n: int, batch_size: int, rng: np.random.Generator, aug: Augment) 
 
 
 def render(images: torch.Tensor, plan: EpochPlan, batch: slice, mean, std, size: int) -> torch.Tensor:
-    """The normalised, cropped, flipped and mixed float batch for one slice of a plan.
-
-    Crops are resized bilinearly (roi_align with one sample per output pixel, the pixel centres), so a
-    full-image box is the identity, as in torchvision's RandomResizedCrop.
-    """
-    from torchvision.ops import roi_align  # deferred: importing torchvision costs ~1.5 s per stage start
-
+    """The normalised, cropped, flipped and mixed float batch for one slice of a plan."""
     src = images[torch.from_numpy(plan.order[batch])].float().div_(255)
-    _, _, h, w = src.shape
-    top, left, bh, bw = torch.from_numpy(plan.boxes[batch]).unbind(1)
-    rois = torch.stack([torch.arange(len(src), dtype=torch.float32), left * w, top * h,
-                        (left + bw) * w, (top + bh) * h], 1)
-    x = roi_align(src, rois, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    x = crop_resize(src, plan.boxes[batch], size)
     flips = torch.from_numpy(plan.flips[batch]).view(-1, 1, 1, 1)
     x = normalise(torch.where(flips, x.flip(3), x), mean, std)
     if plan.mix == "none":

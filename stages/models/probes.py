@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stages.models import as_input
+from stages.models import predict
 
 
 @torch.no_grad()
@@ -20,9 +20,7 @@ def logits_and_features(model: nn.Module, images: torch.Tensor, batch_size: int 
     captured = []
     handle = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1)))
     try:
-        model.eval()
-        logits = torch.cat([model(as_input(model, images[i:i + batch_size]))
-                            for i in range(0, len(images), batch_size)])
+        logits = predict(model, images, batch_size)
     finally:
         handle.remove()
     return logits, torch.cat(captured)

@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import roi_align
 
+from stages.data.augment import crop_resize, sample_boxes
 from stages.pipeline.errors import PipelineError
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.bn_matching import BNStatisticsLoss
@@ -43,28 +44,22 @@ def crop_min(cfg: RecoverConfig, t: int) -> float:
     return cfg.crop_min_scale + (1 - cfg.crop_min_scale) * 0.5 * (1 + math.cos(math.pi * t / cfg.iterations))
 
 
-def augment(x: torch.Tensor, cfg: RecoverConfig, t: int, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, cfg: RecoverConfig, t: int, rng: np.random.Generator) -> torch.Tensor:
     """One crop box, one flip and one roll for the whole batch (the reference behaviour)."""
-    n, _, h, w = x.shape
     low = crop_min(cfg, t)
     if low < 1.0:
-        area = low + (1 - low) * torch.rand((), generator=gen).item()
-        ratio = math.exp(math.log(3 / 4) + math.log(16 / 9) * torch.rand((), generator=gen).item())
-        bw, bh = min(1.0, math.sqrt(area * ratio)), min(1.0, math.sqrt(area / ratio))
-        top, left = (1 - bh) * torch.rand((), generator=gen).item(), (1 - bw) * torch.rand((), generator=gen).item()
-        box = torch.tensor([left * w, top * h, (left + bw) * w, (top + bh) * h])
-        rois = torch.cat([torch.arange(n, dtype=x.dtype)[:, None], box.expand(n, 4).to(x.dtype)], 1)
-        x = roi_align(x, rois, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
-    if cfg.flip and torch.rand((), generator=gen).item() < 0.5:
+        box = sample_boxes(1, rng, (low, 1.0))
+        x = crop_resize(x, np.repeat(box, len(x), axis=0), x.shape[-1])
+    if cfg.flip and rng.uniform() < 0.5:
         x = x.flip(3)
     if cfg.jitter:
-        dx, dy = torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=gen).tolist()
+        dx, dy = rng.integers(-cfg.jitter, cfg.jitter + 1, size=2).tolist()
         x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
     return x
 
 
 def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, join: torch.Tensor,
-                  cfg: RecoverConfig, mean: list[float], std: list[float], gen: torch.Generator) -> torch.Tensor:
+                  cfg: RecoverConfig, mean: list[float], std: list[float], rng: np.random.Generator) -> torch.Tensor:
     """Optimise one batch of normalised images; returns them (normalised, clamped)."""
     teacher.eval()
     for p in teacher.parameters():
@@ -80,7 +75,7 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
             active = join <= t
             if not active.any():
                 continue
-            logits = teacher(augment(x[active], cfg, t, gen))
+            logits = teacher(augment(x[active], cfg, t, rng))
             loss = F.cross_entropy(logits, labels[active]) + cfg.r_bn * bn.loss()
             if not torch.isfinite(loss):
                 raise PipelineError(f"recover: loss is {loss.item()} at iteration {t}; lower recover.lr or r_bn")
@@ -137,12 +132,13 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
     """Recover every group; `init(labels, indices, gen)` gives starting images (default N(0, 1) noise in
     normalised space) and `join(indices)` each image's first iteration (default 0: all from the start)."""
     for group in groups:
-        gen = torch.Generator().manual_seed(derive_seed(seed, "recover", group.start))
+        group_seed = derive_seed(seed, "recover", group.start)
+        gen, rng = torch.Generator().manual_seed(group_seed), np.random.default_rng(group_seed)
         labels, indices = group_members(group, num_classes)
         start = init(labels, indices, gen) if init else torch.randn(len(labels), 3, image_size, image_size,
                                                                    generator=gen)
         joins = join(indices) if join else torch.zeros(len(labels), dtype=torch.long)
         began = time.perf_counter()
-        images = recover_batch(teacher, start, labels, joins, cfg, mean, std, gen)
+        images = recover_batch(teacher, start, labels, joins, cfg, mean, std, rng)
         work = int((cfg.iterations - joins.clamp(max=cfg.iterations)).sum())
         yield GroupResult(labels, indices, images, work, time.perf_counter() - began)

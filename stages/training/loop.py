@@ -100,7 +100,7 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
     for epoch in bar:
         plan, logits = plans(epoch)
         model.train()
-        running = 0.0
+        running = torch.zeros(())  # summed as a tensor: no host sync per step
         for batch_slice in plan.batches():
             idx = torch.from_numpy(plan.order[batch_slice])
             labels = data.labels[idx]
@@ -112,7 +112,7 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             loss.backward()
             optimizer.step()
             schedule.step()
-            running += loss.item() * len(idx)
+            running += loss.detach() * len(idx)
             history.images_seen += len(idx)
         if epoch + 1 in checkpoints:
             history.seconds += time.perf_counter() - start
@@ -121,9 +121,10 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             history.epochs.append(epoch + 1)
             history.top1.append(top1)
             history.top5.append(top5)
-            history.loss.append(running / len(data))
-            bar.set_postfix(loss=f"{running / len(data):.3f}", top1=f"{top1:.3f}")
+            mean_loss = running.item() / len(data)
+            history.loss.append(mean_loss)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{top1:.3f}")
             if on_eval:
-                on_eval(epoch + 1, {"loss": running / len(data), "top1": top1, "top5": top5})
+                on_eval(epoch + 1, {"loss": mean_loss, "top1": top1, "top5": top5})
     history.seconds += time.perf_counter() - start
     return history
