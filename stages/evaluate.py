@@ -1,7 +1,9 @@
 """evaluate@<set>: train fresh students on a distilled set with the shared recipe; report val accuracy.
 
 Protocols (evaluate.protocols): `fkd` replays relabel's stored crops and soft labels, `teacher`
-distils the teacher online, `hard` is cross-entropy on each image's own label. Every protocol trains
+distils the teacher online, `hard` is cross-entropy on each image's own label, `static` learns the
+logits the set ships (INFER), mixed with the same λ as the images (skipped for a set that ships
+none). Every protocol trains
 `evaluate.seeds` students; metrics hold final and best (labelled) top-1/top-5 as mean ± std.
 """
 from __future__ import annotations
@@ -15,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.data.augment import plan_epoch
-from stages.data.distilled import load_set, images_root
+from stages.data.augment import EpochPlan, plan_epoch
+from stages.data.distilled import images_root, load_set, read_labels
 from stages.data.folder import load_imagefolder, read_classes, renormalise
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
@@ -38,6 +40,15 @@ def fkd_plans(labels_dir: Path, epochs: int, batch_size: int, num_images: int):
         raise DataError(f"{meta_path}: stored {meta['epochs']} epochs x batch {meta['batch_size']} for "
                         f"{meta['num_images']} images; evaluate needs {epochs} x {batch_size} for {num_images}")
     return lambda epoch: read_epoch(epoch_file(labels_dir, epoch))
+
+
+def static_labels(plan: EpochPlan, logits: torch.Tensor) -> torch.Tensor:
+    """Each slot's shipped logits, mixed linearly with its partner's by the slot's λ (INFER §5.4)."""
+    slots = np.arange(len(plan.order))
+    partner_slot = slots - slots % plan.batch_size + plan.partner
+    lam = torch.from_numpy(plan.lam).unsqueeze(1)
+    own = logits[torch.from_numpy(plan.order)]
+    return lam * own + (1 - lam) * own[torch.from_numpy(partner_slot)]
 
 
 def mean_std(values: list[float]) -> dict:
@@ -72,10 +83,16 @@ def main() -> None:
     def online_kd(logits, batch):
         return kd_loss(logits, predict(teacher, renormalise(batch.x, norm, teacher_norm)), cfg.temperature)
 
-    losses = {"fkd": lambda logits, batch: kd_loss(logits, batch.soft, cfg.temperature),
-              "teacher": online_kd, "hard": hard_loss}
+    def stored_kd(logits, batch):
+        return kd_loss(logits, batch.soft, cfg.temperature)
+
+    losses = {"fkd": stored_kd, "static": stored_kd, "teacher": online_kd, "hard": hard_loss}
+    shipped = read_labels(args.set, card, images) if card.labels else None
     results = {}
     for protocol in cfg.protocols:
+        if protocol == "static" and shipped is None:
+            print(f"evaluate {card.method}: protocol static skipped (the set ships no labels)")
+            continue
         runs = []
         for s in range(cfg.seeds):
             torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
@@ -84,7 +101,9 @@ def main() -> None:
                 plans = fkd_plans(Path(args.labels), args.epochs, batch_size, len(images))
             else:
                 rng = np.random.default_rng(derive_seed(p.seed, "evaluate", protocol, s, "augment"))
-                plans = lambda epoch, rng=rng: (plan_epoch(len(images), batch_size, rng, augment), None)
+                def plans(epoch, rng=rng, static=protocol == "static"):
+                    plan = plan_epoch(len(images), batch_size, rng, augment)
+                    return plan, static_labels(plan, shipped) if static else None
             history = train(student, images, norm, args.epochs, batch_size, plans, losses[protocol],
                             Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
                             desc=f"evaluate {card.method} {protocol} seed {s}")

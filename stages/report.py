@@ -27,7 +27,15 @@ from stages.pipeline.outputs import atomic_dir, write_json  # noqa: E402
 GRID_COLUMNS = 10
 
 
-def collect(metric_dirs: list[Path]) -> pd.DataFrame:
+def synthesis_seconds(folder: Path | None) -> dict[str, float]:
+    """Wall seconds each method spent making its images (the recover stages' stats files)."""
+    if folder is None or not folder.is_dir():
+        return {}
+    return {(s := json.loads(path.read_text()))["method"]: s["seconds"] for path in sorted(folder.glob("*.json"))}
+
+
+def collect(metric_dirs: list[Path], synthesis: dict[str, float] | None = None) -> pd.DataFrame:
+    synthesis = synthesis or {}
     rows = []
     for folder in metric_dirs:
         for path in sorted(folder.glob("*.json")):
@@ -40,6 +48,7 @@ def collect(metric_dirs: list[Path]) -> pd.DataFrame:
                     "top5": r["top5"]["mean"], "seeds": m["seeds"], "images": m["images"], "bytes": m["bytes"],
                     "student": m["student"], "epochs": m["epochs"], "eval_seconds": r["train_seconds"],
                     "teacher_fidelity": m["teacher_fidelity"], "intra_class_cosine": m["intra_class_cosine"],
+                    "synthesis_seconds": synthesis.get(m["method"], np.nan),
                 })
     if not rows:
         raise DataError(f"no metrics under {', '.join(map(str, metric_dirs))}; run the evaluate stages first")
@@ -61,15 +70,17 @@ def markdown(table: pd.DataFrame, title: str) -> str:
              "Top-1 on the real validation set after the last epoch (mean ± std over seeds); `best` is the max over",
              "validation points, an optimistic figure. Gain is top-1 minus `random` under the same protocol.",
              "Fidelity: the teacher's top-1 on the set's own images. Intra-class cos: mean cosine similarity of",
-             "same-class teacher penultimate features (DELT's diversity measure; lower = more diverse).", "",
+             "same-class teacher penultimate features (DELT's diversity measure; lower = more diverse).",
+             "Synthesis: wall seconds of the stage that made the images (– for real-image baselines).", "",
              "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | fidelity % "
-             "| intra-class cos | images | bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| intra-class cos | images | bytes | synthesis s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
         lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
                      f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {pct(r.teacher_fidelity)} | "
-                     f"{r.intra_class_cosine:.3f} | {r.images} | {r.bytes} |")
+                     f"{r.intra_class_cosine:.3f} | {r.images} | {r.bytes} | "
+                     f"{'–' if np.isnan(r.synthesis_seconds) else f'{r.synthesis_seconds:.0f}'} |")
     first = table.iloc[0]
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
               + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."]
@@ -122,12 +133,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metrics", nargs="+", required=True, type=Path, help="folders of evaluate outputs")
     parser.add_argument("--sets", nargs="+", required=True, type=Path, help="folders of distilled sets")
+    parser.add_argument("--synthesis", type=Path, help="folder of the recover stages' stats files")
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--summary", required=True, help="summary metrics JSON for `dvc exp show`")
     args = parser.parse_args()
     classes = read_classes(args.data)
-    table = collect(args.metrics)
+    table = collect(args.metrics, synthesis_seconds(args.synthesis))
     ipc = next(i for i in table.ipc if i != "all") if (table.ipc != "all").any() else "all"
     title = f"{Path(args.data).name}, IPC {ipc}"
 

@@ -20,7 +20,10 @@ TINY = {
     "models": {"convnet": {"width": 16, "depth": 2, "norm": "batch"},
                "resnet18_modified": {"width": 4, "norm": "batch"}},
     "evaluate": {"epochs": 30, "full_epochs": 2, "seeds": 2, "eval_points": 2,
-                 "protocols": ["fkd", "teacher", "hard"]},
+                 "protocols": ["fkd", "teacher", "hard", "static"]},
+    "sre2l": {"recover": {"iterations": 20}},
+    "delt": {"round_iterations": 5, "recover": {"iterations": 20}},
+    "infer": {"recover": {"iterations": 20}},
 }
 
 

@@ -60,7 +60,7 @@ def test_missing_key_is_named(tmp_path):
 
 
 def test_torchvision_archs_are_registered(tmp_path):
-    p = load_with(tmp_path, {"teacher": {"archs": ["convnet", "resnet18"]}})
+    p = load_with(tmp_path, {"teacher": {"archs": ["convnet", "resnet18"]}, "infer": {"teachers": ["resnet18"]}})
     assert p.teacher.archs == ["convnet", "resnet18"]
 
 

@@ -8,10 +8,12 @@ from PIL import Image
 
 from tests.conftest import dvc, git
 
+METHODS = ("sre2l", "delt", "infer")
 ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "select",
-              "baseline@random", "baseline@full",
-              "relabel@random", "relabel@full", "evaluate@random", "evaluate@full", "report"}
-IPC_STAGES = {"select", "baseline@random", "relabel@random", "evaluate@random", "report"}
+              "baseline@random", "baseline@full", *(f"recover@{m}" for m in METHODS),
+              *(f"{s}@{m}" for s in ("relabel", "evaluate") for m in ("random", "full", *METHODS)), "report"}
+IPC_STAGES = ALL_STAGES - {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "baseline@full",
+                           "relabel@full", "evaluate@full"}
 
 
 def ran(log: str) -> set[str]:
@@ -19,6 +21,7 @@ def ran(log: str) -> set[str]:
 
 
 def check_metrics(path, images, protocols=("fkd", "teacher", "hard")):
+    """(`static` runs only for sets that ship labels: INFER here.)"""
     m = json.loads(path.read_text())
     assert m["images"] == images and m["bytes"] > 0 and m["seeds"] == 2
     assert 0.5 < m["teacher_fidelity"] <= 1 and 0 < m["intra_class_cosine"] < 1
@@ -58,18 +61,26 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
     assert len(list((art / "full" / "soft_labels" / "full").glob("epoch_*.parquet"))) == 2
     check_metrics(art / "ipc3" / "metrics" / "random.json", 30)
     check_metrics(art / "full" / "metrics" / "full.json", 1437)
+    check_metrics(art / "ipc3" / "metrics" / "sre2l.json", 30)
+    check_metrics(art / "ipc3" / "metrics" / "delt.json", 30)
+    # INFER at ipc 3 with 2 teachers: 30 // 12 = 2 bases per class, each with 2 compensators → 6 per class
+    check_metrics(art / "ipc3" / "metrics" / "infer.json", 60, ("fkd", "teacher", "hard", "static"))
+    for method in METHODS:
+        card = json.loads((art / "ipc3" / "distilled" / method / "card.json").read_text())
+        assert card["method"] == method and card["ipc"] == 3 and card["teacher"]["sha256"]
+        assert json.loads((art / "ipc3" / "synthesis" / f"{method}.json").read_text())["seconds"] > 0
 
     report = art / "ipc3" / "report"
     table = pd.read_csv(report / "results.csv")
-    assert set(zip(table.method, table.protocol)) == {(m, p) for m in ("random", "full")
-                                                      for p in ("fkd", "teacher", "hard")}
+    assert set(zip(table.method, table.protocol)) == {(m, p) for m in ("random", "full", *METHODS)
+                                                      for p in ("fkd", "teacher", "hard")} | {("infer", "static")}
     assert (table[table.method == "random"].gain_vs_random == 0).all()
     assert "| random | fkd | 3 |" in (report / "results.md").read_text()
-    for png in ("accuracy.png", "grids/random.png", "grids/full.png"):
+    for png in ("accuracy.png", "grids/random.png", "grids/full.png", *(f"grids/{m}.png" for m in METHODS)):
         with Image.open(report / png) as img:
             assert img.size[0] > 100 and img.size[1] > 100
     summary = json.loads((art / "summary.json").read_text())
-    assert summary["ipc"] == 3 and set(summary) == {"ipc", "random", "full"}
+    assert summary["ipc"] == 3 and set(summary) == {"ipc", "random", "full", *METHODS}
     assert 0 < summary["random"]["teacher_fidelity"] <= 1
 
     git(project, "add", "-A")
@@ -82,6 +93,7 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
     for stage in ALL_STAGES - IPC_STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in experiment
     check_metrics(art / "ipc2" / "metrics" / "random.json", 20)
+    check_metrics(art / "ipc2" / "metrics" / "infer.json", 30, ("fkd", "teacher", "hard", "static"))
     assert json.loads((art / "summary.json").read_text())["ipc"] == 2
 
     shown = json.loads(dvc(project, "exp", "show", "--json"))
@@ -96,8 +108,9 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
 
 
 def test_the_shipped_default_reproduces_the_readme_bars(default_project):
-    """`dvc repro` on params.yaml as shipped (about 2 minutes on 2 cores): the ConvNet teacher reaches 95%,
-    the random IPC-10 subset and the full set land near the digits ceiling under both default protocols."""
+    """`dvc repro` on params.yaml as shipped: the ConvNet teacher reaches 95%, the random IPC-10 subset and
+    the full set land near the digits ceiling under both default protocols, every method's images read as
+    their class to the teacher, and DELT's set is more diverse than SRe2L's."""
     log = dvc(default_project, "repro")
     assert ran(log) == {s.replace("ipc3", "ipc10") for s in ALL_STAGES}
     art = default_project / "artifacts" / "digits"
@@ -108,4 +121,7 @@ def test_the_shipped_default_reproduces_the_readme_bars(default_project):
         assert summary["random"][protocol]["top1"] >= 0.95
         assert summary["full"][protocol]["top1"] >= 0.97
     assert summary["random"]["fkd"]["top1"] >= summary["random"]["hard"]["top1"] - 0.01  # soft labels don't hurt
+    for method in METHODS:
+        assert summary[method]["teacher_fidelity"] >= 0.97 and summary[method]["fkd"]["top1"] >= 0.95
+    assert summary["delt"]["intra_class_cosine"] < summary["sre2l"]["intra_class_cosine"] - 0.02
     assert (art / "ipc10" / "report" / "results.md").exists()

@@ -165,3 +165,78 @@ def test_ranking_csv_is_sorted_and_select_writes_the_medium_order(prepared):
     m = (len(ascending) + 1) // 2
     expected = [ascending[m], ascending[m + 1], ascending[m - 1]]
     assert [p.name[4:] for p in picked] == [path.split("/")[1] for path in expected]
+
+
+def test_infer_budget_matches_the_papers_counts_and_is_enforced():
+    from stages.synthesis.schedules import infer_budget
+
+    # research/sre2l_family.md §5.2: (ipc, C, M) → ipc_init bases per class, M compensators per base set
+    assert infer_budget(10, 100, 4) == (9, 4)  # 9·104 = 936 ≤ 1000
+    assert infer_budget(50, 100, 4) == (48, 4)
+    assert infer_budget(10, 10, 4) == (7, 4) and infer_budget(50, 10, 4) == (35, 4)
+    assert infer_budget(10, 1000, 3) == (9, 3) and infer_budget(50, 1000, 3) == (49, 3)
+    for ipc in range(1, 60):
+        for classes, teachers in ((10, 2), (10, 4), (100, 4), (1000, 3)):
+            bases, per_set = infer_budget(ipc, classes, teachers)
+            assert bases * (classes + per_set) <= ipc * classes
+    assert infer_budget(1, 10, 2) == (1, 0)  # IPC 1: the formula gives no base; keep one, no compensator fits
+    with pytest.raises(ValueError, match=r"ipc_init = 9: 9·\(10 classes \+ 2 teachers\) = 108 .* budget ipc·C = 100"):
+        infer_budget(10, 10, 2, ipc_init=9)
+
+
+def test_compensators_are_one_additive_image_per_base_set_that_lowers_the_loss():
+    from stages.synthesis.recover import RecoverConfig, recover_compensators
+
+    teacher = tiny_teacher()
+    cfg = RecoverConfig(iterations=150, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=1,
+                        crop_min_scale=1.0, crop_schedule="fixed", flip=False)
+    torch.manual_seed(3)
+    bases = torch.rand(2, 3, 3, 8, 8) * 0.6 + 0.2  # 2 base sets x 3 classes, inside [0, 1] (mean 0, std 1)
+    u, images = recover_compensators(teacher, bases, cfg, [0, 0, 0], [1, 1, 1], np.random.default_rng(0))
+    assert u.shape == (2, 3, 8, 8) and images.shape == bases.shape
+    assert torch.allclose(images, (bases + u[:, None]).clamp(0, 1))  # one additive image per base set
+    labels = torch.arange(3).repeat(2)
+    with torch.no_grad():
+        before = F.cross_entropy(teacher(bases.flatten(0, 1)), labels)
+        after = F.cross_entropy(teacher(images.flatten(0, 1)), labels)
+    assert after < before  # one image shared by all classes can only do so much on random bases
+
+
+def test_dwa_moves_a_copy_of_the_teacher_by_rho_and_leaves_bn_statistics():
+    from stages.synthesis.recover import directed_weight_adjustment
+
+    teacher = tiny_teacher()
+    original = {k: v.clone() for k, v in teacher.state_dict().items()}
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    perturbed = directed_weight_adjustment(teacher, x, y, steps=4, rho=0.05)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in original.items())  # the teacher is untouched
+    moved = perturbed.state_dict()
+    delta = torch.cat([(moved[k] - original[k]).flatten() for k, _ in teacher.named_parameters()])
+    assert 0.04 < torch.linalg.vector_norm(delta).item() <= 0.05 + 1e-6
+    assert all(torch.equal(moved[k], original[k]) for k in original if "running" in k)
+    with torch.no_grad():  # ascent: the batch's cross-entropy went up
+        assert F.cross_entropy(perturbed(x), y) > F.cross_entropy(teacher(x), y)
+
+
+def test_min_iterations_stops_classes_at_random_rounds():
+    from stages.synthesis.schedules import class_rounds
+
+    rng = np.random.default_rng(0)
+    assert class_rounds(5, 400, 100, 400, rng) == [4] * 5  # DELT's scripts: every class runs all rounds
+    rounds = class_rounds(200, 400, 100, 200, rng)
+    assert set(rounds) == {2, 3, 4}
+
+
+def test_static_labels_are_mixed_with_the_images_lambda():
+    from stages.data.augment import Augment, plan_epoch
+    from stages.evaluate import static_labels
+
+    logits = torch.randn(10, 4)
+    plan = plan_epoch(10, 4, np.random.default_rng(0), Augment((0.5, 1.0), False, "mixup", 1.0, 8))
+    mixed = static_labels(plan, logits)
+    for batch in plan.batches():
+        lam = float(plan.lam[batch][0])
+        own = logits[plan.order[batch]]
+        assert torch.allclose(mixed[batch], lam * own + (1 - lam) * own[plan.partner[batch]])
+    plain = plan_epoch(10, 4, np.random.default_rng(0), Augment((0.5, 1.0), False, "none", 1.0, 8))
+    assert torch.equal(static_labels(plain, logits), logits[plain.order])

@@ -1,7 +1,12 @@
 """Distilled sets: an ImageFolder with its card.json, checked against the dataset it claims to distil."""
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from stages.data.folder import ImageSet, load_imagefolder, read_classes
 from stages.pipeline.card import Card, read_card
@@ -30,3 +35,25 @@ def load_set(set_dir: str | Path, data_dir: str | Path) -> tuple[Card, ImageSet]
     if len(images) != card.num_images:
         raise DataError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")
     return card, images
+
+
+def write_labels(set_dir: Path, name: str, logits: torch.Tensor, paths: list[str]) -> None:
+    """Soft labels shipped with a set: logits [N, C] (float32) and the image path of each row."""
+    save_file({"logits": logits.float().contiguous()}, Path(set_dir) / name, metadata={"paths": json.dumps(paths)})
+
+
+def read_labels(set_dir: str | Path, card: Card, images: ImageSet) -> torch.Tensor:
+    """The set's shipped logits, one row per image of `images` (matched by path)."""
+    if card.labels is None:
+        raise DataError(f"{Path(set_dir) / 'card.json'}: labels = None: this set ships no soft labels")
+    path = Path(set_dir) / card.labels
+    if not path.is_file() or PurePosixPath(card.labels).name != card.labels:
+        raise DataError(f"{Path(set_dir) / 'card.json'}: labels = {card.labels!r}: no such file in the set")
+    with safe_open(path, "pt") as f:
+        logits, rows = f.get_tensor("logits"), json.loads(f.metadata()["paths"])
+    index = {p: i for i, p in enumerate(rows)}
+    missing = [p for p in images.paths if p not in index]
+    if missing or logits.shape != (len(rows), len(card.classes)):
+        raise DataError(f"{path}: logits {tuple(logits.shape)} for {len(rows)} paths do not cover the set's "
+                        f"{len(images)} images x {len(card.classes)} classes (missing e.g. {missing[:3]})")
+    return logits[torch.tensor([index[p] for p in images.paths])]

@@ -23,7 +23,8 @@ CARD = "card.json"
 EVALUATION_NOTE = {
     "protocols": {"fkd": "student learns the stored FKD soft labels (relabel output)",
                   "teacher": "student learns the teacher's logits online",
-                  "hard": "cross-entropy on each image's own label"},
+                  "hard": "cross-entropy on each image's own label",
+                  "static": "student learns the logits the set ships (card `labels`), mixed like the images"},
     "recipe": "the `evaluate` section of params.yaml at the commit that made this set",
 }
 
@@ -37,6 +38,8 @@ class Card(BaseModel):
     classes: list[str]
     num_images: int
     images_from: Optional[str] = None  # project-relative folder holding the images, if not this one
+    labels: Optional[str] = None  # soft labels shipped with the set (a safetensors file in it), if any
+    synthesis: Optional[dict] = None  # how the images were made: work done, derived counts
     params: dict
     teacher: Optional[dict]  # {"arch", "sha256"} of the teacher that shaped the images, if any
     evaluation: dict

@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stages.pipeline.errors import ParamsError
 from stages.models import OUR_ARCHS, is_registered
+from stages.synthesis.schedules import infer_budget
 
 Positive = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -70,7 +72,7 @@ class Teacher(Section):
 class Evaluate(Section):
     student: str
     teacher: str
-    protocols: Annotated[list[Literal["fkd", "teacher", "hard"]], Field(min_length=1)]
+    protocols: Annotated[list[Literal["fkd", "teacher", "hard", "static"]], Field(min_length=1)]
     seeds: Positive
     epochs: Positive
     full_epochs: Positive
@@ -95,9 +97,62 @@ class Evaluate(Section):
         return arch
 
 
+class Recover(Section):
+    """The recover engine's knobs (research/sre2l_family.md §0.3), shared by sre2l, delt and infer."""
+    iterations: Positive
+    lr: PositiveFloat
+    r_bn: NonNegFloat
+    first_bn_multiplier: NonNegFloat
+    r_var: NonNegFloat
+    jitter: NonNegInt
+    crop_min_scale: Annotated[float, Field(gt=0, le=1)]
+    crop_schedule: Literal["fixed", "cosine"]
+    flip: bool
+    ipc_per_batch: Positive
+    ipc_start: NonNegInt
+    ipc_end: Optional[Positive]
+    dwa_steps: NonNegInt
+    dwa_rho: NonNegFloat
+
+    @model_validator(mode="after")
+    def _range(self) -> "Recover":
+        if self.ipc_end is not None and self.ipc_end <= self.ipc_start:
+            raise ValueError(f"ipc_end = {self.ipc_end}: must be above ipc_start = {self.ipc_start}")
+        if self.ipc_start % self.ipc_per_batch:
+            raise ValueError(f"ipc_start = {self.ipc_start}: must be a multiple of ipc_per_batch = "
+                             f"{self.ipc_per_batch} so shards reproduce a single run exactly")
+        return self
+
+
+class Sre2l(Section):
+    teacher: str
+    recover: Recover
+
+
 class Delt(Section):
     ranker: str
     criterion: Literal["top", "min", "medium"]
+    teacher: str
+    round_iterations: Positive
+    min_iterations: Optional[Positive]
+    recover: Recover
+
+    @model_validator(mode="after")
+    def _rounds(self) -> "Delt":
+        total = self.recover.iterations
+        if total % self.round_iterations:
+            raise ValueError(f"round_iterations = {self.round_iterations}: must divide recover.iterations = {total}")
+        low = self.min_iterations
+        if low is not None and (low > total or low % self.round_iterations):
+            raise ValueError(f"min_iterations = {low}: must be a multiple of round_iterations = "
+                             f"{self.round_iterations} and at most recover.iterations = {total}")
+        return self
+
+
+class Infer(Section):
+    teachers: Annotated[list[str], Field(min_length=1)]
+    ipc_init: Optional[Positive]
+    recover: Recover
 
 
 class Params(Section):
@@ -108,7 +163,9 @@ class Params(Section):
     models: dict[str, ArchConfig]
     teacher: Teacher
     evaluate: Evaluate
+    sre2l: Sre2l
     delt: Delt
+    infer: Infer
 
     @model_validator(mode="after")
     def _consistent(self) -> "Params":
@@ -123,8 +180,17 @@ class Params(Section):
             raise ValueError(
                 f"evaluate.teacher = {self.evaluate.teacher!r}: not one of teacher.archs {self.teacher.archs}"
             )
-        if self.delt.ranker not in self.teacher.archs:
-            raise ValueError(f"delt.ranker = {self.delt.ranker!r}: not one of teacher.archs {self.teacher.archs}")
+        for key, arch in [("delt.ranker", self.delt.ranker), ("delt.teacher", self.delt.teacher),
+                          ("sre2l.teacher", self.sre2l.teacher),
+                          *((f"infer.teachers[{i}]", a) for i, a in enumerate(self.infer.teachers))]:
+            if arch not in self.teacher.archs:
+                raise ValueError(f"{key} = {arch!r}: not one of teacher.archs {self.teacher.archs}")
+        if len(set(self.infer.teachers)) != len(self.infer.teachers):
+            raise ValueError(f"infer.teachers = {self.infer.teachers}: lists a teacher twice")
+        for key, section in [("sre2l", self.sre2l), ("delt", self.delt)]:
+            end = section.recover.ipc_end
+            if end is not None and end > self.ipc:
+                raise ValueError(f"{key}.recover.ipc_end = {end}: above ipc = {self.ipc}")
         if self.dataset in ("cifar10", "cifar100", "imagefolder") and self.prepare.root is None:
             raise ValueError(f"prepare.root = None: dataset {self.dataset!r} needs a source folder")
         return self
@@ -140,6 +206,8 @@ def _describe(err: ValidationError, source: str) -> str:
         return f"{source}: missing key {key!r}"
     if not key:  # a model-level check already names its key and value
         return f"{source}: {msg}"
+    if isinstance(first["input"], dict):  # a section-level check names its field within the section
+        return f"{source}: {key}.{msg}"
     return f"{source}: {key} = {first['input']!r}: {msg}"
 
 
@@ -163,10 +231,15 @@ def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Pa
 
 
 def check_ipc(params: Params, meta_path: Path, source: str = "params.yaml") -> None:
-    """ipc must not exceed the smallest train class (known once `prepare` wrote meta.json)."""
+    """ipc must not exceed the smallest train class, and an explicit INFER ipc_init must fit the budget
+    (both known once `prepare` wrote meta.json)."""
     if not meta_path.exists():
         return
     counts = json.loads(meta_path.read_text())["train_counts"]
+    try:
+        infer_budget(params.ipc, len(counts), len(params.infer.teachers), params.infer.ipc_init)
+    except ValueError as e:
+        raise ParamsError(f"{source}: infer.{e}") from None
     smallest = min(counts, key=counts.get)
     if params.ipc > counts[smallest]:
         raise ParamsError(

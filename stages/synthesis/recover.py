@@ -9,6 +9,7 @@ the forward pass, so its pixels, its Adam state and the batch's BN statistics ig
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class RecoverConfig:
     crop_min_scale: float  # 1.0 = no crop; < 1 with `crop_schedule`
     crop_schedule: str  # "fixed": area in [crop_min_scale, 1] throughout; "cosine": min decays 1 → crop_min_scale
     flip: bool
+    dwa_steps: int = 0  # DWA: gradient-ascent steps on a teacher copy per batch (0 = off)
+    dwa_rho: float = 0.0  # DWA: total weight displacement (L2)
 
 
 def crop_min(cfg: RecoverConfig, t: int) -> float:
@@ -58,33 +61,102 @@ def augment(x: torch.Tensor, cfg: RecoverConfig, t: int, rng: np.random.Generato
     return x
 
 
-def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, join: torch.Tensor,
-                  cfg: RecoverConfig, mean: list[float], std: list[float], rng: np.random.Generator) -> torch.Tensor:
-    """Optimise one batch of normalised images; returns them (normalised, clamped)."""
+def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int], tuple | None],
+              cfg: RecoverConfig, rng: np.random.Generator, after_step: Callable[[], None]) -> None:
+    """The recover loop: Adam(0.5, 0.9) on `param`, cosine lr to 0, loss = CE + r_bn · BN loss on the
+    augmented batch `batch_at(t)` returns as (images, labels), or None when nothing is active."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    low, high = (0 - mean_t) / std_t, (1 - mean_t) / std_t
-    x = torch.maximum(torch.minimum(init, high), low).requires_grad_(True)
-    optimizer = torch.optim.Adam([x], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
+    optimizer = torch.optim.Adam([param], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
     with BNStatisticsLoss(teacher, cfg.first_bn_multiplier, cfg.r_var) as bn:
         for t in range(cfg.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * t / cfg.iterations))
-            active = join <= t
-            if not active.any():
+            batch = batch_at(t)
+            if batch is None:
                 continue
-            logits = teacher(augment(x[active], cfg, t, rng))
-            loss = F.cross_entropy(logits, labels[active]) + cfg.r_bn * bn.loss()
+            images, labels = batch
+            loss = F.cross_entropy(teacher(augment(images, cfg, t, rng)), labels) + cfg.r_bn * bn.loss()
             if not torch.isfinite(loss):
                 raise PipelineError(f"recover: loss is {loss.item()} at iteration {t}; lower recover.lr or r_bn")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            with torch.no_grad():
-                x.data = torch.maximum(torch.minimum(x.data, high), low)
+            after_step()
+
+
+def pixel_bounds(mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid range [0, 1] of every channel, in normalised space."""
+    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return (0 - mean_t) / std_t, (1 - mean_t) / std_t
+
+
+def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, join: torch.Tensor,
+                  cfg: RecoverConfig, mean: list[float], std: list[float], rng: np.random.Generator,
+                  stop: torch.Tensor | None = None) -> torch.Tensor:
+    """Optimise one batch of normalised images; returns them (normalised, clamped).
+
+    Image i takes part in iterations [join[i], stop[i]) (stop defaults to the end): outside them it is
+    not in the forward pass, so neither the loss nor the batch's BN statistics see it.
+    """
+    low, high = pixel_bounds(mean, std)
+    x = torch.maximum(torch.minimum(init, high), low).requires_grad_(True)
+    stop = torch.full_like(join, cfg.iterations) if stop is None else stop
+
+    def batch_at(t: int):
+        active = (join <= t) & (t < stop)
+        return (x[active], labels[active]) if active.any() else None
+
+    def clamp() -> None:
+        with torch.no_grad():
+            x.data = torch.maximum(torch.minimum(x.data, high), low)
+
+    _optimise(teacher, x, batch_at, cfg, rng, clamp)
     return x.detach()
+
+
+def recover_compensators(teacher: nn.Module, bases: torch.Tensor, cfg: RecoverConfig, mean: list[float],
+                         std: list[float], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """INFER's universal feature compensators (research/sre2l_family.md §5.3).
+
+    `bases` [G, C, 3, H, W]: G base sets of one real image per class (normalised). Each set gets one
+    additive compensator u (init 0), shared by its C classes and optimised so every clamp(base + u)
+    is classified as its own class while the batch matches the teacher's BN statistics. Returns the
+    compensators [G, 3, H, W] and the composed images [G, C, 3, H, W] (normalised, clamped).
+    """
+    groups, classes = bases.shape[:2]
+    low, high = pixel_bounds(mean, std)
+    u = torch.zeros(groups, 1, *bases.shape[2:], requires_grad=True)
+    labels = torch.arange(classes).repeat(groups)
+
+    def composed() -> torch.Tensor:  # what the teacher sees is exactly what is saved
+        return torch.clamp(bases + u, low.unsqueeze(0), high.unsqueeze(0)).flatten(0, 1)
+
+    _optimise(teacher, u, lambda t: (composed(), labels), cfg, rng, lambda: None)
+    with torch.no_grad():
+        return u.detach().squeeze(1), composed().view_as(bases)
+
+
+def directed_weight_adjustment(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
+                               rho: float) -> nn.Module:
+    """DWA (research/sre2l_family.md §4.1 b): a copy of the teacher moved by `steps` normalised
+    gradient-ascent steps of size rho/steps on the batch's cross-entropy (total move ≤ rho). BN running
+    statistics are buffers and stay; the original teacher is untouched, so perturbations never
+    accumulate across batches."""
+    perturbed = copy.deepcopy(teacher).eval()
+    weights = [p for p in perturbed.parameters()]
+    for p in weights:
+        p.requires_grad_(True)
+    for _ in range(steps):
+        grads = torch.autograd.grad(F.cross_entropy(perturbed(images), labels), weights)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        with torch.no_grad():
+            for p, g in zip(weights, grads):
+                p.add_(g, alpha=rho / steps / (norm.item() + 1e-12))
+    for p in weights:
+        p.requires_grad_(False)
+    return perturbed
 
 
 @dataclass(frozen=True)
@@ -128,17 +200,24 @@ class GroupResult:
 def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: list[Group], cfg: RecoverConfig,
                mean: list[float], std: list[float], seed: int,
                init: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-               join: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[GroupResult]:
-    """Recover every group; `init(labels, indices, gen)` gives starting images (default N(0, 1) noise in
-    normalised space) and `join(indices)` each image's first iteration (default 0: all from the start)."""
+               span: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+               ) -> Iterator[GroupResult]:
+    """Recover every group. `init(labels, indices, gen)` gives the starting images (default N(0, 1)
+    noise in normalised space); `span(labels, indices)` each image's (join, stop) iterations (default:
+    the whole run). With `cfg.dwa_steps`, each group runs against its own DWA-perturbed teacher copy."""
     for group in groups:
         group_seed = derive_seed(seed, "recover", group.start)
         gen, rng = torch.Generator().manual_seed(group_seed), np.random.default_rng(group_seed)
         labels, indices = group_members(group, num_classes)
         start = init(labels, indices, gen) if init else torch.randn(len(labels), 3, image_size, image_size,
                                                                    generator=gen)
-        joins = join(indices) if join else torch.zeros(len(labels), dtype=torch.long)
+        join, stop = span(labels, indices) if span else (torch.zeros(len(labels), dtype=torch.long),
+                                                         torch.full((len(labels),), cfg.iterations))
         began = time.perf_counter()
-        images = recover_batch(teacher, start, labels, joins, cfg, mean, std, rng)
-        work = int((cfg.iterations - joins.clamp(max=cfg.iterations)).sum())
+        model = teacher
+        if cfg.dwa_steps:
+            model = directed_weight_adjustment(teacher, augment(start, cfg, 0, rng), labels, cfg.dwa_steps,
+                                               cfg.dwa_rho)
+        images = recover_batch(model, start, labels, join, cfg, mean, std, rng, stop)
+        work = int((stop.clamp(max=cfg.iterations) - join).clamp(min=0).sum())
         yield GroupResult(labels, indices, images, work, time.perf_counter() - began)

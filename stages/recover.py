@@ -1,0 +1,233 @@
+"""recover@<method>: SRe2L, DELT and INFER, three recipes over one recover engine (stages/synthesis).
+
+sre2l  images start as N(0, 1) noise and are optimised against one teacher (research/sre2l_family.md §1).
+delt   images start as the real images `select` picked; EarlyLate: rank k joins in round
+       join(k) of iterations/round_iterations, so late joiners get fewer updates (§3.2).
+infer  ipc_init real base images per class, plus one compensator per teacher per base set: an
+       additive image shared by all classes, optimised so that every base + compensator reads as its
+       own class (§5). The set ships the teachers' mean logits of every image as static labels.
+
+Writes the set (<class>/<k>.png, lossless, k = IPC index) with card.json, and `--stats` (image-
+iterations, seconds, rate; DELT's saving against SRe2L at the same iterations).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stages.data.distilled import write_labels
+from stages.data.folder import load_imagefolder, normalise, read_classes, save_png
+from stages.models import load_checkpoint, predict
+from stages.pipeline import cli, params
+from stages.pipeline.card import EVALUATION_NOTE, write_card
+from stages.pipeline.errors import DataError, PipelineError
+from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline.seeds import derive_seed
+from stages.synthesis.recover import (RecoverConfig, augment, directed_weight_adjustment, plan_groups,
+                                      recover_compensators, synthesize)
+from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
+
+LABELS = "labels.safetensors"
+COMPENSATORS = "compensators.safetensors"
+
+
+def engine_config(section) -> RecoverConfig:
+    r = section.recover
+    return RecoverConfig(iterations=r.iterations, lr=r.lr, r_bn=r.r_bn, first_bn_multiplier=r.first_bn_multiplier,
+                         r_var=r.r_var, jitter=r.jitter, crop_min_scale=r.crop_min_scale,
+                         crop_schedule=r.crop_schedule, flip=r.flip, dwa_steps=r.dwa_steps, dwa_rho=r.dwa_rho)
+
+
+class Teachers:
+    """The teachers a method reads, from artifacts/<ds>/teachers/<arch>, checked against the data."""
+
+    def __init__(self, root: Path, archs: list[str], data_meta: dict):
+        self.models, self.meta, self.sha256 = [], [], []
+        for arch in archs:
+            model, meta = load_checkpoint(root / arch, data_meta["classes_sha256"])
+            if meta["image_size"] != data_meta["image_size"]:
+                raise PipelineError(f"{root / arch / 'meta.json'}: image_size = {meta['image_size']}, data is "
+                                    f"{data_meta['image_size']} px; retrain the teacher")
+            self.models.append(model)
+            self.meta.append(meta)
+            self.sha256.append(sha256_file(root / arch / "model.safetensors"))
+        norms = {(tuple(m["mean"]), tuple(m["std"])) for m in self.meta}
+        if len(norms) > 1:  # one image file must mean the same pixels to every teacher
+            raise PipelineError(f"teachers {archs} use different normalisations {sorted(norms)}")
+        self.archs, self.mean, self.std = archs, self.meta[0]["mean"], self.meta[0]["std"]
+
+    def card(self) -> dict:
+        return {"archs": self.archs, "sha256": self.sha256}
+
+
+def to_uint8(x: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:
+    """Normalised N x 3 x H x W → uint8 N x H x W x 3 (de-normalise, clamp, round)."""
+    pixels = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_images(folder: Path, classes: list[str], labels, indices, images: torch.Tensor, mean, std) -> None:
+    for label, k, array in zip(labels.tolist(), indices.tolist(), to_uint8(images, mean, std)):
+        save_png(array, folder / classes[label] / f"{k:03d}.png")
+
+
+def ipc_range(section, end_default: int) -> tuple[int, int]:
+    r = section.recover
+    end = end_default if r.ipc_end is None else r.ipc_end
+    if end > end_default:
+        raise PipelineError(f"params.yaml: recover.ipc_end = {end}: above the {end_default} IPC indices to make")
+    return r.ipc_start, end
+
+
+def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, classes: list[str], size: int,
+               ipc: int, seed: int, out: Path, init=None, span=None) -> tuple[int, float]:
+    """Synthesise the IPC range group by group with a progress bar; returns (image-iterations, seconds)."""
+    start, end = ipc_range(section, ipc)
+    groups = plan_groups(start, end, section.recover.ipc_per_batch)
+    work, seconds = 0, 0.0
+    bar = tqdm(groups, desc=f"recover {method}", unit="batch", mininterval=1)
+    for result in synthesize(teachers.models[0], len(classes), size, groups, cfg, teachers.mean, teachers.std,
+                             derive_seed(seed, method), init, span):
+        save_images(out, classes, result.labels, result.indices, result.images, teachers.mean, teachers.std)
+        work, seconds = work + result.image_iterations, seconds + result.seconds
+        bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
+    return work, seconds
+
+
+def delt_init(init_dir: Path, classes: list[str], ipc: int, size: int, mean, std):
+    """init(labels, indices, gen) → the selected real image of rank k (file prefix k) per class."""
+    init = load_imagefolder(init_dir, classes, size, desc="load init")
+    by_class = [[i for i, y in enumerate(init.labels.tolist()) if y == c] for c in range(len(classes))]
+    for c, members in enumerate(by_class):
+        if len(members) < ipc:
+            raise DataError(f"{init_dir / classes[c]}: {len(members)} init images, ipc = {ipc}; rerun select")
+    table = torch.stack([torch.stack([init.images[i] for i in members[:ipc]]) for members in by_class])
+    return lambda labels, indices, gen: normalise(table[labels, indices].float() / 255, mean, std)
+
+
+def delt_span(p, num_classes: int):
+    """span(labels, indices) → EarlyLate (join, stop) iterations of each image."""
+    d, total = p.delt, p.delt.recover.iterations
+    rounds = total // d.round_iterations
+    joins = torch.tensor(join_rounds(p.ipc, rounds)) * d.round_iterations
+    rng = np.random.default_rng(derive_seed(p.seed, "delt", "min_iterations"))
+    stops = torch.tensor(class_rounds(num_classes, total, d.round_iterations, d.min_iterations or total, rng))
+    return lambda labels, indices: (joins[indices], stops[labels] * d.round_iterations)
+
+
+def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: int, out: Path) -> dict:
+    """Bases (drawn from `train_dir`), compensators and static labels; returns the card's synthesis record."""
+    cfg, C, M = engine_config(p.infer), len(classes), len(teachers.archs)
+    ipc_init, per_set = infer_budget(p.ipc, C, M, p.infer.ipc_init)
+    start, end = ipc_range(p.infer, ipc_init)
+
+    train = load_imagefolder(train_dir, classes, size, desc="load train")
+    rng = np.random.default_rng(derive_seed(p.seed, "infer", "bases"))
+    picks = [rng.choice(np.flatnonzero(train.labels.numpy() == c), ipc_init, replace=False) for c in range(C)]
+    base_index = torch.from_numpy(np.stack(picks, 1)[start:end])  # [sets, C] rows of train
+    bases = train.normalised(teachers.mean, teachers.std)[base_index]  # [sets, C, 3, H, W]
+    labels = torch.arange(C).repeat(end - start)
+    set_ids = torch.arange(start, end).repeat_interleave(C)
+    save_images(out, classes, labels, set_ids, bases.flatten(0, 1), teachers.mean, teachers.std)  # exact: u8 → x → u8
+
+    compensators, work, seconds = {}, 0, 0.0
+    jobs = [(m, g) for m in range(per_set) for g in plan_groups(start, end, p.infer.recover.ipc_per_batch)]
+    bar = tqdm(jobs, desc="recover infer", unit="batch", mininterval=1)
+    for m, group in bar:
+        arch, teacher = teachers.archs[m], teachers.models[m]
+        seed = derive_seed(p.seed, "infer", arch, group.start)
+        gen_rng = np.random.default_rng(seed)
+        batch = bases[group.start - start:group.stop - start]
+        began = time.perf_counter()
+        if cfg.dwa_steps:
+            teacher = directed_weight_adjustment(teacher, augment(batch.flatten(0, 1), cfg, 0, gen_rng),
+                                                 torch.arange(C).repeat(len(batch)), cfg.dwa_steps, cfg.dwa_rho)
+        u, images = recover_compensators(teacher, batch, cfg, teachers.mean, teachers.std, gen_rng)
+        seconds += time.perf_counter() - began
+        work += cfg.iterations * images.shape[0] * C
+        compensators.setdefault(arch, []).append(u)
+        ids = torch.arange(group.start, group.stop).repeat_interleave(C) + ipc_init * (m + 1)
+        save_images(out, classes, torch.arange(C).repeat(len(batch)), ids, images.flatten(0, 1), teachers.mean,
+                    teachers.std)
+        bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
+
+    from safetensors.torch import save_file
+    save_file({arch: torch.cat(us).contiguous() for arch, us in compensators.items()} or
+              {"none": torch.zeros(0)}, out / COMPENSATORS, metadata={
+                  "base_sets": f"{start}..{end}", "layout": "one [3,H,W] compensator per base set, normalised space",
+                  "bases": json.dumps([[train.paths[i] for i in row] for row in base_index.tolist()])})
+
+    # Static labels: the mean logits of all M teachers on each un-augmented image (§5.4).
+    saved = load_imagefolder(out, classes, size, desc="label")
+    x = saved.normalised(teachers.mean, teachers.std)
+    write_labels(out, LABELS, torch.stack([predict(t, x) for t in teachers.models]).mean(0), saved.paths)
+    return {"ipc_init": ipc_init, "compensators_per_base_set": per_set, "base_sets": [start, end],
+            "stored_images": ipc_init * (C + per_set), "budget_images": p.ipc * C,
+            "image_iterations": work, "seconds": seconds}
+
+
+def expect_init(args, what: str) -> Path:
+    if args.init == "noise" or not Path(args.init).is_dir():
+        raise PipelineError(f"recover {args.method}: --init {args.init}: expected {what} (a folder)")
+    return Path(args.init)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", choices=["sre2l", "delt", "infer"])
+    parser.add_argument("--teachers", required=True, type=Path, help="artifacts/<ds>/teachers")
+    parser.add_argument("--init", required=True, help="starting images: `noise` (sre2l), the select stage's "
+                        "init set (delt), or the real train folder the bases are drawn from (infer)")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--out", required=True, help="distilled set folder")
+    parser.add_argument("--stats", required=True, help="synthesis stats JSON (timings) to write")
+    args = parser.parse_args()
+    p = params.load()
+    section = getattr(p, args.method)
+    data_meta = json.loads((args.data / "meta.json").read_text())
+    classes, size = read_classes(args.data), data_meta["image_size"]
+    archs = section.teachers if args.method == "infer" else [section.teacher]
+    teachers = Teachers(args.teachers, archs, data_meta)
+    cfg = engine_config(section)
+
+    with atomic_dir(args.out) as tmp:
+        if args.method == "infer":
+            record = run_infer(p, teachers, expect_init(args, "a train folder"), classes, size, tmp)
+            work, seconds = record.pop("image_iterations"), record.pop("seconds")
+        else:
+            init = span = None
+            if args.method == "sre2l" and args.init != "noise":
+                raise PipelineError(f"recover sre2l: --init {args.init}: SRe2L starts from noise (--init noise)")
+            if args.method == "delt":
+                init = delt_init(expect_init(args, "the select stage's init set"), classes, p.ipc, size,
+                                 teachers.mean, teachers.std)
+                span = delt_span(p, len(classes))
+            work, seconds = run_engine(args.method, section, cfg, teachers, classes, size, p.ipc, p.seed, tmp,
+                                       init, span)
+            sre2l_work = cfg.iterations * sum(1 for _ in tmp.rglob("*.png"))
+            record = {"ipc_range": list(ipc_range(section, p.ipc)), "sre2l_image_iterations": sre2l_work,
+                      "saving_vs_sre2l": round(1 - work / sre2l_work, 6)}
+        images = sum(1 for _ in tmp.rglob("*.png"))
+        record["image_iterations"] = work
+        write_card(tmp, method=args.method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=images,
+                   params={"ipc": p.ipc, "seed": p.seed, args.method: section.model_dump()},
+                   teacher=teachers.card(), evaluation=EVALUATION_NOTE, synthesis=record,
+                   labels=LABELS if args.method == "infer" else None)
+    rate = work / max(seconds, 1e-9)
+    write_json(args.stats, {"method": args.method, "images": images, "image_iterations": work,
+                            "seconds": round(seconds, 2), "image_iterations_per_second": round(rate, 1),
+                            **{k: record[k] for k in ("sre2l_image_iterations", "saving_vs_sre2l") if k in record}})
+    saving = (f"; vs {record['sre2l_image_iterations']:,} for SRe2L at the same {cfg.iterations} iterations: "
+              f"-{100 * record['saving_vs_sre2l']:.1f} %") if args.method == "delt" else ""
+    print(f"recover {args.method}: {images} images, {work:,} image-iterations in {seconds:.1f} s "
+          f"({rate:.0f}/s){saving} → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,111 @@
+"""The recover stage (sre2l, delt, infer) run as dvc.yaml runs it, on the shared prepared digits."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages.data.distilled import load_set, read_labels
+from tests.conftest import TINY, merge, run_stage, write_params
+
+FAST = {"ipc": 3, "sre2l": {"recover": {"iterations": 20}},
+        "delt": {"round_iterations": 5, "recover": {"iterations": 20}},
+        "infer": {"teachers": ["convnet"], "recover": {"iterations": 20}},
+        "teacher": {"archs": ["convnet"]}}
+
+
+def workdir(prepared: Path, name: str, override: dict | None = None) -> Path:
+    """A project folder sharing the prepared data and teacher, with its own params and outputs."""
+    folder = prepared / name
+    folder.mkdir()
+    for shared in ("stages", "data"):
+        (folder / shared).symlink_to(prepared / shared)
+    (folder / "artifacts" / "digits").mkdir(parents=True)
+    (folder / "artifacts" / "digits" / "teachers").symlink_to(prepared / "artifacts" / "digits" / "teachers")
+    write_params(folder, merge(merge(TINY, FAST), override or {}))
+    return folder
+
+
+def recover(folder: Path, method: str, init: str, out: str, check: bool = True):
+    return run_stage(folder, "recover", method, "--teachers", "artifacts/digits/teachers", "--init", init,
+                     "--data", "data/digits", "--out", out, "--stats", f"{out}.stats.json", check=check)
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_sre2l_delt_and_infer_write_complete_sets(prepared):
+    folder = workdir(prepared, "methods")
+    run_stage(folder, "rank", "--teacher", "artifacts/digits/teachers/convnet", "--data", "data/digits",
+              "--out", "artifacts/digits/ranking.csv")
+    run_stage(folder, "select", "--ranking", "artifacts/digits/ranking.csv", "--data", "data/digits",
+              "--out", "init")
+
+    recover(folder, "sre2l", "noise", "sre2l")
+    card, images = load_set(folder / "sre2l", folder / "data" / "digits")
+    assert card.method == "sre2l" and card.num_images == 30 and card.teacher["archs"] == ["convnet"]
+    assert sorted(p.split("/")[1] for p in images.paths if p.startswith("4/")) == ["000.png", "001.png", "002.png"]
+    assert card.synthesis["image_iterations"] == 30 * 20 and card.synthesis["saving_vs_sre2l"] == 0
+
+    log = recover(folder, "delt", "init", "delt").stdout
+    card, _ = load_set(folder / "delt", folder / "data" / "digits")
+    # IPC 3 over 20 / 5 = 4 rounds: ranks join in rounds 0, 1, 2 → 20 + 15 + 10 of 3 x 20 updates per class
+    assert card.synthesis["image_iterations"] == 10 * 45 and card.synthesis["saving_vs_sre2l"] == 0.25
+    assert "vs 600 for SRe2L at the same 20 iterations: -25.0 %" in log
+    stats = json.loads((folder / "delt.stats.json").read_text())
+    assert stats["image_iterations"] == 450 and stats["image_iterations_per_second"] > 0
+
+    recover(folder, "infer", "data/digits/train", "infer")
+    card, images = load_set(folder / "infer", folder / "data" / "digits")
+    # ipc 3, C 10, M 1: 30 // 11 = 2 bases per class + 2 compensators → 2·(10 + 1) = 22 ≤ 30 stored images
+    assert card.synthesis["ipc_init"] == 2 and card.synthesis["stored_images"] == 22 and card.num_images == 40
+    labels = read_labels(folder / "infer", card, images)
+    assert labels.shape == (40, 10) and (labels.argmax(1) == images.labels).float().mean() > 0.8
+    bases = [p for p in images.paths if p.split("/")[1] in ("000.png", "001.png")]
+    train = {p.read_bytes() for p in (folder / "data" / "digits" / "train").rglob("*.png")}
+    assert len(bases) == 20  # the bases are real train images, byte for byte
+    assert sum((folder / "infer" / p).read_bytes() in train for p in bases) == 20
+
+
+def test_a_stage_sharded_by_ipc_range_writes_the_same_images(prepared):
+    whole = workdir(prepared, "whole", {"sre2l": {"recover": {"ipc_per_batch": 1}}})
+    recover(whole, "sre2l", "noise", "out")
+    parts = []
+    for start, end in ((0, 1), (1, 3)):
+        shard = workdir(prepared, f"shard{start}",
+                        {"sre2l": {"recover": {"ipc_per_batch": 1, "ipc_start": start, "ipc_end": end}}})
+        recover(shard, "sre2l", "noise", "out")
+        parts.append(pngs(shard / "out"))
+    assert len(parts[0]) == 10 and len(parts[1]) == 20
+    assert {**parts[0], **parts[1]} == pngs(whole / "out")
+
+
+def test_infer_at_ipc_1_keeps_one_real_base_per_class(prepared):
+    folder = workdir(prepared, "infer1", {"ipc": 1})
+    recover(folder, "infer", "data/digits/train", "out")
+    card, images = load_set(folder / "out", folder / "data" / "digits")
+    assert card.num_images == 10 and card.synthesis["compensators_per_base_set"] == 0
+    assert torch.equal(images.labels, torch.arange(10))
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"infer": {"ipc_init": 3}}, r"infer\.ipc_init = 3: 3·\(10 classes \+ 1 teachers\) = 33 stored images, "
+                                 r"above the budget ipc·C = 30"),
+    ({"sre2l": {"recover": {"ipc_end": 5}}}, r"sre2l\.recover\.ipc_end = 5: above ipc = 3"),
+    ({"delt": {"round_iterations": 7}}, r"delt\.round_iterations = 7: must divide recover\.iterations = 20"),
+    ({"infer": {"teachers": ["convnet", "vgg11"]}}, r"infer\.teachers\[1\] = 'vgg11': not one of teacher\.archs"),
+])
+def test_impossible_recover_settings_are_refused_by_name(prepared, override, message):
+    folder = workdir(prepared, f"bad{abs(hash(message))}", override)
+    result = recover(folder, "infer", "data/digits/train", "out", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert __import__("re").search(message, result.stderr), result.stderr
+    assert not (folder / "out").exists()
+
+
+def test_sre2l_refuses_an_init_folder(prepared):
+    folder = workdir(prepared, "noinit")
+    result = recover(folder, "sre2l", "data/digits/train", "out", check=False)
+    assert result.returncode == 2 and "SRe2L starts from noise (--init noise)" in result.stderr
+    assert not (folder / "out").exists()
