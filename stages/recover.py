@@ -224,7 +224,7 @@ def main() -> None:
                             "seconds": round(seconds, 2), "image_iterations_per_second": round(rate, 1),
                             **{k: record[k] for k in ("sre2l_image_iterations", "saving_vs_sre2l") if k in record}})
     saving = (f"; vs {record['sre2l_image_iterations']:,} for SRe2L at the same {cfg.iterations} iterations: "
-              f"-{100 * record['saving_vs_sre2l']:.1f} %") if args.method == "delt" else ""
+              f"{100 * record['saving_vs_sre2l']:.1f} % fewer") if args.method == "delt" else ""
     print(f"recover {args.method}: {images} images, {work:,} image-iterations in {seconds:.1f} s "
           f"({rate:.0f}/s){saving} → {args.out}")
 

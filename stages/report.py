@@ -47,7 +47,8 @@ def collect(metric_dirs: list[Path], synthesis: dict[str, float] | None = None) 
                     "top1_best": r["top1_best"]["mean"], "top1_best_std": r["top1_best"]["std"],
                     "top5": r["top5"]["mean"], "seeds": m["seeds"], "images": m["images"], "bytes": m["bytes"],
                     "student": m["student"], "epochs": m["epochs"], "eval_seconds": r["train_seconds"],
-                    "teacher_fidelity": m["teacher_fidelity"], "intra_class_cosine": m["intra_class_cosine"],
+                    "teacher_fidelity": m["teacher_fidelity"],
+                    "intra_class_cosine": np.nan if m["intra_class_cosine"] is None else m["intra_class_cosine"],
                     "synthesis_seconds": synthesis.get(m["method"], np.nan),
                 })
     if not rows:
@@ -77,9 +78,10 @@ def markdown(table: pd.DataFrame, title: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
+        cosine = "–" if np.isnan(r.intra_class_cosine) else f"{r.intra_class_cosine:.3f}"
         lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
                      f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {pct(r.teacher_fidelity)} | "
-                     f"{r.intra_class_cosine:.3f} | {r.images} | {r.bytes} | "
+                     f"{cosine} | {r.images} | {r.bytes} | "
                      f"{'–' if np.isnan(r.synthesis_seconds) else f'{r.synthesis_seconds:.0f}'} |")
     first = table.iloc[0]
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
@@ -153,7 +155,8 @@ def main() -> None:
                 image_grid(set_dir, classes, tmp / "grids" / f"{set_dir.name}.png")
     summary = {"ipc": ipc}
     for r in table.drop_duplicates("method").itertuples():
-        summary[r.method] = {"teacher_fidelity": r.teacher_fidelity, "intra_class_cosine": r.intra_class_cosine}
+        summary[r.method] = {"teacher_fidelity": r.teacher_fidelity,
+                             **({} if np.isnan(r.intra_class_cosine) else {"intra_class_cosine": r.intra_class_cosine})}
     for r in table.itertuples():
         summary.setdefault(r.method, {})[r.protocol] = {
             "top1": round(r.top1, 4), "top1_std": round(r.top1_std, 4),
