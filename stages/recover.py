@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from stages.data.distilled import write_labels
@@ -77,18 +78,20 @@ def save_images(folder: Path, classes: list[str], labels, indices, images: torch
         save_png(array, folder / classes[label] / f"{k:03d}.png")
 
 
-def ipc_range(section, end_default: int) -> tuple[int, int]:
+def ipc_range(method: str, section, end_default: int) -> tuple[int, int]:
+    """The shard [ipc_start, ipc_end) this run makes (IPC indices; INFER: base sets)."""
     r = section.recover
     end = end_default if r.ipc_end is None else r.ipc_end
     if end > end_default:
-        raise PipelineError(f"params.yaml: recover.ipc_end = {end}: above the {end_default} IPC indices to make")
+        raise PipelineError(f"params.yaml: {method}.recover.ipc_end = {end}: above the {end_default} "
+                            f"{'base sets' if method == 'infer' else 'IPC indices'} to make")
     return r.ipc_start, end
 
 
 def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, classes: list[str], size: int,
                ipc: int, seed: int, out: Path, init=None, span=None) -> tuple[int, float]:
     """Synthesise the IPC range group by group with a progress bar; returns (image-iterations, seconds)."""
-    start, end = ipc_range(section, ipc)
+    start, end = ipc_range(method, section, ipc)
     groups = plan_groups(start, end, section.recover.ipc_per_batch)
     work, seconds = 0, 0.0
     bar = tqdm(groups, desc=f"recover {method}", unit="batch", mininterval=1)
@@ -125,7 +128,7 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
     """Bases (drawn from `train_dir`), compensators and static labels; returns the card's synthesis record."""
     cfg, C, M = engine_config(p.infer), len(classes), len(teachers.archs)
     ipc_init, per_set = infer_budget(p.ipc, C, M, p.infer.ipc_init)
-    start, end = ipc_range(p.infer, ipc_init)
+    start, end = ipc_range("infer", p.infer, ipc_init)
 
     train = load_imagefolder(train_dir, classes, size, desc="load train")
     rng = np.random.default_rng(derive_seed(p.seed, "infer", "bases"))
@@ -134,7 +137,8 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
     bases = train.normalised(teachers.mean, teachers.std)[base_index]  # [sets, C, 3, H, W]
     labels = torch.arange(C).repeat(end - start)
     set_ids = torch.arange(start, end).repeat_interleave(C)
-    save_images(out, classes, labels, set_ids, bases.flatten(0, 1), teachers.mean, teachers.std)  # exact: u8 → x → u8
+    # The bases are saved unchanged: uint8 → normalised → uint8 round-trips exactly.
+    save_images(out, classes, labels, set_ids, bases.flatten(0, 1), teachers.mean, teachers.std)
 
     compensators, work, seconds = {}, 0, 0.0
     jobs = [(m, g) for m in range(per_set) for g in plan_groups(start, end, p.infer.recover.ipc_per_batch)]
@@ -157,7 +161,6 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
                     teachers.std)
         bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
 
-    from safetensors.torch import save_file
     save_file({arch: torch.cat(us).contiguous() for arch, us in compensators.items()} or
               {"none": torch.zeros(0)}, out / COMPENSATORS, metadata={
                   "base_sets": f"{start}..{end}", "layout": "one [3,H,W] compensator per base set, normalised space",
@@ -211,8 +214,8 @@ def main() -> None:
             work, seconds = run_engine(args.method, section, cfg, teachers, classes, size, p.ipc, p.seed, tmp,
                                        init, span)
             sre2l_work = cfg.iterations * sum(1 for _ in tmp.rglob("*.png"))
-            record = {"ipc_range": list(ipc_range(section, p.ipc)), "sre2l_image_iterations": sre2l_work,
-                      "saving_vs_sre2l": round(1 - work / sre2l_work, 6)}
+            record = {"ipc_range": list(ipc_range(args.method, section, p.ipc)),
+                      "sre2l_image_iterations": sre2l_work, "saving_vs_sre2l": round(1 - work / sre2l_work, 6)}
         images = sum(1 for _ in tmp.rglob("*.png"))
         record["image_iterations"] = work
         write_card(tmp, method=args.method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=images,
