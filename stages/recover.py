@@ -161,10 +161,11 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
                     teachers.std)
         bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
 
-    save_file({arch: torch.cat(us).contiguous() for arch, us in compensators.items()} or
-              {"none": torch.zeros(0)}, out / COMPENSATORS, metadata={
-                  "base_sets": f"{start}..{end}", "layout": "one [3,H,W] compensator per base set, normalised space",
-                  "bases": json.dumps([[train.paths[i] for i in row] for row in base_index.tolist()])})
+    info = {"base_sets": [start, end], "layout": "one [3, H, W] compensator per base set, normalised space",
+            "bases": [[train.paths[i] for i in row] for row in base_index.tolist()]}
+    # One metadata key: safetensors stores metadata as a hash map, so several keys come out in any order.
+    save_file({arch: torch.cat(us).contiguous() for arch, us in compensators.items()} or {"none": torch.zeros(0)},
+              out / COMPENSATORS, metadata={"ddpipe": json.dumps(info, sort_keys=True)})
 
     # Static labels: the mean logits of all M teachers on each un-augmented image (§5.4).
     saved = load_imagefolder(out, classes, size, desc="label")

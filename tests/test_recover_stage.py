@@ -109,3 +109,15 @@ def test_sre2l_refuses_an_init_folder(prepared):
     result = recover(folder, "sre2l", "data/digits/train", "out", check=False)
     assert result.returncode == 2 and "SRe2L starts from noise (--init noise)" in result.stderr
     assert not (folder / "out").exists()
+
+
+def test_infer_twice_writes_the_same_bytes(prepared):
+    """Every file, compensators' safetensors header included (its metadata is one key: a hash map
+    with several keys is serialised in any order)."""
+    runs = []
+    for name in ("again_a", "again_b"):
+        folder = workdir(prepared, name, {"ipc": 2})
+        recover(folder, "infer", "data/digits/train", "out")
+        runs.append({p.relative_to(folder / "out").as_posix(): p.read_bytes()
+                     for p in sorted((folder / "out").rglob("*")) if p.is_file()})
+    assert "compensators.safetensors" in runs[0] and runs[0] == runs[1]
