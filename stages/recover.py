@@ -30,8 +30,7 @@ from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
 from stages.pipeline.seeds import derive_seed
-from stages.synthesis.recover import (RecoverConfig, augment, directed_weight_adjustment, plan_groups,
-                                      recover_compensators, synthesize)
+from stages.synthesis.recover import RecoverConfig, batch_teacher, plan_groups, recover_compensators, synthesize
 from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
 
 LABELS = "labels.safetensors"
@@ -149,9 +148,7 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
         gen_rng = np.random.default_rng(seed)
         batch = bases[group.start - start:group.stop - start]
         began = time.perf_counter()
-        if cfg.dwa_steps:
-            teacher = directed_weight_adjustment(teacher, augment(batch.flatten(0, 1), cfg, 0, gen_rng),
-                                                 torch.arange(C).repeat(len(batch)), cfg.dwa_steps, cfg.dwa_rho)
+        teacher = batch_teacher(teacher, batch.flatten(0, 1), torch.arange(C).repeat(len(batch)), cfg, gen_rng)
         u, images = recover_compensators(teacher, batch, cfg, teachers.mean, teachers.std, gen_rng)
         seconds += time.perf_counter() - began
         work += cfg.iterations * images.shape[0] * C
@@ -214,7 +211,7 @@ def main() -> None:
                 span = delt_span(p, len(classes))
             work, seconds = run_engine(args.method, section, cfg, teachers, classes, size, p.ipc, p.seed, tmp,
                                        init, span)
-            sre2l_work = cfg.iterations * sum(1 for _ in tmp.rglob("*.png"))
+            sre2l_work = cfg.iterations * sum(1 for _ in tmp.rglob("*.png"))  # SRe2L: every image, every iteration
             record = {"ipc_range": list(ipc_range(args.method, section, p.ipc)),
                       "sre2l_image_iterations": sre2l_work, "saving_vs_sre2l": round(1 - work / sre2l_work, 6)}
         images = sum(1 for _ in tmp.rglob("*.png"))

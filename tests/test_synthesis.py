@@ -121,13 +121,14 @@ def test_recover_reports_a_non_finite_loss_with_its_iteration():
                       cfg, [0, 0, 0], [1, 1, 1], np.random.default_rng(0))
 
 
-def test_a_run_sharded_into_two_ipc_ranges_produces_the_same_images():
+@pytest.mark.parametrize("dwa_steps", [0, 3])
+def test_a_run_sharded_into_two_ipc_ranges_produces_the_same_images(dwa_steps):
     from stages.pipeline.errors import PipelineError
     from stages.synthesis.recover import RecoverConfig, plan_groups, synthesize
 
     teacher = tiny_teacher()
     cfg = RecoverConfig(iterations=8, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=1,
-                        crop_min_scale=0.5, crop_schedule="cosine", flip=True)
+                        crop_min_scale=0.5, crop_schedule="cosine", flip=True, dwa_steps=dwa_steps, dwa_rho=0.05)
 
     def run(start, end):
         results = synthesize(teacher, 3, 8, plan_groups(start, end, 2), cfg, [0, 0, 0], [1, 1, 1], seed=7)

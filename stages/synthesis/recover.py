@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from stages.data.augment import crop_resize, sample_boxes
+from stages.data.folder import normalise
 from stages.pipeline.errors import PipelineError
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.bn_matching import BNStatisticsLoss
@@ -88,8 +89,7 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
 
 def pixel_bounds(mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """The valid range [0, 1] of every channel, in normalised space."""
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    return (0 - mean_t) / std_t, (1 - mean_t) / std_t
+    return normalise(torch.zeros(1, 3, 1, 1), mean, std), normalise(torch.ones(1, 3, 1, 1), mean, std)
 
 
 def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, join: torch.Tensor,
@@ -145,7 +145,7 @@ def directed_weight_adjustment(teacher: nn.Module, images: torch.Tensor, labels:
     statistics are buffers and stay; the original teacher is untouched, so perturbations never
     accumulate across batches."""
     perturbed = copy.deepcopy(teacher).eval()
-    weights = [p for p in perturbed.parameters()]
+    weights = list(perturbed.parameters())
     for p in weights:
         p.requires_grad_(True)
     for _ in range(steps):
@@ -157,6 +157,15 @@ def directed_weight_adjustment(teacher: nn.Module, images: torch.Tensor, labels:
     for p in weights:
         p.requires_grad_(False)
     return perturbed
+
+
+def batch_teacher(teacher: nn.Module, start: torch.Tensor, labels: torch.Tensor, cfg: RecoverConfig,
+                  rng: np.random.Generator) -> nn.Module:
+    """The teacher one batch recovers against: the teacher itself, or with DWA a copy perturbed on the
+    batch's first augmented view (DWA adjusts once, at iteration 0)."""
+    if not cfg.dwa_steps:
+        return teacher
+    return directed_weight_adjustment(teacher, augment(start, cfg, 0, rng), labels, cfg.dwa_steps, cfg.dwa_rho)
 
 
 @dataclass(frozen=True)
@@ -214,10 +223,7 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
         join, stop = span(labels, indices) if span else (torch.zeros(len(labels), dtype=torch.long),
                                                          torch.full((len(labels),), cfg.iterations))
         began = time.perf_counter()
-        model = teacher
-        if cfg.dwa_steps:
-            model = directed_weight_adjustment(teacher, augment(start, cfg, 0, rng), labels, cfg.dwa_steps,
-                                               cfg.dwa_rho)
+        model = batch_teacher(teacher, start, labels, cfg, rng)
         images = recover_batch(model, start, labels, join, cfg, mean, std, rng, stop)
         work = int((stop.clamp(max=cfg.iterations) - join).clamp(min=0).sum())
         yield GroupResult(labels, indices, images, work, time.perf_counter() - began)
