@@ -155,10 +155,96 @@ class Infer(Section):
     recover: Recover
 
 
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+
+
+class Llava(Section):
+    model: Optional[str]  # hub id or local folder of a transformers LLaVA checkpoint
+    question: str  # {subject} = the class prompt of the image's class
+    batch_size: Positive
+    max_new_tokens: Positive
+
+    @field_validator("question")
+    @classmethod
+    def _subject(cls, question: str) -> str:
+        if "{subject}" not in question:
+            raise ValueError("must contain {subject} (where the class goes)")
+        return question
+
+
+class Caption(Section):
+    captioner: Literal["attributes", "llava"]
+    llava: Llava
+
+
+class DiffusionTrain(Section):
+    """train mode: a small latent diffusion model built from configs and trained in the stage."""
+    vae_channels: Annotated[list[Positive], Field(min_length=1)]
+    latent_channels: Positive
+    vae_steps: Positive
+    vae_lr: PositiveFloat
+    kl_weight: NonNegFloat
+    unet_channels: Annotated[list[Positive], Field(min_length=1)]
+    unet_steps: Positive
+    unet_lr: PositiveFloat
+    batch_size: Positive
+    text_window: Positive
+
+
+class Finetune(Section):
+    """pretrained mode: VLCP's optional fine-tune of the UNet on (image, caption) pairs."""
+    epochs: NonNegInt
+    lr: PositiveFloat
+    ema_decay: UnitFloat
+    batch_size: Positive
+
+
+class Diffusion(Section):
+    mode: Literal["train", "pretrained"]
+    pretrained: str
+    resolution: Optional[Positive]
+    caption_fraction: UnitFloat
+    p_uncond: Annotated[float, Field(ge=0, lt=1)]
+    check_samples: NonNegInt
+    train: DiffusionTrain
+    finetune: Finetune
+
+
+class Latents(Section):
+    posterior: Literal["sample", "mean"]
+    batch_size: Positive
+
+
+class Img2Img(Section):
+    strength: UnitFloat
+    guidance: NonNegFloat
+    steps: Positive
+    negative_prompt: str
+    batch_size: Positive
+
+
+class D4m(Section):
+    kmeans: Literal["minibatch", "full"]
+    km_expand: Positive
+    n_init: Positive
+    synthesis: Img2Img
+
+
+class Vlcp(Section):
+    lof_neighbors: Positive
+    contamination: Annotated[float, Field(ge=0, le=0.5)]
+    n_init: Positive
+    threshold: Annotated[float, Field(gt=0, le=1)]
+    tpk: Positive
+    synthesis: Img2Img
+
+
 class Params(Section):
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
     ipc: Positive
     seed: Annotated[int, Field(ge=0)]
+    class_names: Optional[list[str]]
+    class_prompt: str
     prepare: Prepare
     models: dict[str, ArchConfig]
     teacher: Teacher
@@ -166,6 +252,18 @@ class Params(Section):
     sre2l: Sre2l
     delt: Delt
     infer: Infer
+    caption: Caption
+    diffusion: Diffusion
+    latents: Latents
+    d4m: D4m
+    vlcp: Vlcp
+
+    @field_validator("class_prompt")
+    @classmethod
+    def _name(cls, prompt: str) -> str:
+        if "{name}" not in prompt:
+            raise ValueError("must contain {name} (where the class name goes)")
+        return prompt
 
     @model_validator(mode="after")
     def _consistent(self) -> "Params":
@@ -193,6 +291,8 @@ class Params(Section):
                 raise ValueError(f"{key}.recover.ipc_end = {end}: above ipc = {self.ipc}")
         if self.dataset in ("cifar10", "cifar100", "imagefolder") and self.prepare.root is None:
             raise ValueError(f"prepare.root = None: dataset {self.dataset!r} needs a source folder")
+        if self.caption.captioner == "llava" and not self.caption.llava.model:
+            raise ValueError("caption.llava.model = None: captioner 'llava' needs a model id or folder")
         return self
 
 
@@ -230,6 +330,12 @@ def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Pa
     return params
 
 
+def class_prompts(params: Params, classes: list[str]) -> list[str]:
+    """How each class is named in prompts and captions: class_prompt with class_names (or folder names)."""
+    names = params.class_names or classes
+    return [params.class_prompt.format(name=name) for name in names]
+
+
 def check_ipc(params: Params, meta_path: Path, source: str = "params.yaml") -> None:
     """ipc must not exceed the smallest train class, and an explicit INFER ipc_init must fit the budget
     (both known once `prepare` wrote meta.json)."""
@@ -240,6 +346,9 @@ def check_ipc(params: Params, meta_path: Path, source: str = "params.yaml") -> N
         infer_budget(params.ipc, len(counts), len(params.infer.teachers), params.infer.ipc_init)
     except ValueError as e:
         raise ParamsError(f"{source}: infer.{e}") from None
+    if params.class_names is not None and len(params.class_names) != len(counts):
+        raise ParamsError(f"{source}: class_names has {len(params.class_names)} names, the data has "
+                          f"{len(counts)} classes")
     smallest = min(counts, key=counts.get)
     if params.ipc > counts[smallest]:
         raise ParamsError(
