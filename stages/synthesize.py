@@ -1,0 +1,110 @@
+"""synthesize@<method>: D4M and VLCP images, img2img from each latent prototype with the shared pipeline.
+
+d4m   prompt = the class prompt; negative prompt, strength, guidance, steps from d4m.synthesis (§1.1 stage C).
+vlcp  prompt = the cluster's text prototype (a member caption; long ones are encoded in windows, §2.4).
+
+Each image has its own seeded generator (seed, method, class, index), so a batch's make-up never changes an
+image. Images are decoded, resized to the dataset's size and saved as <class>/<k>.png with card.json; the
+stats file records the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from stages.data.folder import read_classes, save_png
+from stages.generation.img2img import denoising_steps, generate, to_uint8
+from stages.pipeline import cli, params
+from stages.pipeline.card import EVALUATION_NOTE, write_card
+from stages.pipeline.errors import DataError, PipelineError
+from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline.seeds import derive_seed
+
+
+def load_pipeline(folder: Path):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    try:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+                                                              requires_safety_checker=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise PipelineError(f"{folder}: not a Stable Diffusion pipeline folder ({str(e).splitlines()[0]}); "
+                            "rerun the diffusion stage") from None
+    if torch.cuda.is_available():
+        pipe = pipe.to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_prototypes(prefix: Path, method: str, ipc: int, classes: list[str]) -> tuple[torch.Tensor, dict]:
+    tensors, record_path = prefix.with_name(prefix.name + ".safetensors"), prefix.with_name(prefix.name + ".json")
+    for path in (tensors, record_path):
+        if not path.exists():
+            raise DataError(f"{path}: missing; run prototypes@{method} first")
+    centroids, record = load_file(tensors)["centroids"], json.loads(record_path.read_text())
+    if record["method"] != method or record["ipc"] != ipc or [c["class"] for c in record["classes"]] != classes:
+        raise DataError(f"{record_path}: made for {record['method']} at ipc {record['ipc']}, not {method} at ipc "
+                        f"{ipc} over classes.json; rerun prototypes@{method}")
+    if tuple(centroids.shape[:2]) != (len(classes), ipc):
+        raise DataError(f"{tensors}: centroids of shape {list(centroids.shape)}, expected [{len(classes)}, {ipc}, ...]")
+    return centroids, record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", choices=["d4m", "vlcp"])
+    parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
+    parser.add_argument("--prototypes", required=True, type=Path,
+                        help="artifacts/<ds>/ipc<N>/prototypes/<method> (reads .safetensors and .json)")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--out", required=True, type=Path, help="distilled set folder")
+    parser.add_argument("--stats", required=True, type=Path, help="synthesis stats JSON (timings) to write")
+    args = parser.parse_args()
+    p = params.load()
+    s = getattr(p, args.method).synthesis
+    classes = read_classes(args.data)
+    size = json.loads((args.data / "meta.json").read_text())["image_size"]
+    centroids, record = load_prototypes(args.prototypes, args.method, p.ipc, classes)
+    class_prompts = params.class_prompts(p, classes)
+    prompts = [[class_prompts[c] if args.method == "d4m" else cluster["text_prototype"]
+                for cluster in entry["clusters"]] for c, entry in enumerate(record["classes"])]
+    pipe = load_pipeline(args.diffusion)
+
+    jobs = [(c, k) for c in range(len(classes)) for k in range(p.ipc)]
+    began = time.perf_counter()
+    with atomic_dir(args.out) as tmp:
+        bar = tqdm(total=len(jobs), desc=f"synthesize {args.method}", unit="img", mininterval=1)
+        for i in range(0, len(jobs), s.batch_size):
+            batch = jobs[i:i + s.batch_size]
+            gens = [torch.Generator().manual_seed(derive_seed(p.seed, args.method, classes[c], k)) for c, k in batch]
+            images = generate(pipe, torch.stack([centroids[c, k] for c, k in batch]),
+                              [prompts[c][k] for c, k in batch], s.negative_prompt, s.strength, s.guidance, s.steps,
+                              gens)
+            for (c, k), array in zip(batch, to_uint8(images, size).numpy()):
+                save_png(array, tmp / classes[c] / f"{k:03d}.png")
+            bar.update(len(batch))
+        bar.close()
+        seconds = time.perf_counter() - began
+        synthesis = {"denoising_steps": denoising_steps(s.steps, s.strength), "scheduler": pipe.scheduler.__class__.__name__,
+                     "diffusion_unet_sha256": sha256_file(args.diffusion / "unet" / "diffusion_pytorch_model.safetensors"),
+                     "prototypes_sha256": sha256_file(args.prototypes.with_name(args.prototypes.name + ".safetensors")),
+                     "prompts": {name: prompts[c] for c, name in enumerate(classes)}}
+        write_card(tmp, method=args.method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=len(jobs),
+                   params={"ipc": p.ipc, "seed": p.seed, "class_prompt": p.class_prompt, "class_names": p.class_names,
+                           args.method: getattr(p, args.method).model_dump(), "prototypes": record["params"]},
+                   teacher=None, evaluation=EVALUATION_NOTE, synthesis=synthesis)
+    write_json(args.stats, {"method": args.method, "images": len(jobs), "seconds": round(seconds, 2),
+                            "images_per_second": round(len(jobs) / max(seconds, 1e-9), 2),
+                            "denoising_steps": denoising_steps(s.steps, s.strength)})
+    print(f"synthesize {args.method}: {len(jobs)} images, {denoising_steps(s.steps, s.strength)} denoising steps "
+          f"each, {seconds:.1f} s → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,199 @@
+"""The diffusion side of D4M/VLCP: a tiny Stable Diffusion built from configs and saved with save_pretrained
+goes through the `pretrained` path a user runs (with VLCP's fine-tune), then latents → prototypes →
+synthesize; img2img step counts and strength edge cases; VLCP's long-prompt encoding. No hub is touched."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+from PIL import Image
+
+from stages.data.latents import read_latents
+from stages.generation import img2img, text
+from tests.conftest import run_stage, workdir
+
+WINDOW = 16
+
+
+def tiny_stable_diffusion(folder: Path) -> Path:
+    """SD-1.5's layout in miniature: CLIP text model, AutoencoderKL, cross-attention UNet, PNDM (SD's default)."""
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(text.minilm_path(), local_files_only=True, model_max_length=WINDOW)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=WINDOW, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                        sample_size=32)
+    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(16, 32), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                              steps_offset=1)
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory) -> Path:
+    return tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "sd")
+
+
+@pytest.fixture(scope="module")
+def pipe(sd_dir):
+    loaded = StableDiffusionImg2ImgPipeline.from_pretrained(sd_dir, local_files_only=True)
+    loaded.set_progress_bar_config(disable=True)
+    return loaded
+
+
+# --- img2img: steps and strength ------------------------------------------------------------------------
+
+def count_steps(pipe, monkeypatch) -> list:
+    """The timestep of every scheduler step (one UNet evaluation each)."""
+    calls = []
+    step = pipe.scheduler.step
+    monkeypatch.setattr(pipe.scheduler, "step", lambda out, t, *a, **k: calls.append(int(t)) or step(out, t, *a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("scheduler", ["PNDMScheduler", "DDIMScheduler"])
+@pytest.mark.parametrize("steps,strength", [(10, 0.7), (10, 0.35), (7, 1.0), (50, 0.7)])
+def test_img2img_runs_int_steps_times_strength_denoising_steps(pipe, monkeypatch, scheduler, steps, strength):
+    """DDIM (our trained model's sampler) runs exactly int(steps x strength) steps. PNDM (SD-1.5's default)
+    runs one more: its step list repeats an early timestep to start the multistep method, so the stock
+    img2img slice keeps one extra entry — the reference pipelines inherit the same count."""
+    from diffusers import DDIMScheduler
+
+    if scheduler == "DDIMScheduler":
+        monkeypatch.setattr(pipe, "scheduler", DDIMScheduler.from_config(pipe.scheduler.config))
+    calls = count_steps(pipe, monkeypatch)
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    images = img2img.generate(pipe, latents, ["a digit", "a digit"], "", strength, 3.0, steps, gens)
+    expected = int(steps * strength)
+    assert img2img.denoising_steps(steps, strength) == expected
+    if scheduler == "DDIMScheduler":
+        assert len(calls) == len(set(calls)) == expected
+    else:
+        assert len(calls) == expected + 1
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.05])
+def test_strength_without_a_denoising_step_decodes_the_prototype(pipe, monkeypatch, strength):
+    """int(steps x strength) = 0: the stock pipeline fails on an empty timestep list; we decode the prototype."""
+    calls = count_steps(pipe, monkeypatch)
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    images = img2img.generate(pipe, latents, ["a digit"], "", strength, 3.0, 10, [torch.Generator()])
+    assert calls == [] and torch.equal(images, img2img.decode(pipe, latents))
+
+
+def test_strength_one_starts_from_noise(pipe):
+    """At strength 1 the prototype barely matters: two very different prototypes, the same noise → close images."""
+    a, b = torch.zeros(1, 4, 16, 16), torch.full((1, 4, 16, 16), 3.0)
+    run = lambda z, s: img2img.generate(pipe, z, ["a digit"], "", s, 1.0, 10, [torch.Generator().manual_seed(0)])
+    assert (run(a, 1.0) - run(b, 1.0)).abs().mean() < 0.25 * (run(a, 0.5) - run(b, 0.5)).abs().mean()
+
+
+def test_same_generator_same_image_whatever_the_batch(pipe):
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    gens = lambda: [torch.Generator().manual_seed(10 + i) for i in range(3)]
+    batch = img2img.generate(pipe, latents, ["one", "two", "three"], "", 0.6, 4.0, 10, gens())
+    alone = img2img.generate(pipe, latents[1:2], ["two"], "", 0.6, 4.0, 10, gens()[1:2])
+    assert torch.allclose(batch[1], alone[0], atol=1e-5)
+
+
+# --- VLCP's long prompts --------------------------------------------------------------------------------
+
+def test_a_short_prompt_is_encoded_exactly_as_the_plain_encoder(pipe):
+    prompt = "a bold handwritten digit three"
+    assert text.token_count(pipe.tokenizer, prompt) <= WINDOW
+    ours, negative = text.encode(pipe, [prompt], "")
+    ids = pipe.tokenizer([prompt], padding="max_length", max_length=WINDOW, truncation=True,
+                         return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(ours, pipe.text_encoder(ids)[0])
+    stock, stock_negative = pipe.encode_prompt(prompt, "cpu", 1, True, "")
+    assert torch.equal(ours, stock) and torch.equal(negative, stock_negative)
+
+
+def test_a_long_prompt_is_encoded_window_by_window_and_concatenated(pipe):
+    long = "the handwritten digit three is bold, slanted to the right, drawn with thick strokes, " * 3
+    length = text.token_count(pipe.tokenizer, long)
+    assert length > 2 * WINDOW
+    embeds, negative = text.encode(pipe, [long], "cartoon")
+    assert embeds.shape == negative.shape == (1, length, 32)
+    ids = pipe.tokenizer([long], truncation=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        for start in range(0, length, WINDOW):
+            window = pipe.text_encoder(ids[:, start:start + WINDOW])[0]
+            # (the prompt and the negative go through in one batch: equal up to float summation order)
+            assert torch.allclose(embeds[:, start:start + WINDOW], window, atol=1e-6)
+    # the UNet takes any sequence length: a long prompt generates
+    image = img2img.generate(pipe, torch.zeros(1, 4, 16, 16), [long], "cartoon", 0.5, 4.0, 4, [torch.Generator()])
+    assert image.shape == (1, 3, 32, 32)
+
+
+# --- the pretrained path, end to end through the stages ----------------------------------------------------
+
+def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
+    """diffusion (pretrained + VLCP fine-tune) → latents → prototypes → synthesize, as dvc.yaml runs them."""
+    folder = workdir(prepared, "sd-project", {
+        "ipc": 2,
+        "diffusion": {"mode": "pretrained", "pretrained": str(sd_dir), "resolution": 32,
+                      "finetune": {"epochs": 1, "batch_size": 128, "ema_decay": 0.99}, "check": {"samples": 1, "steps": 3}},
+        "d4m": {"synthesis": {"steps": 4, "strength": 0.5}},
+        "vlcp": {"synthesis": {"steps": 4, "strength": 0.5}},
+    })
+    (folder / "artifacts" / "digits").mkdir(parents=True)
+    (folder / "artifacts" / "digits" / "teachers").symlink_to(prepared / "artifacts" / "digits" / "teachers")
+    art = "artifacts/digits"
+    run_stage(folder, "caption", "--data", "data/digits", "--out", f"{art}/captions.jsonl")
+    run_stage(folder, "diffusion", "--data", "data/digits", "--captions", f"{art}/captions.jsonl",
+              "--out", f"{art}/diffusion", "--metrics", f"{art}/diffusion.json")
+    record = json.loads((folder / art / "diffusion.json").read_text())
+    assert record["mode"] == "pretrained" and record["finetune"]["steps"] == 12  # ceil(1437 / 128)
+    fine_tuned = StableDiffusionImg2ImgPipeline.from_pretrained(folder / art / "diffusion", local_files_only=True)
+    original = StableDiffusionImg2ImgPipeline.from_pretrained(sd_dir, local_files_only=True)
+    assert fine_tuned.text_encoder.__class__.__name__ == "CLIPTextModel"
+    assert not torch.equal(fine_tuned.unet.conv_in.weight, original.unet.conv_in.weight)  # the UNet learned
+    assert torch.equal(fine_tuned.vae.encoder.conv_in.weight, original.vae.encoder.conv_in.weight)  # frozen
+
+    run_stage(folder, "diffusion_check", "--diffusion", f"{art}/diffusion", "--teacher", f"{art}/teachers/convnet",
+              "--data", "data/digits", "--out", f"{art}/diffusion_check")
+    check = json.loads((folder / art / "diffusion_check" / "metrics.json").read_text())
+    assert check["samples"] == 10 and 0 <= check["teacher_fidelity"] <= 1
+    with Image.open(folder / art / "diffusion_check" / "samples.png") as grid:
+        assert grid.size == (16 * 4, 10 * 16 * 4)
+
+    run_stage(folder, "latents", "--diffusion", f"{art}/diffusion", "--data", "data/digits", "--out", f"{art}/latents")
+    latents, labels, paths = read_latents(folder / art / "latents")
+    assert latents.shape == (1437, 4, 16, 16) and len(paths) == 1437 and labels.max() == 9
+
+    for method in ("d4m", "vlcp"):
+        extra = ["--captions", f"{art}/captions.jsonl"] if method == "vlcp" else []
+        run_stage(folder, "prototypes", method, "--latents", f"{art}/latents", "--data", "data/digits", *extra,
+                  "--out", f"{art}/ipc2/prototypes/{method}")
+        run_stage(folder, "synthesize", method, "--diffusion", f"{art}/diffusion", "--prototypes",
+                  f"{art}/ipc2/prototypes/{method}", "--data", "data/digits", "--out", f"{art}/ipc2/distilled/{method}",
+                  "--stats", f"{art}/ipc2/synthesis/{method}.json")
+        distilled = folder / art / "ipc2" / "distilled" / method
+        files = sorted(distilled.rglob("*.png"))
+        assert len(files) == 20 and all(Image.open(f).size == (16, 16) for f in files)
+        card = json.loads((distilled / "card.json").read_text())
+        assert card["method"] == method and card["num_images"] == 20 and card["synthesis"]["denoising_steps"] == 2
+        prompts = card["synthesis"]["prompts"]["3"]
+        if method == "d4m":
+            assert prompts == ["handwritten digit 3"] * 2
+        else:  # VLCP prompts with member captions of class 3
+            captions = {json.loads(line)["caption"] for line in (folder / art / "captions.jsonl").open()
+                        if json.loads(line)["class"] == "3"}
+            assert set(prompts) <= captions
