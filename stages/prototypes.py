@@ -28,7 +28,7 @@ from stages.clustering.text_prototypes import STOPWORDS_FILE, class_text_prototy
 from stages.data.folder import read_classes
 from stages.data.latents import read_latents
 from stages.pipeline import cli, params
-from stages.pipeline.errors import DataError, ParamsError, PipelineError
+from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import write_json
 from stages.pipeline.seeds import derive_seed
 
@@ -118,10 +118,7 @@ def main() -> None:
                             "the class prompt); drop the option")
     p = params.load()
     classes = read_classes(args.data)
-    prompts = params.class_prompts(p, classes)
-    if len(prompts) != len(classes):
-        raise ParamsError(f"params.yaml: class_names has {len(prompts)} names, {args.data} has "
-                          f"{len(classes)} classes")
+    prompts = params.class_prompts(p, classes)  # (params.load checked class_names against the data)
     latents, labels, paths = read_latents(args.latents)
     check_rows(args.latents, labels.tolist(), paths, classes)
     captions = read_captions(args.captions, paths) if args.method == "vlcp" else None

@@ -158,18 +158,19 @@ class Infer(Section):
 UnitFloat = Annotated[float, Field(ge=0, le=1)]
 
 
+def _placeholder(template: str, field: str, what: str) -> str:
+    if "{" + field + "}" not in template:
+        raise ValueError(f"must contain {{{field}}} (where {what} goes)")
+    return template
+
+
 class Llava(Section):
     model: Optional[str]  # hub id or local folder of a transformers LLaVA checkpoint
     question: str  # {subject} = the class prompt of the image's class
     batch_size: Positive
     max_new_tokens: Positive
 
-    @field_validator("question")
-    @classmethod
-    def _subject(cls, question: str) -> str:
-        if "{subject}" not in question:
-            raise ValueError("must contain {subject} (where the class goes)")
-        return question
+    _subject = field_validator("question")(lambda q: _placeholder(q, "subject", "the class"))
 
 
 class Caption(Section):
@@ -272,12 +273,7 @@ class Params(Section):
     d4m: D4m
     vlcp: Vlcp
 
-    @field_validator("class_prompt")
-    @classmethod
-    def _name(cls, prompt: str) -> str:
-        if "{name}" not in prompt:
-            raise ValueError("must contain {name} (where the class name goes)")
-        return prompt
+    _name = field_validator("class_prompt")(lambda p: _placeholder(p, "name", "the class name"))
 
     @model_validator(mode="after")
     def _consistent(self) -> "Params":
