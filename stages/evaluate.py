@@ -2,8 +2,9 @@
 
 Protocols (evaluate.protocols): `fkd` replays relabel's stored crops and soft labels, `teacher`
 distils the teacher online, `hard` is cross-entropy on each image's own label, `static` learns the
-logits the set ships (INFER), mixed with the same λ as the images (skipped for a set that ships
-none). Every protocol trains
+labels the set ships, mixed with the same λ as the images (skipped for a set that ships none):
+logits by KD at evaluate.temperature (INFER), probabilities as soft cross-entropy targets (PoDD's
+learned labels). Every protocol trains
 `evaluate.seeds` students; metrics hold final and best (labelled) top-1/top-5 as mean ± std.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from stages.data.augment import EpochPlan, plan_epoch
 from stages.data.distilled import images_root, load_set, read_labels
@@ -43,7 +45,8 @@ def fkd_plans(labels_dir: Path, epochs: int, batch_size: int, num_images: int):
 
 
 def static_labels(plan: EpochPlan, logits: torch.Tensor) -> torch.Tensor:
-    """Each slot's shipped logits, mixed linearly with its partner's by the slot's λ (INFER §5.4)."""
+    """Each slot's shipped logits (or probabilities), mixed linearly with its partner's by the slot's λ
+    (INFER §5.4; for probabilities this is exactly the mixed label)."""
     slots = np.arange(len(plan.order))
     partner_slot = slots - slots % plan.batch_size + plan.partner
     lam = torch.from_numpy(plan.lam).unsqueeze(1)
@@ -86,8 +89,12 @@ def main() -> None:
     def stored_kd(logits, batch):
         return kd_loss(logits, batch.soft, cfg.temperature)
 
-    losses = {"fkd": stored_kd, "static": stored_kd, "teacher": online_kd, "hard": hard_loss}
-    shipped = read_labels(args.set, card, images) if card.labels else None
+    def soft_targets(logits, batch):
+        return F.cross_entropy(logits, batch.soft)
+
+    shipped, kind = read_labels(args.set, card, images) if card.labels else (None, None)
+    losses = {"fkd": stored_kd, "static": soft_targets if kind == "probabilities" else stored_kd,
+              "teacher": online_kd, "hard": hard_loss}
     results = {}
     for protocol in cfg.protocols:
         if protocol == "static" and shipped is None:
@@ -118,9 +125,11 @@ def main() -> None:
     write_json(args.out, {
         **teacher_view(teacher, images.normalised(*teacher_norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
-        "bytes": dir_bytes(images_root(Path(args.set), card)), "student": cfg.student, "epochs": args.epochs,
+        "bytes": dir_bytes(images_root(Path(args.set), card)),
+        "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.student, "epochs": args.epochs,
         "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results,
         "note": "top1/top5 are after the last epoch; *_best are the max over validation points (optimistic); "
+                "pixels: the budget per channel (images x h x w, or a poster's own pixel count); "
                 "teacher_fidelity: the teacher's top-1 on the set's own images; intra_class_cosine: mean "
                 "cosine similarity of same-class teacher penultimate features (lower = more diverse)",
         "wall_seconds": round(time.perf_counter() - started, 2),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -27,11 +28,10 @@ from stages.pipeline.outputs import atomic_dir, write_json  # noqa: E402
 GRID_COLUMNS = 10
 
 
-def synthesis_seconds(folder: Path | None) -> dict[str, float]:
-    """Wall seconds each method spent making its images (the recover stages' stats files)."""
-    if folder is None or not folder.is_dir():
-        return {}
-    return {(s := json.loads(path.read_text()))["method"]: s["seconds"] for path in sorted(folder.glob("*.json"))}
+def synthesis_seconds(folders: list[Path]) -> dict[str, float]:
+    """Wall seconds each method spent making its images (the synthesis stages' stats files)."""
+    return {(s := json.loads(path.read_text()))["method"]: s["seconds"]
+            for folder in folders if folder.is_dir() for path in sorted(folder.glob("*.json"))}
 
 
 def collect(metric_dirs: list[Path], synthesis: dict[str, float] | None = None) -> pd.DataFrame:
@@ -45,7 +45,8 @@ def collect(metric_dirs: list[Path], synthesis: dict[str, float] | None = None) 
                     "method": m["method"], "protocol": protocol, "ipc": m["ipc"] if m["ipc"] is not None else "all",
                     "top1": r["top1"]["mean"], "top1_std": r["top1"]["std"],
                     "top1_best": r["top1_best"]["mean"], "top1_best_std": r["top1_best"]["std"],
-                    "top5": r["top5"]["mean"], "seeds": m["seeds"], "images": m["images"], "bytes": m["bytes"],
+                    "top5": r["top5"]["mean"], "seeds": m["seeds"], "images": m["images"], "pixels": m["pixels"],
+                    "bytes": m["bytes"],
                     "student": m["student"], "epochs": m["epochs"], "eval_seconds": r["train_seconds"],
                     "teacher_fidelity": m["teacher_fidelity"],
                     "intra_class_cosine": np.nan if m["intra_class_cosine"] is None else m["intra_class_cosine"],
@@ -72,16 +73,18 @@ def markdown(table: pd.DataFrame, title: str) -> str:
              "validation points, an optimistic figure. Gain is top-1 minus `random` under the same protocol.",
              "Fidelity: the teacher's top-1 on the set's own images. Intra-class cos: mean cosine similarity of",
              "same-class teacher penultimate features (DELT's diversity measure; lower = more diverse).",
-             "Synthesis: wall seconds of the stage that made the images (– for real-image baselines).", "",
+             "Synthesis: wall seconds of the stage that made the images (– for real-image baselines).",
+             "Pixels: the budget (images x h x w; PoDD: its poster's pixels, so PoDD is listed at its own IPC).",
+             "Protocol `static` learns the labels a set ships (INFER's logits, PoDD's own learned labels).", "",
              "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | fidelity % "
-             "| intra-class cos | images | bytes | synthesis s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| intra-class cos | images | pixels | bytes | synthesis s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
         cosine = "–" if np.isnan(r.intra_class_cosine) else f"{r.intra_class_cosine:.3f}"
         lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
                      f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {pct(r.teacher_fidelity)} | "
-                     f"{cosine} | {r.images} | {r.bytes} | "
+                     f"{cosine} | {r.images} | {r.pixels} | {r.bytes} | "
                      f"{'–' if np.isnan(r.synthesis_seconds) else f'{r.synthesis_seconds:.0f}'} |")
     first = table.iloc[0]
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
@@ -135,24 +138,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metrics", nargs="+", required=True, type=Path, help="folders of evaluate outputs")
     parser.add_argument("--sets", nargs="+", required=True, type=Path, help="folders of distilled sets")
-    parser.add_argument("--synthesis", type=Path, help="folder of the recover stages' stats files")
+    parser.add_argument("--synthesis", nargs="*", default=[], type=Path,
+                        help="folders of the synthesis stages' stats files")
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--summary", required=True, help="summary metrics JSON for `dvc exp show`")
     args = parser.parse_args()
     classes = read_classes(args.data)
     table = collect(args.metrics, synthesis_seconds(args.synthesis))
-    ipc = next(i for i in table.ipc if i != "all") if (table.ipc != "all").any() else "all"
+    ipc = next((i for i in table.ipc if i != "all" and float(i).is_integer()), "all")  # not a poster's own IPC
     title = f"{Path(args.data).name}, IPC {ipc}"
 
     with atomic_dir(args.out) as tmp:
         table.to_csv(tmp / "results.csv", index=False, float_format="%.6f")
-        (tmp / "results.md").write_text(markdown(table, title))
         plot(table, tmp / "accuracy.png", title)
         (tmp / "grids").mkdir()
+        posters = []
         for folder in args.sets:
             for set_dir in sorted(d for d in folder.iterdir() if (d / "card.json").exists()):
                 image_grid(set_dir, classes, tmp / "grids" / f"{set_dir.name}.png")
+                if (set_dir / "poster.png").exists():  # PoDD: the poster itself, crops are views of it
+                    (tmp / "posters").mkdir(exist_ok=True)
+                    shutil.copy(set_dir / "poster.png", tmp / "posters" / f"{set_dir.name}.png")
+                    posters.append(set_dir.name)
+        (tmp / "results.md").write_text(markdown(table, title) + "".join(
+            f"\n![{name} poster](posters/{name}.png)\n\n`{name}` poster: every training image of the set is an "
+            f"image-sized crop of it (`grids/{name}.png`).\n" for name in posters))
     summary = {"ipc": ipc}
     for r in table.drop_duplicates("method").itertuples():
         summary[r.method] = {"teacher_fidelity": r.teacher_fidelity,

@@ -29,6 +29,8 @@ TINY = {
                   "check": {"samples": 1, "steps": 2}},
     "d4m": {"synthesis": {"steps": 4}},
     "vlcp": {"synthesis": {"steps": 4}},
+    "podd": {"inner": {"width": 8, "depth": 2, "lr": 0.001}, "window": 2, "totwindow": 4, "epochs": 1,
+             "checkpoint_every": 3, "eval": {"runs": 2, "steps": 5}},
 }
 
 

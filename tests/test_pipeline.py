@@ -16,11 +16,14 @@ METHODS = (*RECOVERED, *DIFFUSED)
 ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "select",
               "baseline@random", "baseline@full", *(f"recover@{m}" for m in RECOVERED),
               "caption", "diffusion", "diffusion_check", "latents",
-              *(f"{s}@{m}" for s in ("prototypes", "synthesize") for m in DIFFUSED),
-              *(f"{s}@{m}" for s in ("relabel", "evaluate") for m in ("random", "full", *METHODS)), "report"}
-# Changing ipc must not re-caption, retrain the diffusion model or re-encode latents (nor retrain teachers).
+              *(f"{s}@{m}" for s in ("prototypes", "synthesize") for m in DIFFUSED), "poster",
+              *(f"{s}@{m}" for s in ("relabel", "evaluate") for m in ("random", "full", "podd", *METHODS)),
+              "report"}
+# Changing ipc must not re-caption, retrain the diffusion model or re-encode latents (nor retrain teachers);
+# PoDD's poster has its own budget (podd.ipc), so it and its evaluation stay too.
 IPC_STAGES = ALL_STAGES - {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "baseline@full",
-                           "relabel@full", "evaluate@full", "caption", "diffusion", "diffusion_check", "latents"}
+                           "relabel@full", "evaluate@full", "caption", "diffusion", "diffusion_check", "latents",
+                           "poster", "relabel@podd", "evaluate@podd"}
 
 
 def ran(log: str) -> set[str]:
@@ -94,17 +97,32 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
         assert m["images"] == 30 and set(m["protocols"]) == {"fkd", "teacher", "hard"}
         assert all(0 <= r["top1"]["mean"] <= 1 for r in m["protocols"].values())
 
+    # PoDD: a 6-step poster is still mostly noise, so only the plumbing is checked (quality: the shipped default)
+    podd = art / "podd0.9"
+    card = json.loads((podd / "distilled" / "podd" / "card.json").read_text())
+    assert card["ipc"] == 0.8906 and card["num_images"] == 96 and card["synthesis"]["pixels"] == 2280
+    m = json.loads((podd / "metrics" / "podd.json").read_text())
+    assert m["images"] == 96 and m["pixels"] == 2280 and set(m["protocols"]) == {"fkd", "teacher", "hard", "static"}
+    assert len(list((podd / "soft_labels" / "podd").glob("epoch_*.parquet"))) == 30
+
     report = art / "ipc3" / "report"
     table = pd.read_csv(report / "results.csv")
-    assert set(zip(table.method, table.protocol)) == {(m, p) for m in ("random", "full", *METHODS)
-                                                      for p in ("fkd", "teacher", "hard")} | {("infer", "static")}
+    assert set(zip(table.method, table.protocol)) == {(m, p) for m in ("random", "full", "podd", *METHODS)
+                                                      for p in ("fkd", "teacher", "hard")} | {
+        ("infer", "static"), ("podd", "static")}
     assert (table[table.method == "random"].gain_vs_random == 0).all()
-    assert "| random | fkd | 3 |" in (report / "results.md").read_text()
-    for png in ("accuracy.png", "grids/random.png", "grids/full.png", *(f"grids/{m}.png" for m in METHODS)):
+    assert set(table[table.method == "podd"].pixels) == {2280} and set(table[table.method == "random"].pixels) == {7680}
+    results = (report / "results.md").read_text()
+    assert "| random | fkd | 3 |" in results and "| podd | static | 0.8906 |" in results
+    assert "![podd poster](posters/podd.png)" in results
+    for png in ("accuracy.png", "grids/random.png", "grids/full.png", "grids/podd.png",
+                *(f"grids/{m}.png" for m in METHODS)):
         with Image.open(report / png) as img:
             assert img.size[0] > 100 and img.size[1] > 100
+    with Image.open(report / "posters" / "podd.png") as img:
+        assert img.size == (76, 30)
     summary = json.loads((art / "summary.json").read_text())
-    assert summary["ipc"] == 3 and set(summary) == {"ipc", "random", "full", *METHODS}
+    assert summary["ipc"] == 3 and set(summary) == {"ipc", "random", "full", "podd", *METHODS}
     assert 0 < summary["random"]["teacher_fidelity"] <= 1
 
     git(project, "add", "-A")

@@ -60,8 +60,8 @@ def test_sre2l_delt_and_infer_write_complete_sets(prepared):
     card, images = load_set(folder / "infer", folder / "data" / "digits")
     # ipc 3, C 10, M 1: 30 // 11 = 2 bases per class + 2 compensators → 2·(10 + 1) = 22 ≤ 30 stored images
     assert card.synthesis["ipc_init"] == 2 and card.synthesis["stored_images"] == 22 and card.num_images == 40
-    labels = read_labels(folder / "infer", card, images)
-    assert labels.shape == (40, 10) and (labels.argmax(1) == images.labels).float().mean() > 0.8
+    labels, kind = read_labels(folder / "infer", card, images)
+    assert kind == "logits" and labels.shape == (40, 10) and (labels.argmax(1) == images.labels).float().mean() > 0.8
     bases = [p for p in images.paths if p.split("/")[1] in ("000.png", "001.png")]
     train = {p.read_bytes() for p in (folder / "data" / "digits" / "train").rglob("*.png")}
     assert len(bases) == 20  # the bases are real train images, byte for byte

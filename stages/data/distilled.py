@@ -37,23 +37,32 @@ def load_set(set_dir: str | Path, data_dir: str | Path) -> tuple[Card, ImageSet]
     return card, images
 
 
-def write_labels(set_dir: Path, name: str, logits: torch.Tensor, paths: list[str]) -> None:
-    """Soft labels shipped with a set: logits [N, C] (float32) and the image path of each row."""
-    save_file({"logits": logits.float().contiguous()}, Path(set_dir) / name, metadata={"paths": json.dumps(paths)})
+LABEL_KINDS = ("logits", "probabilities")  # logits: learned by KD at evaluate.temperature (INFER);
+                                          # probabilities: learned as soft cross-entropy targets (PoDD)
 
 
-def read_labels(set_dir: str | Path, card: Card, images: ImageSet) -> torch.Tensor:
-    """The set's shipped logits, one row per image of `images` (matched by path)."""
+def write_labels(set_dir: Path, name: str, values: torch.Tensor, paths: list[str], kind: str = "logits") -> None:
+    """Labels shipped with a set: [N, C] float32 `logits` or `probabilities`, and the image path of each row."""
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"label kind {kind!r}: not one of {LABEL_KINDS}")
+    save_file({kind: values.float().contiguous()}, Path(set_dir) / name, metadata={"paths": json.dumps(paths)})
+
+
+def read_labels(set_dir: str | Path, card: Card, images: ImageSet) -> tuple[torch.Tensor, str]:
+    """The set's shipped labels, one row per image of `images` (matched by path), and their kind."""
     if card.labels is None:
-        raise DataError(f"{Path(set_dir) / 'card.json'}: labels = None: this set ships no soft labels")
+        raise DataError(f"{Path(set_dir) / 'card.json'}: labels = None: this set ships no labels")
     path = Path(set_dir) / card.labels
     if not path.is_file() or PurePosixPath(card.labels).name != card.labels:
         raise DataError(f"{Path(set_dir) / 'card.json'}: labels = {card.labels!r}: no such file in the set")
     with safe_open(path, "pt") as f:
-        logits, rows = f.get_tensor("logits"), json.loads(f.metadata()["paths"])
+        kinds = [k for k in f.keys() if k in LABEL_KINDS]
+        if len(kinds) != 1:
+            raise DataError(f"{path}: holds tensors {sorted(f.keys())}; expected exactly one of {LABEL_KINDS}")
+        values, rows = f.get_tensor(kinds[0]), json.loads(f.metadata()["paths"])
     index = {p: i for i, p in enumerate(rows)}
     missing = [p for p in images.paths if p not in index]
-    if missing or logits.shape != (len(rows), len(card.classes)):
-        raise DataError(f"{path}: logits {tuple(logits.shape)} for {len(rows)} paths do not cover the set's "
+    if missing or values.shape != (len(rows), len(card.classes)):
+        raise DataError(f"{path}: {kinds[0]} {tuple(values.shape)} for {len(rows)} paths do not cover the set's "
                         f"{len(images)} images x {len(card.classes)} classes (missing e.g. {missing[:3]})")
-    return logits[torch.tensor([index[p] for p in images.paths])]
+    return values[torch.tensor([index[p] for p in images.paths])], kinds[0]

@@ -24,7 +24,8 @@ EVALUATION_NOTE = {
     "protocols": {"fkd": "student learns the stored FKD soft labels (relabel output)",
                   "teacher": "student learns the teacher's logits online",
                   "hard": "cross-entropy on each image's own label",
-                  "static": "student learns the logits the set ships (card `labels`), mixed like the images"},
+                  "static": "student learns the labels the set ships (card `labels`), mixed like the images: "
+                            "logits by KD, probabilities as soft cross-entropy targets"},
     "recipe": "the `evaluate` section of params.yaml at the commit that made this set",
 }
 

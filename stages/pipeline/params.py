@@ -254,6 +254,61 @@ class Vlcp(Section):
     synthesis: Img2Img
 
 
+class PoddInner(Section):
+    """The ConvNet (instance norm) trained in RaT-BPTT's inner loop and in PoDD's own evaluation."""
+    width: Positive
+    depth: Optional[Positive]
+    lr: PositiveFloat
+
+
+class PoddEval(Section):
+    runs: Positive
+    steps: Positive
+
+
+class Podd(Section):
+    ipc: PositiveFloat
+    poster_width: Optional[Positive]
+    poster_height: Optional[Positive]
+    poster_class_num_x: Optional[Positive]
+    poster_class_num_y: Optional[Positive]
+    patch_num_x: Positive
+    patch_num_y: Positive
+    order: Literal["text", "identity", "random"]
+    text_encoder: Optional[str]
+    inner: PoddInner
+    window: Positive
+    minwindow: NonNegInt
+    totwindow: Positive
+    distill_batch_size: Positive
+    batch_size: Positive
+    epochs: Positive
+    lr: PositiveFloat
+    label_lr_scale: PositiveFloat
+    clip_coef: Annotated[float, Field(ge=0, lt=1)]
+    zca: bool
+    zca_reg: NonNegFloat
+    augment: list[Literal["flip", "rotate"]]
+    train_y: bool
+    comp_ipc: Positive
+    checkpoint_every: Positive
+    eval: PoddEval
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Podd":
+        if self.minwindow + self.window > self.totwindow:
+            raise ValueError(f"totwindow = {self.totwindow}: below minwindow + window = "
+                             f"{self.minwindow} + {self.window}")
+        for a, b in (("poster_width", "poster_height"), ("poster_class_num_x", "poster_class_num_y")):
+            if (getattr(self, a) is None) != (getattr(self, b) is None):
+                raise ValueError(f"{a} = {getattr(self, a)}, {b} = {getattr(self, b)}: set both or neither")
+        crops = self.patch_num_x * self.patch_num_y
+        if self.distill_batch_size > crops:
+            raise ValueError(f"distill_batch_size = {self.distill_batch_size}: above the {crops} crops of "
+                             f"patch_num_x x patch_num_y = {self.patch_num_x} x {self.patch_num_y}")
+        return self
+
+
 class Params(Section):
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
     ipc: Positive
@@ -272,6 +327,7 @@ class Params(Section):
     latents: Latents
     d4m: D4m
     vlcp: Vlcp
+    podd: Podd
 
     _name = field_validator("class_prompt")(lambda p: _placeholder(p, "name", "the class name"))
 
@@ -359,6 +415,10 @@ def check_ipc(params: Params, meta_path: Path, source: str = "params.yaml") -> N
     if params.class_names is not None and len(params.class_names) != len(counts):
         raise ParamsError(f"{source}: class_names has {len(params.class_names)} names, the data has "
                           f"{len(counts)} classes")
+    grid = (params.podd.poster_class_num_x, params.podd.poster_class_num_y)
+    if grid[0] is not None and grid[0] * grid[1] != len(counts):
+        raise ParamsError(f"{source}: podd.poster_class_num_x x poster_class_num_y = {grid[0]} x {grid[1]}: "
+                          f"must equal the {len(counts)} classes")
     smallest = min(counts, key=counts.get)
     if params.ipc > counts[smallest]:
         raise ParamsError(

