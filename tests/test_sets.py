@@ -6,6 +6,7 @@ import pytest
 
 from stages.data.distilled import load_set
 from stages.pipeline.errors import DataError
+from stages.pipeline.outputs import sha256_file
 from tests.conftest import run_stage
 
 
@@ -33,9 +34,36 @@ def test_random_subset_is_seeded_and_balanced(prepared):
 def test_a_set_whose_files_disagree_with_its_card_is_refused(prepared, tmp_path):
     source = make_random(prepared, "sets/c")
     data = prepared / "data" / "digits"
+    sums = (source / "SHA256SUMS").read_text().splitlines()
+    assert len(sums) == 30 and all(len(line.split("  ")[0]) == 64 for line in sums)  # `sha256sum -c` format
+    assert json.loads((source / "card.json").read_text())["content"]["files"] == 30
+
+    removed = shutil.copytree(source, tmp_path / "removed")
+    next((removed / "7").iterdir()).unlink()
+    with pytest.raises(DataError, match=r"1 file\(s\) of the set are missing, e.g. \['7/"):
+        load_set(removed, data)
+
+    changed = shutil.copytree(source, tmp_path / "changed")
+    victim = sorted((changed / "3").iterdir())[0]
+    shutil.copyfile(sorted((changed / "5").iterdir())[0], victim)  # still a valid PNG, another digit
+    with pytest.raises(DataError, match=f"{victim}: content differs from SHA256SUMS"):
+        load_set(changed, data)
+
+    added = shutil.copytree(source, tmp_path / "added")
+    shutil.copyfile(victim, added / "3" / "extra.png")
+    with pytest.raises(DataError, match=r"not in SHA256SUMS were added after the set was made, e.g. \['3/extra.png'\]"):
+        load_set(added, data)
+
+    relisted = shutil.copytree(changed, tmp_path / "relisted")  # the list redone by hand to hide the change
+    names = [line.split("  ", 1)[1] for line in sums]
+    (relisted / "SHA256SUMS").write_text("".join(f"{sha256_file(relisted / n)}  {n}\n" for n in names))
+    with pytest.raises(DataError, match="SHA256SUMS: does not match .*card.json"):
+        load_set(relisted, data)
+
     wrong_count = shutil.copytree(source, tmp_path / "count")
-    next((wrong_count / "7").iterdir()).unlink()
-    with pytest.raises(DataError, match="holds 29 images, card.json says 30"):
+    card = json.loads((wrong_count / "card.json").read_text())
+    (wrong_count / "card.json").write_text(json.dumps({**card, "num_images": 31}))
+    with pytest.raises(DataError, match="holds 30 images, card.json says 31"):
         load_set(wrong_count, data)
 
     wrong_order = shutil.copytree(source, tmp_path / "order")
@@ -58,5 +86,6 @@ def test_full_set_reference_cannot_leave_data(prepared, tmp_path):
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "card.json").write_text(json.dumps({**card, "images_from": "../../etc"}))
+    shutil.copyfile(prepared / "sets" / "full" / "SHA256SUMS", evil / "SHA256SUMS")  # lists nothing: no own files
     with pytest.raises(DataError, match="images_from = '../../etc': must be a folder under the project's data/"):
         load_set(evil, prepared / "data" / "digits")

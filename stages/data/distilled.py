@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stages.data.folder import ImageSet, load_imagefolder, read_classes
-from stages.pipeline.card import Card, read_card
+from stages.pipeline.card import Card, read_card, verify_content
 from stages.pipeline.errors import DataError
 
 
@@ -24,13 +24,22 @@ def images_root(set_dir: Path, card: Card) -> Path:
     return Path(*ref.parts)
 
 
-def load_set(set_dir: str | Path, data_dir: str | Path) -> tuple[Card, ImageSet]:
+def open_set(set_dir: str | Path, data_dir: str | Path) -> Card:
+    """The set's card, after checking its files against SHA256SUMS and its class order against the dataset's."""
     set_dir = Path(set_dir)
     card = read_card(set_dir)
+    verify_content(set_dir, card)
     classes = read_classes(data_dir)
     if card.classes != classes:
         raise DataError(f"{set_dir / 'card.json'}: classes differ from {Path(data_dir) / 'classes.json'} "
                         "(another dataset or class order)")
+    return card
+
+
+def load_set(set_dir: str | Path, data_dir: str | Path) -> tuple[Card, ImageSet]:
+    set_dir = Path(set_dir)
+    card = open_set(set_dir, data_dir)
+    classes = card.classes
     images = load_imagefolder(images_root(set_dir, card), classes, desc=f"load {set_dir.name}")
     if len(images) != card.num_images:
         raise DataError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")

@@ -1,6 +1,8 @@
 """card.json: what makes a distilled set shareable (method, params used, teacher, class order, recipe).
 
-Validated on read. `created` honours SOURCE_DATE_EPOCH so reproducible runs can pin it.
+Validated on read. `created` honours SOURCE_DATE_EPOCH so reproducible runs can pin it. The card also pins
+the set's files: SHA256SUMS (the `sha256sum` format, so `sha256sum -c SHA256SUMS` works too) lists every
+file of the set, and the card holds that list's own hash, so a set changed after it was made is refused.
 """
 from __future__ import annotations
 
@@ -9,15 +11,16 @@ import json
 import os
 import platform
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stages.pipeline.errors import DataError
-from stages.pipeline.outputs import write_json
+from stages.pipeline.outputs import sha256_bytes, sha256_file, write_json
 
 CARD = "card.json"
+SUMS = "SHA256SUMS"
 
 
 EVALUATION_NOTE = {
@@ -28,6 +31,13 @@ EVALUATION_NOTE = {
                             "logits by KD, probabilities as soft cross-entropy targets"},
     "recipe": "the `evaluate` section of params.yaml at the commit that made this set",
 }
+
+
+class Content(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    files: int  # files listed in SHA256SUMS (every file of the set but the card and the list)
+    sha256: str  # hash of SHA256SUMS itself
 
 
 class Card(BaseModel):
@@ -46,6 +56,7 @@ class Card(BaseModel):
     evaluation: dict
     versions: dict
     created: str
+    content: Content
 
 
 def versions() -> dict:
@@ -66,8 +77,25 @@ def created() -> str:
     return when.isoformat()
 
 
+def set_files(set_dir: Path) -> list[str]:
+    """Every file of a set (posix paths relative to it), sorted, without the card and its SHA256SUMS."""
+    return sorted(p.relative_to(set_dir).as_posix() for p in set_dir.rglob("*")
+                  if p.is_file() and p.relative_to(set_dir).as_posix() not in (CARD, SUMS))
+
+
+def write_sums(set_dir: Path) -> Content:
+    files = set_files(set_dir)
+    odd = [f for f in files if "\n" in f or "\\" in f]
+    if odd:
+        raise DataError(f"{set_dir}: file names {odd[:3]} hold a newline or backslash; SHA256SUMS cannot list them")
+    text = "".join(f"{sha256_file(set_dir / f)}  {f}\n" for f in files).encode()
+    (set_dir / SUMS).write_bytes(text)
+    return Content(files=len(files), sha256=sha256_bytes(text))
+
+
 def write_card(set_dir: Path, **fields) -> Card:
-    card = Card(versions=versions(), created=created(), **fields)
+    """Write the card last: it hashes the set's files as they are now."""
+    card = Card(versions=versions(), created=created(), content=write_sums(Path(set_dir)), **fields)
     write_json(set_dir / CARD, card.model_dump())
     return card
 
@@ -84,3 +112,34 @@ def read_card(set_dir: str | Path) -> Card:
         first = e.errors()[0]
         key = ".".join(map(str, first["loc"]))
         raise DataError(f"{path}: {key}: {first['msg']}") from None
+
+
+def verify_content(set_dir: str | Path, card: Card) -> None:
+    """Refuse a set whose files are not the ones its card was written over (edited, added, removed)."""
+    set_dir = Path(set_dir)
+    sums = set_dir / SUMS
+    if not sums.is_file():
+        raise DataError(f"{sums}: missing; the set's files cannot be checked against {set_dir / CARD}")
+    text = sums.read_bytes()
+    if sha256_bytes(text) != card.content.sha256:
+        raise DataError(f"{sums}: does not match {set_dir / CARD} (content.sha256 {card.content.sha256[:12]}..., "
+                        f"the list hashes to {sha256_bytes(text)[:12]}...): the list was edited or comes from "
+                        "another set")
+    listed = {}
+    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        ref = PurePosixPath(name)
+        if not sep or len(digest) != 64 or ref.is_absolute() or ".." in ref.parts or not name:
+            raise DataError(f"{sums}:{number}: {line[:80]!r} is not '<sha256>  <path inside the set>'")
+        listed[name] = digest
+    found = set(set_files(set_dir))
+    missing, extra = sorted(set(listed) - found), sorted(found - set(listed))
+    if missing:
+        raise DataError(f"{set_dir}: {len(missing)} file(s) of the set are missing, e.g. {missing[:3]} "
+                        f"(listed in {SUMS}); fetch the whole set again (dvc pull)")
+    if extra:
+        raise DataError(f"{set_dir}: {len(extra)} file(s) not in {SUMS} were added after the set was made, "
+                        f"e.g. {extra[:3]}")
+    for name, digest in listed.items():
+        if sha256_file(set_dir / name) != digest:
+            raise DataError(f"{set_dir / name}: content differs from {SUMS} (changed after the set was made)")
