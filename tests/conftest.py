@@ -107,6 +107,16 @@ def default_project(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """The tiny pipeline reproduced once and committed; (project, the `dvc repro` log). Shared read-only."""
+    project = make_project(tmp_path_factory.mktemp("reproduced") / "project", TINY)
+    log = dvc(project, "repro")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "ipc 3 results")
+    return project, log
+
+
+@pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
     """A project folder with the digits prepared and a tiny convnet teacher, shared by unit tests."""
     root = tmp_path_factory.mktemp("prepared")

@@ -1,7 +1,9 @@
 """The real dvc.yaml on tiny params: every declared output appears and is sane, a second `dvc repro`
-does nothing, and `dvc exp run -S ipc=...` reruns only the stages that read `ipc`."""
+does nothing, and an ipc grid through `dvc exp run --queue` reruns only the stages that read `ipc`.
+Sharing the results (push/pull, HTTP, import/get) is tests/test_sharing.py, on the same reproduced project."""
 import json
 import re
+import time
 
 import pytest
 
@@ -43,8 +45,8 @@ def check_metrics(path, images, protocols=("fkd", "teacher", "hard")):
         assert result["top5"]["mean"] >= result["top1"]["mean"]
 
 
-def test_repro_outputs_noop_and_ipc_experiment(project):
-    log = dvc(project, "repro")
+def test_repro_outputs_and_noop(reproduced):
+    project, log = reproduced
     assert ran(log) == ALL_STAGES
     art = project / "artifacts" / "digits"
 
@@ -125,19 +127,31 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
     assert summary["ipc"] == 3 and set(summary) == {"ipc", "random", "full", "podd", *METHODS}
     assert 0 < summary["random"]["teacher_fidelity"] <= 1
 
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "ipc 3 results")
     again = dvc(project, "repro")
     assert ran(again) == set() and "Data and pipelines are up to date" in again
 
-    experiment = dvc(project, "exp", "run", "-S", "ipc=2")
-    assert ran(experiment) == IPC_STAGES
-    for stage in ALL_STAGES - IPC_STAGES:
-        assert f"Stage '{stage}' didn't change, skipping" in experiment
-    check_metrics(art / "ipc2" / "metrics" / "random.json", 20)
-    check_metrics(art / "ipc2" / "metrics" / "infer.json", 30, ("fkd", "teacher", "hard", "static"))
-    assert json.loads((art / "ipc2" / "distilled" / "vlcp" / "card.json").read_text())["num_images"] == 20
-    assert json.loads((art / "summary.json").read_text())["ipc"] == 2
+
+def test_ipc_grid_through_the_queue(reproduced):
+    """`dvc exp run --queue -S 'ipc=1,2'` + `dvc queue start -j 2`: each experiment reruns only the stages
+    that read `ipc`; teachers, captions, the diffusion model, latents and the poster come from the cache."""
+    project, _ = reproduced
+    queued = dvc(project, "exp", "run", "--queue", "-S", "ipc=1,2")
+    names = re.findall(r"Queued experiment '([^']+)'", queued)
+    assert len(names) == 2, queued
+    dvc(project, "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 900
+    while True:
+        status = dvc(project, "queue", "status")
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.monotonic() < deadline, f"queue still busy after 15 min:\n{status}"
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+    for name in names:
+        log = dvc(project, "queue", "logs", name)
+        assert ran(log) == IPC_STAGES, log
+        for stage in ALL_STAGES - IPC_STAGES:
+            assert f"Stage '{stage}' didn't change, skipping" in log
 
     shown = json.loads(dvc(project, "exp", "show", "--json"))
     rows = []
@@ -145,9 +159,13 @@ def test_repro_outputs_noop_and_ipc_experiment(project):
         rows.append(commit["data"])
         for exp in commit.get("experiments") or []:
             rows += [r["data"] for r in exp["revs"]]
-    ipcs = {row["metrics"]["artifacts/digits/summary.json"]["data"]["ipc"] for row in rows
-            if "artifacts/digits/summary.json" in (row.get("metrics") or {})}
-    assert {2, 3} <= ipcs
+    summaries = {row["metrics"]["artifacts/digits/summary.json"]["data"]["ipc"]:
+                 row["metrics"]["artifacts/digits/summary.json"]["data"] for row in rows
+                 if "artifacts/digits/summary.json" in (row.get("metrics") or {})}
+    assert {1, 2, 3} <= set(summaries)
+    for ipc in (1, 2):  # the grid's own results, not copies of the baseline's
+        assert 0.1 < summaries[ipc]["random"]["fkd"]["top1"] <= 1
+        assert summaries[ipc]["random"]["fkd"]["top1"] != summaries[3]["random"]["fkd"]["top1"]
 
 
 @pytest.mark.slow  # ~16 min on 2 cores: run with `pytest -m slow`
