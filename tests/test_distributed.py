@@ -101,9 +101,10 @@ def test_a_blank_launcher_is_refused(tmp_path):
 
 def test_ddp_teacher_matches_one_process_and_only_rank_zero_writes(prepared):
     # Instance norm: no batch statistics, so DDP's averaged gradients equal one process's up to rounding.
-    # 1437 images at batch 500: the last batch (437) splits 218 / 219, which exercises the share weighting.
+    # 1437 images at batch 700: the last batch (37) splits 18 / 19, which exercises the share weighting
+    # (unweighted, the last step's gradient is off by ~3 %).
     folder = workdir(prepared, "ddp-teacher", {"models": {"convnet": {"norm": "instance"}},
-                                               "teacher": {"epochs": 1, "batch_size": 500}})
+                                               "teacher": {"epochs": 1, "batch_size": 700}})
     for nproc in (1, 2):
         launch(folder, nproc, "teacher", "--arch", "convnet", "--data", "data/digits", "--out", f"out{nproc}/convnet")
         no_leftovers(folder / f"out{nproc}", "convnet")
@@ -114,7 +115,7 @@ def test_ddp_teacher_matches_one_process_and_only_rank_zero_writes(prepared):
     w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert {k: v.shape for k, v in w1.items()} == {k: v.shape for k, v in w2.items()}
     for key in w1:
-        torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=1e-6)
+        torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=3e-7)
 
 
 def test_relabel_and_evaluate_split_over_ranks_match_one_process(prepared):
