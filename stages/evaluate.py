@@ -6,6 +6,8 @@ labels the set ships, mixed with the same λ as the images (skipped for a set th
 logits by KD at evaluate.temperature (INFER), probabilities as soft cross-entropy targets (PoDD's
 learned labels). Every protocol trains
 `evaluate.seeds` students; metrics hold final and best (labelled) top-1/top-5 as mean ± std.
+Under torchrun the (protocol, seed) students are split over the ranks and rank 0 writes the metrics:
+the same file as one process makes, apart from the timing fields.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from stages.data.distilled import images_root, load_set, read_labels
 from stages.data.folder import load_imagefolder, read_classes, renormalise
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
-from stages.pipeline import cli, params
+from stages.pipeline import cli, distributed, params
 from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import dir_bytes, write_json
 from stages.pipeline.seeds import derive_seed
@@ -95,35 +97,44 @@ def main() -> None:
     shipped, kind = read_labels(args.set, card, images) if card.labels else (None, None)
     losses = {"fkd": stored_kd, "static": soft_targets if kind == "probabilities" else stored_kd,
               "teacher": online_kd, "hard": hard_loss}
+    if "static" in cfg.protocols and shipped is None:
+        print(f"evaluate {card.method}: protocol static skipped (the set ships no labels)")
+    protocols = [pr for pr in cfg.protocols if pr != "static" or shipped is not None]
+    jobs = [(protocol, s) for protocol in protocols for s in range(cfg.seeds)]
+
+    def student_run(protocol: str, s: int, device: torch.device) -> dict:
+        torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
+        student = build(cfg.student, len(classes), size, student_config).to(device)
+        if protocol == "fkd":
+            plans = fkd_plans(Path(args.labels), args.epochs, batch_size, len(images))
+        else:
+            rng = np.random.default_rng(derive_seed(p.seed, "evaluate", protocol, s, "augment"))
+            def plans(epoch, rng=rng, static=protocol == "static"):
+                plan = plan_epoch(len(images), batch_size, rng, augment)
+                return plan, static_labels(plan, shipped) if static else None
+        summary = train(student, images, norm, args.epochs, batch_size, plans, losses[protocol],
+                        Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
+                        desc=f"evaluate {card.method} {protocol} seed {s}").summary()
+        print(f"evaluate {card.method} [{protocol} seed {s}]: top-1 {summary['top1']:.4f} "
+              f"(best {summary['top1_best']:.4f}), {summary['images_per_second']:.0f} img/s")
+        return summary
+
+    with distributed.world() as world:  # the students are independent: each rank trains its share
+        teacher.to(world.device)
+        mine = [student_run(protocol, s, world.device) for protocol, s in world.shard(jobs)]
+        done = dict(zip(jobs, (run for share in world.gather(mine) for run in share)))
+    if not world.main:
+        return
     results = {}
-    for protocol in cfg.protocols:
-        if protocol == "static" and shipped is None:
-            print(f"evaluate {card.method}: protocol static skipped (the set ships no labels)")
-            continue
-        runs = []
-        for s in range(cfg.seeds):
-            torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
-            student = build(cfg.student, len(classes), size, student_config)
-            if protocol == "fkd":
-                plans = fkd_plans(Path(args.labels), args.epochs, batch_size, len(images))
-            else:
-                rng = np.random.default_rng(derive_seed(p.seed, "evaluate", protocol, s, "augment"))
-                def plans(epoch, rng=rng, static=protocol == "static"):
-                    plan = plan_epoch(len(images), batch_size, rng, augment)
-                    return plan, static_labels(plan, shipped) if static else None
-            history = train(student, images, norm, args.epochs, batch_size, plans, losses[protocol],
-                            Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
-                            desc=f"evaluate {card.method} {protocol} seed {s}")
-            runs.append(history.summary())
-            print(f"evaluate {card.method} [{protocol} seed {s}]: top-1 {runs[-1]['top1']:.4f} "
-                  f"(best {runs[-1]['top1_best']:.4f}), {runs[-1]['images_per_second']:.0f} img/s")
+    for protocol in protocols:
+        runs = [done[protocol, s] for s in range(cfg.seeds)]
         results[protocol] = {
             **{k: mean_std([r[k] for r in runs]) for k in ("top1", "top5", "top1_best", "top5_best")},
             "per_seed_top1": [round(r["top1"], 6) for r in runs],
             "train_seconds": round(sum(r["train_seconds"] for r in runs), 2),
         }
     write_json(args.out, {
-        **teacher_view(teacher, images.normalised(*teacher_norm), images.labels),
+        **teacher_view(teacher.cpu(), images.normalised(*teacher_norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
         "bytes": dir_bytes(images_root(Path(args.set), card)),
         "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.student, "epochs": args.epochs,

@@ -8,7 +8,9 @@ infer  ipc_init real base images per class, plus one compensator per teacher per
        own class (§5). The set ships the teachers' mean logits of every image as static labels.
 
 Writes the set (<class>/<k>.png, lossless, k = IPC index) with card.json, and `--stats` (image-
-iterations, seconds, rate; DELT's saving against SRe2L at the same iterations).
+iterations, seconds, rate; DELT's saving against SRe2L at the same iterations). Under torchrun each rank
+recovers its block of the batches (INFER: of the (teacher, base-set batch) jobs) into one temporary folder
+and rank 0 finishes the card and stats: the images are those of a single process.
 """
 from __future__ import annotations
 
@@ -19,16 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from stages.data.distilled import write_labels
 from stages.data.folder import load_imagefolder, normalise, read_classes, save_png
 from stages.models import load_checkpoint, predict
-from stages.pipeline import cli, params
+from stages.pipeline import cli, distributed, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
+from stages.pipeline.distributed import World
 from stages.pipeline.errors import DataError, PipelineError
-from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.recover import RecoverConfig, batch_teacher, plan_groups, recover_compensators, synthesize
 from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
@@ -88,10 +91,11 @@ def ipc_range(method: str, section, end_default: int) -> tuple[int, int]:
 
 
 def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, classes: list[str], size: int,
-               ipc: int, seed: int, out: Path, init=None, span=None) -> tuple[int, float]:
-    """Synthesise the IPC range group by group with a progress bar; returns (image-iterations, seconds)."""
+               ipc: int, seed: int, out: Path, world: World, init=None, span=None) -> tuple[int, float]:
+    """Synthesise this rank's groups of the IPC range with a progress bar; returns the world's
+    (image-iterations, seconds) summed over ranks."""
     start, end = ipc_range(method, section, ipc)
-    groups = plan_groups(start, end, section.recover.ipc_per_batch)
+    groups = world.shard(plan_groups(start, end, section.recover.ipc_per_batch))
     work, seconds = 0, 0.0
     bar = tqdm(groups, desc=f"recover {method}", unit="batch", mininterval=1)
     for result in synthesize(teachers.models[0], len(classes), size, groups, cfg, teachers.mean, teachers.std,
@@ -99,6 +103,7 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
         save_images(out, classes, result.labels, result.indices, result.images, teachers.mean, teachers.std)
         work, seconds = work + result.image_iterations, seconds + result.seconds
         bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
+    work, seconds = map(sum, zip(*world.gather([work, seconds])))
     return work, seconds
 
 
@@ -123,8 +128,10 @@ def delt_span(p, num_classes: int):
     return lambda labels, indices: (joins[indices], stops[labels] * d.round_iterations)
 
 
-def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: int, out: Path) -> dict:
-    """Bases (drawn from `train_dir`), compensators and static labels; returns the card's synthesis record."""
+def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: int, out: Path,
+              world: World) -> dict | None:
+    """Bases (drawn from `train_dir`), compensators and static labels; returns the card's synthesis record
+    (on rank 0; the other ranks only make their share of the compensators)."""
     cfg, C, M = engine_config(p.infer), len(classes), len(teachers.archs)
     ipc_init, per_set = infer_budget(p.ipc, C, M, p.infer.ipc_init)
     start, end = ipc_range("infer", p.infer, ipc_init)
@@ -136,12 +143,13 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
     bases = train.normalised(teachers.mean, teachers.std)[base_index]  # [sets, C, 3, H, W]
     labels = torch.arange(C).repeat(end - start)
     set_ids = torch.arange(start, end).repeat_interleave(C)
-    # The bases are saved unchanged: uint8 → normalised → uint8 round-trips exactly.
-    save_images(out, classes, labels, set_ids, bases.flatten(0, 1), teachers.mean, teachers.std)
+    if world.main:  # the bases are saved unchanged: uint8 → normalised → uint8 round-trips exactly
+        save_images(out, classes, labels, set_ids, bases.flatten(0, 1), teachers.mean, teachers.std)
 
     compensators, work, seconds = {}, 0, 0.0
-    jobs = [(m, g) for m in range(per_set) for g in plan_groups(start, end, p.infer.recover.ipc_per_batch)]
-    bar = tqdm(jobs, desc="recover infer", unit="batch", mininterval=1)
+    groups = plan_groups(start, end, p.infer.recover.ipc_per_batch)
+    jobs = [(m, g) for m in range(per_set) for g in groups]
+    bar = tqdm(world.shard(jobs), desc="recover infer", unit="batch", mininterval=1)
     for m, group in bar:
         arch, teacher = teachers.archs[m], teachers.models[m]
         seed = derive_seed(p.seed, "infer", arch, group.start)
@@ -152,16 +160,27 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
         u, images = recover_compensators(teacher, batch, cfg, teachers.mean, teachers.std, gen_rng)
         seconds += time.perf_counter() - began
         work += cfg.iterations * images.shape[0] * C
-        compensators.setdefault(arch, []).append(u)
+        compensators[f"{arch}/{group.start}"] = u
         ids = torch.arange(group.start, group.stop).repeat_interleave(C) + ipc_init * (m + 1)
         save_images(out, classes, torch.arange(C).repeat(len(batch)), ids, images.flatten(0, 1), teachers.mean,
                     teachers.std)
         bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
+    # Each rank leaves its compensators in a hidden file (not an image); gathering is also the barrier.
+    save_file(compensators or {"none": torch.zeros(0)}, out / f".compensators.rank{world.rank}.safetensors")
+    work, seconds = map(sum, zip(*world.gather([work, seconds])))
+    if not world.main:
+        return None
+    for rank in range(world.size):
+        shard = out / f".compensators.rank{rank}.safetensors"
+        compensators.update(load_file(shard))
+        shard.unlink()
+    by_arch = {teachers.archs[m]: torch.cat([compensators[f"{teachers.archs[m]}/{g.start}"] for g in groups])
+               for m in range(per_set)}
 
     info = {"base_sets": [start, end], "layout": "one [3, H, W] compensator per base set, normalised space",
             "bases": [[train.paths[i] for i in row] for row in base_index.tolist()]}
     # One metadata key: safetensors stores metadata as a hash map, so several keys come out in any order.
-    save_file({arch: torch.cat(us).contiguous() for arch, us in compensators.items()} or {"none": torch.zeros(0)},
+    save_file({arch: us.contiguous() for arch, us in by_arch.items()} or {"none": torch.zeros(0)},
               out / COMPENSATORS, metadata={"ddpipe": json.dumps(info, sort_keys=True)})
 
     # Static labels: the mean logits of all M teachers on each un-augmented image (§5.4).
@@ -197,10 +216,9 @@ def main() -> None:
     teachers = Teachers(args.teachers, archs, data_meta)
     cfg = engine_config(section)
 
-    with atomic_dir(args.out) as tmp:
+    with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
         if args.method == "infer":
-            record = run_infer(p, teachers, expect_init(args, "a train folder"), classes, size, tmp)
-            work, seconds = record.pop("image_iterations"), record.pop("seconds")
+            record = run_infer(p, teachers, expect_init(args, "a train folder"), classes, size, tmp, world)
         else:
             init = span = None
             if args.method == "sre2l" and args.init != "noise":
@@ -210,10 +228,14 @@ def main() -> None:
                                  teachers.mean, teachers.std)
                 span = delt_span(p, len(classes))
             work, seconds = run_engine(args.method, section, cfg, teachers, classes, size, p.ipc, p.seed, tmp,
-                                       init, span)
+                                       world, init, span)
             sre2l_work = cfg.iterations * sum(1 for _ in tmp.rglob("*.png"))  # SRe2L: every image, every iteration
-            record = {"ipc_range": list(ipc_range(args.method, section, p.ipc)),
-                      "sre2l_image_iterations": sre2l_work, "saving_vs_sre2l": round(1 - work / sre2l_work, 6)}
+            record = {"ipc_range": list(ipc_range(args.method, section, p.ipc)), "image_iterations": work,
+                      "seconds": seconds, "sre2l_image_iterations": sre2l_work,
+                      "saving_vs_sre2l": round(1 - work / sre2l_work, 6)}
+        if not world.main:
+            return
+        work, seconds = record.pop("image_iterations"), record.pop("seconds")
         images = sum(1 for _ in tmp.rglob("*.png"))
         record["image_iterations"] = work
         write_card(tmp, method=args.method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=images,

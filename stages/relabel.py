@@ -3,6 +3,8 @@
 For each epoch the evaluation recipe's augmentation plan is drawn (image order, crop box, flip, mix
 partner, λ, cutmix box), the teacher labels exactly those augmented batches, and plan + fp16 logits
 are stored. evaluate's `fkd` protocol replays the files: same crops, stored logits, no teacher.
+Under torchrun every rank draws every epoch's plan (cheap) and labels its own block of epochs, so the
+files are the ones a single process writes.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from stages.data.augment import plan_epoch, render
 from stages.data.distilled import load_set
 from stages.data.folder import read_classes
 from stages.models import load_checkpoint, predict
-from stages.pipeline import cli, params
-from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline import cli, distributed, params
+from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.seeds import derive_seed
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, write_epoch
@@ -43,11 +45,17 @@ def main() -> None:
     augment = eval_augment(p.evaluate, size)
     rng = np.random.default_rng(derive_seed(p.seed, "relabel"))
 
-    with atomic_dir(args.out) as tmp:
+    with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
+        teacher.to(world.device)
+        mine = set(world.shard(range(args.epochs)))
         for epoch in tqdm(range(args.epochs), desc=f"relabel {card.method}", unit="epoch", mininterval=1):
-            plan = plan_epoch(len(images), batch_size, rng, augment)
+            plan = plan_epoch(len(images), batch_size, rng, augment)  # drawn by every rank: one stream
+            if epoch not in mine:
+                continue
             logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size)) for s in plan.batches()])
             write_epoch(epoch_file(tmp, epoch), plan, logits)
+        if not world.main:
+            return
         write_json(tmp / "fkd.json", {
             "epochs": args.epochs, "batch_size": batch_size, "num_images": len(images),
             "augment": {"crop_scale": list(augment.crop_scale), "flip": augment.flip, "mix": augment.mix,

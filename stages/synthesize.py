@@ -5,7 +5,8 @@ vlcp  prompt = the cluster's text prototype (a member caption; long ones are enc
 
 Each image has its own seeded generator (seed, method, class, index), so a batch's make-up never changes an
 image. Images are decoded, resized to the dataset's size and saved as <class>/<k>.png with card.json; the
-stats file records the wall time.
+stats file records the wall time. Under torchrun each rank generates its block of the images (on its own
+GPU) into one temporary folder; rank 0 writes the card and stats once all are done.
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ from tqdm import tqdm
 
 from stages.data.folder import read_classes, save_png
 from stages.generation.img2img import denoising_steps, generate, to_uint8
-from stages.pipeline import cli, params
+from stages.pipeline import cli, distributed, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import DataError, PipelineError
-from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.seeds import derive_seed
 
 
-def load_pipeline(folder: Path):
+def load_pipeline(folder: Path, device: torch.device | None = None):
     from diffusers import StableDiffusionImg2ImgPipeline
 
     try:
@@ -36,8 +37,9 @@ def load_pipeline(folder: Path):
     except (OSError, ValueError, TypeError) as e:
         raise PipelineError(f"{folder}: not a Stable Diffusion pipeline folder ({str(e).splitlines()[0]}); "
                             "rerun the diffusion stage") from None
-    if torch.cuda.is_available():
-        pipe = pipe.to("cuda")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -74,14 +76,14 @@ def main() -> None:
     class_prompts = params.class_prompts(p, classes)
     prompts = [[class_prompts[c] if args.method == "d4m" else cluster["text_prototype"]
                 for cluster in entry["clusters"]] for c, entry in enumerate(record["classes"])]
-    pipe = load_pipeline(args.diffusion)
-
     jobs = [(c, k) for c in range(len(classes)) for k in range(p.ipc)]
-    began = time.perf_counter()
-    with atomic_dir(args.out) as tmp:
-        bar = tqdm(total=len(jobs), desc=f"synthesize {args.method}", unit="img", mininterval=1)
-        for i in range(0, len(jobs), s.batch_size):
-            batch = jobs[i:i + s.batch_size]
+    with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
+        pipe = load_pipeline(args.diffusion, world.device)
+        began = time.perf_counter()
+        mine = world.shard(jobs)
+        bar = tqdm(total=len(mine), desc=f"synthesize {args.method}", unit="img", mininterval=1)
+        for i in range(0, len(mine), s.batch_size):
+            batch = mine[i:i + s.batch_size]
             gens = [torch.Generator().manual_seed(derive_seed(p.seed, args.method, classes[c], k)) for c, k in batch]
             images = generate(pipe, torch.stack([centroids[c, k] for c, k in batch]),
                               [prompts[c][k] for c, k in batch], s.negative_prompt, s.strength, s.guidance, s.steps,
@@ -90,6 +92,9 @@ def main() -> None:
                 save_png(array, tmp / classes[c] / f"{k:03d}.png")
             bar.update(len(batch))
         bar.close()
+        world.barrier()  # every rank's images are in tmp
+        if not world.main:
+            return
         seconds = time.perf_counter() - began
         synthesis = {"denoising_steps": denoising_steps(s.steps, s.strength), "scheduler": pipe.scheduler.__class__.__name__,
                      "diffusion_unet_sha256": sha256_file(args.diffusion / "unet" / "diffusion_pytorch_model.safetensors"),

@@ -1,7 +1,8 @@
 """teacher@<arch>: train a classifier on the prepared train set (SGD, cosine, crop/flip).
 
 Writes model.safetensors, meta.json (arch, config, class-order hash, normalisation, input size),
-metrics.json (val top-1/top-5) and dvclive curves under live/.
+metrics.json (val top-1/top-5) and dvclive curves under live/. Under torchrun: DDP, every rank trains on
+its rows of each global batch (same batch size and lr recipe); rank 0 writes the outputs.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dvclive import Live
 from stages.data.augment import Augment, plan_epoch
 from stages.data.folder import load_imagefolder, read_classes
 from stages.models import build, save_checkpoint
-from stages.pipeline import cli, params
+from stages.pipeline import cli, distributed, params
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.seeds import derive_seed
 from stages.training.loop import Optim, hard_loss, train
@@ -38,24 +39,28 @@ def main() -> None:
 
     torch.manual_seed(derive_seed(p.seed, "teacher", args.arch))
     config = p.models[args.arch].model_dump() if args.arch in p.models else None
-    model = build(args.arch, len(classes), size, config)
     rng = np.random.default_rng(derive_seed(p.seed, "teacher", args.arch, "augment"))
     augment = Augment(tuple(t.crop_scale), t.flip, "none", 1.0, size)
 
-    with atomic_dir(args.out) as tmp, Live(str(tmp / "live"), dvcyaml=False, save_dvc_exp=False) as live:
-        def log(epoch: int, values: dict) -> None:
-            live.step = epoch
-            live.log_metric("train/loss", values["loss"])
-            live.log_metric("val/top1", values["top1"])
-            live.log_metric("val/top5", values["top5"])
-
-        history = train(model, trainset, norm, t.epochs, t.batch_size,
+    with distributed.world() as world:
+        model = build(args.arch, len(classes), size, config).to(world.device)
+        # Every rank draws the same plans (same seed), so they agree on each global batch.
+        history = train(world.ddp(model), trainset, norm, t.epochs, t.batch_size,
                         lambda epoch: (plan_epoch(len(trainset), t.batch_size, rng, augment), None),
                         hard_loss, Optim("sgd", t.lr, t.weight_decay, t.momentum),
                         (valset.normalised(*norm), valset.labels), eval_points=t.epochs,
-                        desc=f"teacher {args.arch}", on_eval=log)
-        summary = history.summary()
-        save_checkpoint(model, tmp, {
+                        desc=f"teacher {args.arch}", world=world)
+    if not world.main:
+        return
+    summary = history.summary()
+    with atomic_dir(args.out) as tmp:
+        with Live(str(tmp / "live"), dvcyaml=False, save_dvc_exp=False) as live:
+            for epoch, loss, top1, top5 in zip(history.epochs, history.loss, history.top1, history.top5):
+                live.step = epoch
+                live.log_metric("train/loss", loss)
+                live.log_metric("val/top1", top1)
+                live.log_metric("val/top5", top5)
+        save_checkpoint(model.cpu(), tmp, {
             "arch": args.arch, "config": config, "num_classes": len(classes), "image_size": size,
             "mean": norm[0], "std": norm[1], "classes_sha256": data_meta["classes_sha256"],
             "epochs": t.epochs, "val_top1": summary["top1"],

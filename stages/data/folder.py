@@ -29,14 +29,16 @@ class ImageSet:
 
 
 def normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (mean, std))
+    return (x - mean) / std
 
 
 def renormalise(x: torch.Tensor, source: tuple[list, list], target: tuple[list, list]) -> torch.Tensor:
     """Move normalised images from one (mean, std) to another; linear, so it commutes with mixing."""
     if source == target:
         return x
-    pixels = x * torch.tensor(source[1]).view(1, 3, 1, 1) + torch.tensor(source[0]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in source)
+    pixels = x * std + mean
     return normalise(pixels, *target)
 
 

@@ -82,4 +82,6 @@ def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) ->
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits for already-normalised float images, in eval mode, batched."""
     model.eval()
-    return torch.cat([model(as_input(model, images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+    device = next(model.parameters()).device  # the model's device in, the images' device out
+    return torch.cat([model(as_input(model, images[i:i + batch_size].to(device))).to(images.device)
+                      for i in range(0, len(images), batch_size)])

@@ -11,7 +11,9 @@ from stages.pipeline.errors import PipelineError
 def run(main: Callable[[], None]) -> None:
     import torch
 
-    torch.set_num_threads(int(os.environ.get("DDPIPE_THREADS", os.cpu_count() or 1)))
+    # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
+    cores = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    torch.set_num_threads(int(os.environ.get("DDPIPE_THREADS", cores)))
     try:
         main()
     except PipelineError as e:

@@ -310,6 +310,7 @@ class Podd(Section):
 
 
 class Params(Section):
+    launcher: Annotated[str, Field(pattern=r"\S")]  # read by dvc.yaml only: `${launcher} -m stages.<stage>`
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
     ipc: Positive
     seed: Annotated[int, Field(ge=0)]

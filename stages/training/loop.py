@@ -14,6 +14,8 @@ from tqdm import tqdm
 from stages.data.augment import EpochPlan, render
 from stages.data.folder import ImageSet
 from stages.models import as_input, predict
+from stages.pipeline.distributed import World
+from stages.pipeline.errors import PipelineError
 
 
 @dataclass
@@ -23,6 +25,11 @@ class Batch:
     partner_labels: torch.Tensor
     lam: float
     soft: torch.Tensor | None = None  # stored teacher logits (FKD) for exactly this batch
+
+    def select(self, rows: slice, device: torch.device) -> "Batch":
+        """These rows of the batch on `device` (under DDP a rank trains on its rows of every batch)."""
+        return Batch(self.x[rows].to(device), self.labels[rows].to(device), self.partner_labels[rows].to(device),
+                     self.lam, None if self.soft is None else self.soft[rows].to(device))
 
 
 @dataclass
@@ -87,9 +94,18 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
           plans: Callable[[int], tuple[EpochPlan, torch.Tensor | None]],
           loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor], optim: Optim,
           val: tuple[torch.Tensor, torch.Tensor], eval_points: int, desc: str,
-          on_eval: Callable[[int, dict], None] | None = None) -> History:
-    """Train for `epochs`; `plans(e)` gives epoch e's plan and, for FKD, its stored logits."""
+          on_eval: Callable[[int, dict], None] | None = None, world: World = World()) -> History:
+    """Train for `epochs`; `plans(e)` gives epoch e's plan and, for FKD, its stored logits.
+
+    Under torchrun `model` is DDP-wrapped and each rank trains on its rows of every global batch, so the
+    batch size and learning-rate recipe are those of one process.
+    """
     size = data.images.shape[-1]
+    smallest = len(data) % batch_size or batch_size
+    if smallest < world.size:
+        raise PipelineError(f"a batch of {smallest} images (of {len(data)} at batch size {batch_size}) cannot be "
+                            f"split over {world.size} processes; use fewer processes or another batch size")
+    device, bare = next(model.parameters()).device, getattr(model, "module", model)
     steps_per_epoch = math.ceil(len(data) / batch_size)
     optimizer = make_optimizer(model, optim)
     total = max(1, epochs * steps_per_epoch)
@@ -100,28 +116,33 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
     for epoch in bar:
         plan, logits = plans(epoch)
         model.train()
-        running = torch.zeros(())  # summed as a tensor: no host sync per step
+        running = torch.zeros((), device=device)  # summed as a tensor: no host sync per step
         for batch_slice in plan.batches():
             idx = torch.from_numpy(plan.order[batch_slice])
             labels = data.labels[idx]
             batch = Batch(render(data.images, plan, batch_slice, *norm, size), labels,
                           labels[torch.from_numpy(plan.partner[batch_slice])], float(plan.lam[batch_slice][0]),
                           None if logits is None else logits[batch_slice])
+            rows = world.rows(len(idx))
+            batch = batch.select(rows, device)
             loss = loss_fn(model(as_input(model, batch.x)), batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if world.size > 1:  # DDP averages rank gradients: weigh each by its share of the global batch
+                (loss * ((rows.stop - rows.start) * world.size / len(idx))).backward()
+            else:
+                loss.backward()
             optimizer.step()
             schedule.step()
-            running += loss.detach() * len(idx)
+            running += loss.detach() * (rows.stop - rows.start)
             history.images_seen += len(idx)
         if epoch + 1 in checkpoints:
             history.seconds += time.perf_counter() - start
-            top1, top5 = accuracy(model, *val)
+            top1, top5 = accuracy(bare, *val)
             start = time.perf_counter()
             history.epochs.append(epoch + 1)
             history.top1.append(top1)
             history.top5.append(top5)
-            mean_loss = running.item() / len(data)
+            mean_loss = world.sum(running.clone()).item() / len(data)
             history.loss.append(mean_loss)
             bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{top1:.3f}")
             if on_eval:
