@@ -26,7 +26,7 @@ from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
 from stages.pipeline import cli, params
 from stages.pipeline.errors import DataError
-from stages.pipeline.outputs import dir_bytes, write_json
+from stages.pipeline.outputs import dir_bytes, write_csv, write_json
 from stages.pipeline.seeds import derive_seed
 from stages.training.loop import Optim, hard_loss, kd_loss, train
 from stages.training.recipe import eval_augment, eval_batch_size
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--out", required=True, help="metrics JSON to write")
+    parser.add_argument("--curves", help="CSV to write: val top-1/top-5 and train loss per validation point, "
+                                         "protocol and seed (the student curves of `dvc plots show`)")
     args = parser.parse_args()
     p = params.load()
     cfg = p.evaluate
@@ -95,7 +97,7 @@ def main() -> None:
     shipped, kind = read_labels(args.set, card, images) if card.labels else (None, None)
     losses = {"fkd": stored_kd, "static": soft_targets if kind == "probabilities" else stored_kd,
               "teacher": online_kd, "hard": hard_loss}
-    results = {}
+    results, curves = {}, []
     for protocol in cfg.protocols:
         if protocol == "static" and shipped is None:
             print(f"evaluate {card.method}: protocol static skipped (the set ships no labels)")
@@ -115,6 +117,9 @@ def main() -> None:
                             Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
                             desc=f"evaluate {card.method} {protocol} seed {s}")
             runs.append(history.summary())
+            curves += [{"method": card.method, "protocol": protocol, "seed": s, "epoch": e, "top1": round(t1, 6),
+                        "top5": round(t5, 6), "loss": round(loss, 6)}
+                       for e, t1, t5, loss in zip(history.epochs, history.top1, history.top5, history.loss)]
             print(f"evaluate {card.method} [{protocol} seed {s}]: top-1 {runs[-1]['top1']:.4f} "
                   f"(best {runs[-1]['top1_best']:.4f}), {runs[-1]['images_per_second']:.0f} img/s")
         results[protocol] = {
@@ -134,6 +139,8 @@ def main() -> None:
                 "cosine similarity of same-class teacher penultimate features (lower = more diverse)",
         "wall_seconds": round(time.perf_counter() - started, 2),
     })
+    if args.curves:
+        write_csv(args.curves, curves)
     print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in results.items()))
 
 
