@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from stages.data.distilled import write_labels
 from stages.data.folder import load_imagefolder, normalise, read_classes, save_png
@@ -29,6 +28,7 @@ from stages.pipeline import cli, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.recover import RecoverConfig, batch_teacher, plan_groups, recover_compensators, synthesize
 from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
@@ -93,7 +93,7 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
     start, end = ipc_range(method, section, ipc)
     groups = plan_groups(start, end, section.recover.ipc_per_batch)
     work, seconds = 0, 0.0
-    bar = tqdm(groups, desc=f"recover {method}", unit="batch", mininterval=1)
+    bar = progress(groups, desc=f"recover {method}", unit="batch")
     for result in synthesize(teachers.models[0], len(classes), size, groups, cfg, teachers.mean, teachers.std,
                              derive_seed(seed, method), init, span):
         save_images(out, classes, result.labels, result.indices, result.images, teachers.mean, teachers.std)
@@ -141,7 +141,7 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
 
     compensators, work, seconds = {}, 0, 0.0
     jobs = [(m, g) for m in range(per_set) for g in plan_groups(start, end, p.infer.recover.ipc_per_batch)]
-    bar = tqdm(jobs, desc="recover infer", unit="batch", mininterval=1)
+    bar = progress(jobs, desc="recover infer", unit="batch")
     for m, group in bar:
         arch, teacher = teachers.archs[m], teachers.models[m]
         seed = derive_seed(p.seed, "infer", arch, group.start)

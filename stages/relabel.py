@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from stages.data.augment import plan_epoch, render
 from stages.data.distilled import load_set
@@ -20,6 +19,7 @@ from stages.data.folder import read_classes
 from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, write_epoch
@@ -44,7 +44,7 @@ def main() -> None:
     rng = np.random.default_rng(derive_seed(p.seed, "relabel"))
 
     with atomic_dir(args.out) as tmp:
-        for epoch in tqdm(range(args.epochs), desc=f"relabel {card.method}", unit="epoch", mininterval=1):
+        for epoch in progress(range(args.epochs), desc=f"relabel {card.method}", unit="epoch"):
             plan = plan_epoch(len(images), batch_size, rng, augment)
             logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size)) for s in plan.batches()])
             write_epoch(epoch_file(tmp, epoch), plan, logits)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from stages.data.folder import read_classes, save_png
 from stages.generation.img2img import denoising_steps, generate, to_uint8
@@ -24,6 +23,7 @@ from stages.pipeline import cli, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import atomic_dir, sha256_file, write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     jobs = [(c, k) for c in range(len(classes)) for k in range(p.ipc)]
     began = time.perf_counter()
     with atomic_dir(args.out) as tmp:
-        bar = tqdm(total=len(jobs), desc=f"synthesize {args.method}", unit="img", mininterval=1)
+        bar = progress(total=len(jobs), desc=f"synthesize {args.method}", unit="img")
         for i in range(0, len(jobs), s.batch_size):
             batch = jobs[i:i + s.batch_size]
             gens = [torch.Generator().manual_seed(derive_seed(p.seed, args.method, classes[c], k)) for c, k in batch]
