@@ -16,14 +16,13 @@ import json
 import os
 from pathlib import Path
 
-from tqdm import tqdm
-
 from stages.captions import attributes
 from stages.captions.jsonl import caption_line, parse_line
 from stages.data.folder import decode_rgb, list_images, read_classes
 from stages.pipeline import cli, params
 from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import write_json
+from stages.pipeline.progress import progress
 
 ATTRIBUTE_BATCH = 256  # attribute captions are independent: this only sets how often progress is saved
 
@@ -111,8 +110,7 @@ def main() -> None:
 
     if done < len(items):
         batch_size, captioner = open_captioner(p)
-        with open(partial, "ab") as f, tqdm(total=len(items), initial=done, desc="caption", unit="img",
-                                            mininterval=1) as bar:
+        with open(partial, "ab") as f, progress(total=len(items), initial=done, desc="caption", unit="img") as bar:
             for start in range(done, len(items), batch_size):
                 batch = items[start:start + batch_size]
                 captions = captioner([decode_rgb(path) for path, _ in batch], [subjects[y] for _, y in batch])

@@ -18,6 +18,7 @@ from stages.generation.img2img import to_uint8
 from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.synthesize import load_pipeline
 
@@ -32,7 +33,7 @@ def sample(pipe, prompts: list[str], per_class: int, guidance: float, steps: int
     text2img.set_progress_bar_config(disable=True)
     resolution = pipe.vae.config.sample_size
     images = []
-    for label, prompt in enumerate(prompts):
+    for label, prompt in enumerate(progress(prompts, desc="diffusion_check samples", unit="class")):
         gens = [torch.Generator().manual_seed(derive_seed(seed, "diffusion_check", label, i)) for i in range(per_class)]
         out = text2img([prompt] * per_class, height=resolution, width=resolution, num_inference_steps=steps,
                        guidance_scale=guidance, generator=gens, output_type="pt")

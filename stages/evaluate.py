@@ -28,7 +28,7 @@ from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
 from stages.pipeline import cli, distributed, params
 from stages.pipeline.errors import DataError
-from stages.pipeline.outputs import dir_bytes, write_json
+from stages.pipeline.outputs import dir_bytes, write_csv, write_json
 from stages.pipeline.seeds import derive_seed
 from stages.training.loop import Optim, hard_loss, kd_loss, train
 from stages.training.recipe import eval_augment, eval_batch_size
@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--out", required=True, help="metrics JSON to write")
+    parser.add_argument("--curves", help="CSV to write: val top-1/top-5 and train loss per validation point, "
+                                         "protocol and seed (the student curves of `dvc plots show`)")
     args = parser.parse_args()
     p = params.load()
     cfg = p.evaluate
@@ -112,12 +114,16 @@ def main() -> None:
             def plans(epoch, rng=rng, static=protocol == "static"):
                 plan = plan_epoch(len(images), batch_size, rng, augment)
                 return plan, static_labels(plan, shipped) if static else None
-        summary = train(student, images, norm, args.epochs, batch_size, plans, losses[protocol],
+        history = train(student, images, norm, args.epochs, batch_size, plans, losses[protocol],
                         Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
-                        desc=f"evaluate {card.method} {protocol} seed {s}").summary()
+                        desc=f"evaluate {card.method} {protocol} seed {s}")
+        summary = history.summary()
         print(f"evaluate {card.method} [{protocol} seed {s}]: top-1 {summary['top1']:.4f} "
               f"(best {summary['top1_best']:.4f}), {summary['images_per_second']:.0f} img/s")
-        return summary
+        curve = [{"method": card.method, "protocol": protocol, "seed": s, "epoch": e, "top1": round(t1, 6),
+                  "top5": round(t5, 6), "loss": round(loss, 6)}
+                 for e, t1, t5, loss in zip(history.epochs, history.top1, history.top5, history.loss)]
+        return {"summary": summary, "curve": curve}
 
     with distributed.world() as world:  # the students are independent: each rank trains its share
         teacher.to(world.device)
@@ -126,8 +132,9 @@ def main() -> None:
     if not world.main:
         return
     results = {}
+    curves = [row for job in jobs for row in done[job]["curve"]]
     for protocol in protocols:
-        runs = [done[protocol, s] for s in range(cfg.seeds)]
+        runs = [done[protocol, s]["summary"] for s in range(cfg.seeds)]
         results[protocol] = {
             **{k: mean_std([r[k] for r in runs]) for k in ("top1", "top5", "top1_best", "top5_best")},
             "per_seed_top1": [round(r["top1"], 6) for r in runs],
@@ -145,6 +152,8 @@ def main() -> None:
                 "cosine similarity of same-class teacher penultimate features (lower = more diverse)",
         "wall_seconds": round(time.perf_counter() - started, 2),
     })
+    if args.curves:
+        write_csv(args.curves, curves)
     print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in results.items()))
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from tqdm import tqdm
 
 from stages.data.folder import load_imagefolder, read_classes
 from stages.data.latents import write_latents
@@ -18,6 +17,7 @@ from stages.generation.img2img import from_uint8
 from stages.pipeline import cli, params
 from stages.pipeline.errors import PipelineError
 from stages.pipeline.outputs import atomic_dir
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 
 
@@ -35,7 +35,7 @@ def load_vae(pipeline_dir: Path) -> tuple[AutoencoderKL, int]:
 def encode(vae: AutoencoderKL, images: torch.Tensor, resolution: int, posterior: str, batch_size: int,
            gen: torch.Generator) -> torch.Tensor:
     out = []
-    for i in tqdm(range(0, len(images), batch_size), desc="encode latents", unit="batch", mininterval=1):
+    for i in progress(range(0, len(images), batch_size), desc="encode latents", unit="batch"):
         q = vae.encode(from_uint8(images[i:i + batch_size], resolution).to(vae.device)).latent_dist
         out.append(((q.mean if posterior == "mean" else q.sample(gen)) * vae.config.scaling_factor).cpu())
     return torch.cat(out)

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from stages.data.folder import load_imagefolder, read_classes
 from stages.models.convnet import ConvNet
@@ -31,6 +30,7 @@ from stages.pipeline import cli, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import ParamsError, PipelineError
 from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.podd import labels as poddl
 from stages.podd import zca as zca_lib
@@ -78,7 +78,7 @@ def podd_accuracy(images: torch.Tensor, labels: torch.Tensor, val, cfg, run: Inn
     """PoDD's protocol: `eval.runs` fresh inner ConvNets trained on the (whitened) images; top-1 on val."""
     x, y = val
     accs = []
-    for r in range(cfg.eval.runs):
+    for r in progress(range(cfg.eval.runs), desc=f"poster eval {tag}", unit="run"):
         torch.manual_seed(derive_seed(seed, "poster", "eval", tag, r))
         net = ConvNet(labels.shape[1], x.shape[-1], cfg.inner.width, cfg.inner.depth, "instance").to(x.device)
         generator = torch.Generator().manual_seed(derive_seed(seed, "poster", "eval", tag, r, "batches"))
@@ -165,8 +165,8 @@ def main() -> None:
                                    "param_groups": optimizer.state_dict()["param_groups"]})
     clip = NormClip(cfg.clip_coef, ema=state["clip_ema"])
 
-    bar = tqdm(range(state["step"], total), initial=state["step"], total=total, desc="poster RaT-BPTT",
-               unit="step", mininterval=1)
+    bar = progress(range(state["step"], total), initial=state["step"], total=total, desc="poster RaT-BPTT",
+                   unit="step")
     for step in bar:
         epoch, slot = divmod(step, steps_per_epoch)
         batch = torch.randperm(len(real_y), generator=torch.Generator().manual_seed(

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from stages.data import sources
 from stages.data.folder import save_png
 from stages.pipeline import cli, params
 from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import atomic_dir, sha256_bytes, write_json
+from stages.pipeline.progress import progress
 
 
 def square(array: np.ndarray, size: int) -> np.ndarray:
@@ -49,7 +49,7 @@ def main() -> None:
         pixel_sum, pixel_sq, pixel_n = np.zeros(3), np.zeros(3), 0
         for split, items in source.splits.items():
             counts[split] = Counter()
-            for stem, label, load, origin in tqdm(items, desc=f"prepare {split}", unit="img", mininterval=1):
+            for stem, label, load, origin in progress(items, desc=f"prepare {split}", unit="img"):
                 try:
                     image = square(load(), size)
                 except DataError:

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from stages.captions.jsonl import read_captions
 from stages.clustering.kmeans import Clusters, full_kmeans, minibatch_kmeans, vlcp_clusters
@@ -30,6 +29,7 @@ from stages.data.latents import read_latents
 from stages.pipeline import cli, params
 from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 
 
@@ -125,8 +125,8 @@ def main() -> None:
 
     array = latents.numpy()
     centroids, records = [], []
-    for c, (name, prompt) in enumerate(zip(tqdm(classes, desc=f"prototypes {args.method}", unit="class",
-                                                mininterval=1), prompts)):
+    for c, (name, prompt) in enumerate(zip(progress(classes, desc=f"prototypes {args.method}", unit="class"),
+                                           prompts)):
         rows = np.flatnonzero(labels.numpy() == c)  # the latents' row order = train folder order
         clusters = cluster_class(p, args.method, array[rows], derive_seed(p.seed, "prototypes", args.method, name),
                                  name)

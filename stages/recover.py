@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from stages.data.distilled import write_labels
 from stages.data.folder import load_imagefolder, normalise, read_classes, save_png
@@ -32,6 +31,7 @@ from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.distributed import World
 from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import sha256_file, write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.recover import RecoverConfig, batch_teacher, plan_groups, recover_compensators, synthesize
 from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
@@ -97,7 +97,7 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
     start, end = ipc_range(method, section, ipc)
     groups = world.shard(plan_groups(start, end, section.recover.ipc_per_batch))
     work, seconds = 0, 0.0
-    bar = tqdm(groups, desc=f"recover {method}", unit="batch", mininterval=1)
+    bar = progress(groups, desc=f"recover {method}", unit="batch")
     for result in synthesize(teachers.models[0], len(classes), size, groups, cfg, teachers.mean, teachers.std,
                              derive_seed(seed, method), init, span):
         save_images(out, classes, result.labels, result.indices, result.images, teachers.mean, teachers.std)
@@ -149,7 +149,7 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
     compensators, work, seconds = {}, 0, 0.0
     groups = plan_groups(start, end, p.infer.recover.ipc_per_batch)
     jobs = [(m, g) for m in range(per_set) for g in groups]
-    bar = tqdm(world.shard(jobs), desc="recover infer", unit="batch", mininterval=1)
+    bar = progress(world.shard(jobs), desc="recover infer", unit="batch")
     for m, group in bar:
         arch, teacher = teachers.archs[m], teachers.models[m]
         seed = derive_seed(p.seed, "infer", arch, group.start)

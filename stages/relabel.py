@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from stages.data.augment import plan_epoch, render
 from stages.data.distilled import load_set
@@ -22,6 +21,7 @@ from stages.data.folder import read_classes
 from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, distributed, params
 from stages.pipeline.outputs import sha256_file, write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, write_epoch
@@ -48,7 +48,7 @@ def main() -> None:
     with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
         teacher.to(world.device)
         mine = set(world.shard(range(args.epochs)))
-        for epoch in tqdm(range(args.epochs), desc=f"relabel {card.method}", unit="epoch", mininterval=1):
+        for epoch in progress(range(args.epochs), desc=f"relabel {card.method}", unit="epoch"):
             plan = plan_epoch(len(images), batch_size, rng, augment)  # drawn by every rank: one stream
             if epoch not in mine:
                 continue

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from stages.data.folder import read_classes, save_png
 from stages.generation.img2img import denoising_steps, generate, to_uint8
@@ -25,6 +24,7 @@ from stages.pipeline import cli, distributed, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import sha256_file, write_json
+from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 
 
@@ -81,7 +81,7 @@ def main() -> None:
         pipe = load_pipeline(args.diffusion, world.device)
         began = time.perf_counter()
         mine = world.shard(jobs)
-        bar = tqdm(total=len(mine), desc=f"synthesize {args.method}", unit="img", mininterval=1)
+        bar = progress(total=len(mine), desc=f"synthesize {args.method}", unit="img")
         for i in range(0, len(mine), s.batch_size):
             batch = mine[i:i + s.batch_size]
             gens = [torch.Generator().manual_seed(derive_seed(p.seed, args.method, classes[c], k)) for c, k in batch]

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from stages.pipeline.errors import DataError
+from stages.pipeline.progress import progress
 
 
 @dataclass
@@ -82,7 +82,7 @@ def load_imagefolder(root: str | Path, classes: list[str], image_size: int | Non
         raise DataError(f"{root}: image folder missing")
     items = list_images(root, classes)
     arrays = []
-    for path, _ in tqdm(items, desc=desc or f"decode {root}", unit="img", leave=False, mininterval=1):
+    for path, _ in progress(items, desc=desc or f"decode {root}", unit="img", leave=False):
         array = decode_rgb(path)
         if image_size is not None and array.shape[:2] != (image_size, image_size):
             raise DataError(f"{path}: is {array.shape[1]}x{array.shape[0]}, expected {image_size}x{image_size}")

@@ -14,9 +14,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-from tqdm import tqdm
 
 from stages.generation import text
+from stages.pipeline.progress import progress
 
 # SD-1.5's training schedule; DDIM must not clip x0 to [-1, 1]: latents live outside it (DESIGN.md).
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -66,7 +66,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
     vae.train()
-    for idx in tqdm(batches(len(images), batch_size, steps, gen), total=steps, desc="train vae", mininterval=1):
+    for idx in progress(batches(len(images), batch_size, steps, gen), total=steps, desc="train vae"):
         x = images[idx]
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
@@ -103,7 +103,7 @@ class Conditioning:
         distinct = sorted({"", *class_prompts, *(captions or [])})
         row = {p: i for i, p in enumerate(distinct)}
         table = torch.cat([text.plain(tokenizer, encoder, distinct[i:i + 64]).cpu() for i in
-                           tqdm(range(0, len(distinct), 64), desc="encode prompts", mininterval=1)])
+                           progress(range(0, len(distinct), 64), desc="encode prompts")])
         label_row = torch.tensor([row[class_prompts[y]] for y in labels.tolist()])
         caption_row = torch.tensor([row[c] for c in captions]) if captions else None
         return cls(table, label_row, caption_row, row[""])
@@ -136,7 +136,7 @@ def train_unet(unet: UNet2DConditionModel, encode_latents: Callable[[torch.Tenso
     device = unet.device  # random draws stay on the CPU generator, so a GPU run draws the same numbers
     losses = []
     unet.train()
-    for idx in tqdm(batches(n, batch_size, steps, gen), total=steps, desc=desc, mininterval=1):
+    for idx in progress(batches(n, batch_size, steps, gen), total=steps, desc=desc):
         latents = encode_latents(idx, gen).to(device)
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)

@@ -9,13 +9,13 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from stages.data.augment import EpochPlan, render
 from stages.data.folder import ImageSet
 from stages.models import as_input, predict
 from stages.pipeline.distributed import World
 from stages.pipeline.errors import PipelineError
+from stages.pipeline.progress import progress
 
 
 @dataclass
@@ -111,7 +111,7 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
     total = max(1, epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     checkpoints, history = eval_epochs(epochs, eval_points), History()
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", mininterval=1, leave=False)
+    bar = progress(range(epochs), desc=desc, unit="epoch", leave=False)
     start = time.perf_counter()
     for epoch in bar:
         plan, logits = plans(epoch)
