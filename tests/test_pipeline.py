@@ -20,12 +20,12 @@ ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank",
               "caption", "diffusion", "diffusion_check", "latents",
               *(f"{s}@{m}" for s in ("prototypes", "synthesize") for m in DIFFUSED), "poster",
               *(f"{s}@{m}" for s in ("relabel", "evaluate") for m in ("random", "full", "podd", *METHODS)),
-              "report"}
+              "report", "plots_page"}
 # Changing ipc must not re-caption, retrain the diffusion model or re-encode latents (nor retrain teachers);
 # PoDD's poster has its own budget (podd.ipc), so it and its evaluation stay too.
 IPC_STAGES = ALL_STAGES - {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "baseline@full",
                            "relabel@full", "evaluate@full", "caption", "diffusion", "diffusion_check", "latents",
-                           "poster", "relabel@podd", "evaluate@podd"}
+                           "poster", "relabel@podd", "evaluate@podd", "plots_page"}
 
 
 def ran(log: str) -> set[str]:
