@@ -23,6 +23,7 @@ import torch
 
 from stages.captions.jsonl import read_captions
 from stages.data.folder import load_imagefolder, read_classes
+from stages.data.stream import BatchView
 from stages.generation import ldm
 from stages.generation.img2img import from_uint8
 from stages.pipeline import cli, params
@@ -31,7 +32,7 @@ from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.seeds import derive_seed
 
 
-def train_mode(p, x: torch.Tensor, cond_inputs, gen: torch.Generator) -> tuple[object, dict]:
+def train_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple[object, dict]:
     t = p.diffusion.train
     down = 2 ** (len(t.vae_channels) - 1)
     if x.shape[-1] % down:
@@ -59,7 +60,7 @@ def train_mode(p, x: torch.Tensor, cond_inputs, gen: torch.Generator) -> tuple[o
     return ldm.assemble(vae, unet, tokenizer, text_encoder), record
 
 
-def pretrained_mode(p, x: torch.Tensor, cond_inputs, gen: torch.Generator) -> tuple[object, dict]:
+def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple[object, dict]:
     from diffusers import StableDiffusionImg2ImgPipeline
 
     source = p.diffusion.pretrained
@@ -116,7 +117,7 @@ def main() -> None:
         by_path = read_captions(args.captions, train.paths)
         captions = [by_path[path] for path in train.paths]
     gen = ldm.seed_everything(derive_seed(p.seed, "diffusion"))
-    x = from_uint8(train.images, resolution)
+    x = BatchView(train.images, lambda images: from_uint8(images, resolution))  # per batch: never the float set
 
     began = time.perf_counter()
     build = train_mode if d.mode == "train" else pretrained_mode

@@ -118,10 +118,13 @@ def main() -> None:
     grid = np.array(order["grid"])
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    zca = zca_lib.fit(train.normalised(*norm), cfg.zca_reg).to(device) if cfg.zca else None
+    # PoDD keeps the whole (whitened) train set in memory, streamed or not: ZCA needs its covariance over
+    # 3·H·W pixels and RaT-BPTT draws real batches from it every step (README, Memory)
+    real_x = train.normalised(*norm).tensor()
+    zca = zca_lib.fit(real_x, cfg.zca_reg).to(device) if cfg.zca else None
     whiten = zca if zca is not None else (lambda x: x)
-    real_x, real_y = whiten(train.normalised(*norm).to(device)), train.labels.to(device)
-    val = (whiten(valset.normalised(*norm).to(device)), valset.labels.to(device))
+    real_x, real_y = whiten(real_x.to(device)), train.labels.to(device)
+    val = (whiten(valset.normalised(*norm).tensor().to(device)), valset.labels.to(device))
     index = tuple(i.to(device) for i in crop_index(geometry))
     run = InnerRun(cfg.inner.lr, cfg.window, cfg.minwindow, cfg.totwindow, cfg.distill_batch_size, cfg.augment)
 

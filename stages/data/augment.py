@@ -94,9 +94,15 @@ def plan_epoch(n: int, batch_size: int, rng: np.random.Generator, aug: Augment) 
     return EpochPlan(batch_size, aug.mix, order, boxes, flips, partner, lam, cut)
 
 
-def render(images: torch.Tensor, plan: EpochPlan, batch: slice, mean, std, size: int) -> torch.Tensor:
-    """The normalised, cropped, flipped and mixed float batch for one slice of a plan."""
+def render(images, plan: EpochPlan, batch: slice, mean, std, size: int) -> torch.Tensor:
+    """The normalised, cropped, flipped and mixed float batch for one slice of a plan.
+
+    `images`: the uint8 N x 3 x H x W tensor or a streamed LazyImages (stages/data/stream.py)."""
     src = images[torch.from_numpy(plan.order[batch])].float().div_(255)
+    if hasattr(images, "prefetch"):  # streamed set: decode the same slice of the next batch while this one trains
+        ahead = plan.order[batch.start + plan.batch_size:batch.stop + plan.batch_size]
+        if len(ahead):
+            images.prefetch(ahead)
     x = crop_resize(src, plan.boxes[batch], size)
     flips = torch.from_numpy(plan.flips[batch]).view(-1, 1, 1, 1)
     x = normalise(torch.where(flips, x.flip(3), x), mean, std)

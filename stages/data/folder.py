@@ -9,23 +9,33 @@ import numpy as np
 import torch
 from PIL import Image
 
+from stages.data.stream import MEMORY_ENV, BatchView, LazyImages, memory_budget
 from stages.pipeline.errors import DataError
 from stages.pipeline.progress import progress
 
 
 @dataclass
 class ImageSet:
-    """A whole image set in memory: decoded once, augmented in batches afterwards."""
+    """An image set: decoded once into memory, or (bigger than the memory budget) streamed from its files.
 
-    images: torch.Tensor  # uint8, N x 3 x H x W
+    `images[idx]` gives the same uint8 rows either way; whole-set work goes through batches of it.
+    """
+
+    images: torch.Tensor | LazyImages  # uint8, N x 3 x H x W
     labels: torch.Tensor  # int64, N
     paths: list[str]  # relative to the set's root, "<class>/<file>"
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def normalised(self, mean: list[float], std: list[float]) -> torch.Tensor:
-        return normalise(self.images.float() / 255, mean, std)
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.images, LazyImages)
+
+    def normalised(self, mean: list[float], std: list[float]) -> BatchView:
+        """Normalised float images, computed per batch on indexing (a float copy is 4x the uint8 set);
+        `.tensor()` materialises them."""
+        return BatchView(self.images, lambda x: normalise(x.float() / 255, mean, std))
 
 
 def normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -74,25 +84,43 @@ def decode_rgb(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable image ({e})") from None
 
 
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding its pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+
+
 def load_imagefolder(root: str | Path, classes: list[str], image_size: int | None = None,
-                     desc: str | None = None) -> ImageSet:
-    """Decode every image under root into one uint8 tensor. All images must share one size."""
+                     desc: str | None = None, stream: bool | None = None) -> ImageSet:
+    """Every image under root, as one uint8 tensor or (stream, by default when the decoded set would
+    exceed stages.data.stream.memory_budget()) a LazyImages view of the files. All images must share one size."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: image folder missing")
     items = list_images(root, classes)
-    arrays = []
-    for path, _ in progress(items, desc=desc or f"decode {root}", unit="img", leave=False):
-        array = decode_rgb(path)
-        if image_size is not None and array.shape[:2] != (image_size, image_size):
-            raise DataError(f"{path}: is {array.shape[1]}x{array.shape[0]}, expected {image_size}x{image_size}")
-        if arrays and array.shape != arrays[0].shape:
-            raise DataError(f"{path}: is {array.shape[1]}x{array.shape[0]}, other images are "
-                            f"{arrays[0].shape[1]}x{arrays[0].shape[0]}")
-        arrays.append(array)
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in items], dtype=torch.int64)
-    return ImageSet(images, labels, [p.relative_to(root).as_posix() for p, _ in items])
+    paths = [p.relative_to(root).as_posix() for p, _ in items]
+    width, height = image_size_of(items[0][0])
+    if image_size is not None and (width, height) != (image_size, image_size):
+        raise DataError(f"{items[0][0]}: is {width}x{height}, expected {image_size}x{image_size}")
+    decoded_bytes = len(items) * 3 * height * width
+    if stream is None:
+        stream = decoded_bytes > memory_budget()
+    if stream:
+        print(f"{root}: streaming {len(items)} images from disk ({decoded_bytes / 2 ** 30:.3g} GB decoded; "
+              f"{MEMORY_ENV} budget {memory_budget() / 2 ** 30:.3g} GB)")
+        return ImageSet(LazyImages([p for p, _ in items], height, width, decode_rgb), labels, paths)
+    images = torch.empty((len(items), 3, height, width), dtype=torch.uint8)  # filled in place: peak = 1 set
+    for i, (path, _) in enumerate(progress(items, desc=desc or f"decode {root}", unit="img", leave=False)):
+        array = decode_rgb(path)
+        if array.shape != (height, width, 3):
+            expected = f"expected {image_size}x{image_size}" if image_size else f"other images are {width}x{height}"
+            raise DataError(f"{path}: is {array.shape[1]}x{array.shape[0]}, {expected}")
+        images.numpy()[i] = array.transpose(2, 0, 1)  # a shared view: no copy of the set
+    return ImageSet(images, labels, paths)
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
