@@ -80,8 +80,11 @@ def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) ->
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits for already-normalised float images, in eval mode, batched."""
+    """Logits for already-normalised float images (a tensor or a per-batch view), in eval mode, batched."""
     model.eval()
     device = next(model.parameters()).device  # the model's device in, the images' device out
-    return torch.cat([model(as_input(model, images[i:i + batch_size].to(device))).to(images.device)
-                      for i in range(0, len(images), batch_size)])
+    logits = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        logits.append(model(as_input(model, chunk.to(device))).to(chunk.device))
+    return torch.cat(logits)
