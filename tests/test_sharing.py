@@ -99,6 +99,7 @@ def test_import_and_get_one_set_into_another_repository(pushed, tmp_path):
     consumer.mkdir()
     git(consumer, "init", "-q")
     dvc(consumer, "init", "-q")
+    (consumer / "sets").mkdir()  # dvc import writes sets/delt.dvc there; it does not make the folder
     dvc(consumer, "import", str(project), DELT, "-o", "sets/delt")
     record = (consumer / "sets" / "delt.dvc").read_text()
     assert f"url: {project}" in record and "rev_lock:" in record and f"path: {DELT}" in record
