@@ -137,3 +137,20 @@ def workdir(prepared: Path, name: str, override: dict | None = None, data: Path 
     (folder / "data" / "digits").symlink_to(data or prepared / "data" / "digits")
     write_params(folder, merge(TINY, override or {}))
     return folder
+
+
+def assert_refused(result: subprocess.CompletedProcess, kind: str, message: str) -> None:
+    """The stage stopped cleanly: exit 2 and the one line `error: <kind>: <message…>` (message a regex prefix)."""
+    import re
+
+    assert result.returncode == 2, f"exit {result.returncode}, expected 2:\n{result.stdout}\n{result.stderr}"
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and re.match(f"error: {kind}: {message}", lines[0]), result.stderr
+
+
+def assert_nothing_left(out: Path) -> None:
+    """No output for DVC to cache and no temp folder beside it."""
+    out = Path(out)
+    assert not out.exists(), f"{out} was left behind"
+    leftovers = sorted(p.name for p in out.parent.glob(f".{out.name}.tmp*")) if out.parent.exists() else []
+    assert not leftovers, f"temp files left beside {out}: {leftovers}"

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from stages.data.distilled import load_set
-from stages.pipeline.errors import DataError
+from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_file
 from tests.conftest import run_stage
 
@@ -40,42 +40,42 @@ def test_a_set_whose_files_disagree_with_its_card_is_refused(prepared, tmp_path)
 
     removed = shutil.copytree(source, tmp_path / "removed")
     next((removed / "7").iterdir()).unlink()
-    with pytest.raises(DataError, match=r"1 file\(s\) of the set are missing, e.g. \['7/"):
+    with pytest.raises(ArtifactError, match=r"1 file\(s\) of the set are missing, e.g. \['7/"):
         load_set(removed, data)
 
     changed = shutil.copytree(source, tmp_path / "changed")
     victim = sorted((changed / "3").iterdir())[0]
     shutil.copyfile(sorted((changed / "5").iterdir())[0], victim)  # still a valid PNG, another digit
-    with pytest.raises(DataError, match=f"{victim}: content differs from SHA256SUMS"):
+    with pytest.raises(ArtifactError, match=f"{victim}: content differs from SHA256SUMS"):
         load_set(changed, data)
 
     added = shutil.copytree(source, tmp_path / "added")
     shutil.copyfile(victim, added / "3" / "extra.png")
-    with pytest.raises(DataError, match=r"not in SHA256SUMS were added after the set was made, e.g. \['3/extra.png'\]"):
+    with pytest.raises(ArtifactError, match=r"not in SHA256SUMS were added after the set was made, e.g. \['3/extra.png'\]"):
         load_set(added, data)
 
     relisted = shutil.copytree(changed, tmp_path / "relisted")  # the list redone by hand to hide the change
     names = [line.split("  ", 1)[1] for line in sums]
     (relisted / "SHA256SUMS").write_text("".join(f"{sha256_file(relisted / n)}  {n}\n" for n in names))
-    with pytest.raises(DataError, match="SHA256SUMS: does not match .*card.json"):
+    with pytest.raises(ArtifactError, match="SHA256SUMS: does not match .*card.json"):
         load_set(relisted, data)
 
     wrong_count = shutil.copytree(source, tmp_path / "count")
     card = json.loads((wrong_count / "card.json").read_text())
     (wrong_count / "card.json").write_text(json.dumps({**card, "num_images": 31}))
-    with pytest.raises(DataError, match="holds 30 images, card.json says 31"):
+    with pytest.raises(ArtifactError, match="holds 30 images, card.json says 31"):
         load_set(wrong_count, data)
 
     wrong_order = shutil.copytree(source, tmp_path / "order")
     card = json.loads((wrong_order / "card.json").read_text())
     card["classes"] = card["classes"][::-1]
     (wrong_order / "card.json").write_text(json.dumps(card))
-    with pytest.raises(DataError, match="classes differ from .*classes.json"):
+    with pytest.raises(ArtifactError, match="classes differ from .*classes.json"):
         load_set(wrong_order, data)
 
     no_card = shutil.copytree(source, tmp_path / "nocard")
     (no_card / "card.json").unlink()
-    with pytest.raises(DataError, match="card.json: missing"):
+    with pytest.raises(ArtifactError, match="card.json: missing"):
         load_set(no_card, data)
 
 
@@ -87,5 +87,5 @@ def test_full_set_reference_cannot_leave_data(prepared, tmp_path):
     evil.mkdir()
     (evil / "card.json").write_text(json.dumps({**card, "images_from": "../../etc"}))
     shutil.copyfile(prepared / "sets" / "full" / "SHA256SUMS", evil / "SHA256SUMS")  # lists nothing: no own files
-    with pytest.raises(DataError, match="images_from = '../../etc': must be a folder under the project's data/"):
+    with pytest.raises(ArtifactError, match="images_from = '../../etc': must be a folder under the project's data/"):
         load_set(evil, prepared / "data" / "digits")

@@ -71,7 +71,7 @@ def test_pull_one_set_into_a_fresh_clone_and_evaluate_it(pushed, tmp_path):
     victim = sorted((clone / DELT / "4").iterdir())[0]
     victim.write_bytes(sorted((clone / DELT / "9").iterdir())[0].read_bytes())
     refused = dvc_fails(clone, "repro", "--single-item", "--force", "evaluate@delt")
-    assert f"error: {DELT}/4/{victim.name}: content differs from SHA256SUMS" in refused
+    assert f"error: ArtifactError: {DELT}/4/{victim.name}: content differs from SHA256SUMS" in refused
 
 
 def test_read_only_http_remote_from_a_loopback_server(pushed, tmp_path):
@@ -112,4 +112,4 @@ def test_import_and_get_one_set_into_another_repository(pushed, tmp_path):
     del card["classes"]
     (consumer / "random" / "card.json").write_text(json.dumps(card))
     failed = run_stage(consumer, "verify", "random", check=False)
-    assert failed.returncode == 2 and "error: random/card.json: classes: Field required" in failed.stderr
+    assert failed.returncode == 2 and "error: ArtifactError: random/card.json: classes: Field required" in failed.stderr

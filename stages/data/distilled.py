@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from stages.data.folder import ImageSet, load_imagefolder, read_classes
 from stages.pipeline.card import Card, read_card, verify_content
-from stages.pipeline.errors import DataError
+from stages.pipeline.errors import ArtifactError
 
 
 def images_root(set_dir: Path, card: Card) -> Path:
@@ -19,7 +19,7 @@ def images_root(set_dir: Path, card: Card) -> Path:
         return set_dir
     ref = PurePosixPath(card.images_from)
     if ref.is_absolute() or ".." in ref.parts or ref.parts[:1] != ("data",):
-        raise DataError(f"{set_dir / 'card.json'}: images_from = {card.images_from!r}: must be a folder "
+        raise ArtifactError(f"{set_dir / 'card.json'}: images_from = {card.images_from!r}: must be a folder "
                         "under the project's data/")
     return Path(*ref.parts)
 
@@ -31,7 +31,7 @@ def open_set(set_dir: str | Path, data_dir: str | Path) -> Card:
     verify_content(set_dir, card)
     classes = read_classes(data_dir)
     if card.classes != classes:
-        raise DataError(f"{set_dir / 'card.json'}: classes differ from {Path(data_dir) / 'classes.json'} "
+        raise ArtifactError(f"{set_dir / 'card.json'}: classes differ from {Path(data_dir) / 'classes.json'} "
                         "(another dataset or class order)")
     return card
 
@@ -42,7 +42,7 @@ def load_set(set_dir: str | Path, data_dir: str | Path) -> tuple[Card, ImageSet]
     classes = card.classes
     images = load_imagefolder(images_root(set_dir, card), classes, desc=f"load {set_dir.name}")
     if len(images) != card.num_images:
-        raise DataError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")
+        raise ArtifactError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")
     return card, images
 
 
@@ -60,18 +60,18 @@ def write_labels(set_dir: Path, name: str, values: torch.Tensor, paths: list[str
 def read_labels(set_dir: str | Path, card: Card, images: ImageSet) -> tuple[torch.Tensor, str]:
     """The set's shipped labels, one row per image of `images` (matched by path), and their kind."""
     if card.labels is None:
-        raise DataError(f"{Path(set_dir) / 'card.json'}: labels = None: this set ships no labels")
+        raise ArtifactError(f"{Path(set_dir) / 'card.json'}: labels = None: this set ships no labels")
     path = Path(set_dir) / card.labels
     if not path.is_file() or PurePosixPath(card.labels).name != card.labels:
-        raise DataError(f"{Path(set_dir) / 'card.json'}: labels = {card.labels!r}: no such file in the set")
+        raise ArtifactError(f"{Path(set_dir) / 'card.json'}: labels = {card.labels!r}: no such file in the set")
     with safe_open(path, "pt") as f:
         kinds = [k for k in f.keys() if k in LABEL_KINDS]
         if len(kinds) != 1:
-            raise DataError(f"{path}: holds tensors {sorted(f.keys())}; expected exactly one of {LABEL_KINDS}")
+            raise ArtifactError(f"{path}: holds tensors {sorted(f.keys())}; expected exactly one of {LABEL_KINDS}")
         values, rows = f.get_tensor(kinds[0]), json.loads(f.metadata()["paths"])
     index = {p: i for i, p in enumerate(rows)}
     missing = [p for p in images.paths if p not in index]
     if missing or values.shape != (len(rows), len(card.classes)):
-        raise DataError(f"{path}: {kinds[0]} {tuple(values.shape)} for {len(rows)} paths do not cover the set's "
+        raise ArtifactError(f"{path}: {kinds[0]} {tuple(values.shape)} for {len(rows)} paths do not cover the set's "
                         f"{len(images)} images x {len(card.classes)} classes (missing e.g. {missing[:3]})")
     return values[torch.tensor([index[p] for p in images.paths])], kinds[0]

@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stages.pipeline.errors import DataError
+from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_bytes, sha256_file, write_json
 
 CARD = "card.json"
@@ -87,7 +87,7 @@ def write_sums(set_dir: Path) -> Content:
     files = set_files(set_dir)
     odd = [f for f in files if "\n" in f or "\\" in f]
     if odd:
-        raise DataError(f"{set_dir}: file names {odd[:3]} hold a newline or backslash; SHA256SUMS cannot list them")
+        raise ArtifactError(f"{set_dir}: file names {odd[:3]} hold a newline or backslash; SHA256SUMS cannot list them")
     text = "".join(f"{sha256_file(set_dir / f)}  {f}\n" for f in files).encode()
     (set_dir / SUMS).write_bytes(text)
     return Content(files=len(files), sha256=sha256_bytes(text))
@@ -103,15 +103,15 @@ def write_card(set_dir: Path, **fields) -> Card:
 def read_card(set_dir: str | Path) -> Card:
     path = Path(set_dir) / CARD
     if not path.exists():
-        raise DataError(f"{path}: missing; a distilled set without its card is not usable")
+        raise ArtifactError(f"{path}: missing; a distilled set without its card is not usable")
     try:
         return Card.model_validate(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
     except ValidationError as e:
         first = e.errors()[0]
         key = ".".join(map(str, first["loc"]))
-        raise DataError(f"{path}: {key}: {first['msg']}") from None
+        raise ArtifactError(f"{path}: {key}: {first['msg']}") from None
 
 
 def verify_content(set_dir: str | Path, card: Card) -> None:
@@ -119,10 +119,10 @@ def verify_content(set_dir: str | Path, card: Card) -> None:
     set_dir = Path(set_dir)
     sums = set_dir / SUMS
     if not sums.is_file():
-        raise DataError(f"{sums}: missing; the set's files cannot be checked against {set_dir / CARD}")
+        raise ArtifactError(f"{sums}: missing; the set's files cannot be checked against {set_dir / CARD}")
     text = sums.read_bytes()
     if sha256_bytes(text) != card.content.sha256:
-        raise DataError(f"{sums}: does not match {set_dir / CARD} (content.sha256 {card.content.sha256[:12]}..., "
+        raise ArtifactError(f"{sums}: does not match {set_dir / CARD} (content.sha256 {card.content.sha256[:12]}..., "
                         f"the list hashes to {sha256_bytes(text)[:12]}...): the list was edited or comes from "
                         "another set")
     listed = {}
@@ -130,16 +130,16 @@ def verify_content(set_dir: str | Path, card: Card) -> None:
         digest, sep, name = line.partition("  ")
         ref = PurePosixPath(name)
         if not sep or len(digest) != 64 or ref.is_absolute() or ".." in ref.parts or not name:
-            raise DataError(f"{sums}:{number}: {line[:80]!r} is not '<sha256>  <path inside the set>'")
+            raise ArtifactError(f"{sums}:{number}: {line[:80]!r} is not '<sha256>  <path inside the set>'")
         listed[name] = digest
     found = set(set_files(set_dir))
     missing, extra = sorted(set(listed) - found), sorted(found - set(listed))
     if missing:
-        raise DataError(f"{set_dir}: {len(missing)} file(s) of the set are missing, e.g. {missing[:3]} "
+        raise ArtifactError(f"{set_dir}: {len(missing)} file(s) of the set are missing, e.g. {missing[:3]} "
                         f"(listed in {SUMS}); fetch the whole set again (dvc pull)")
     if extra:
-        raise DataError(f"{set_dir}: {len(extra)} file(s) not in {SUMS} were added after the set was made, "
+        raise ArtifactError(f"{set_dir}: {len(extra)} file(s) not in {SUMS} were added after the set was made, "
                         f"e.g. {extra[:3]}")
     for name, digest in listed.items():
         if sha256_file(set_dir / name) != digest:
-            raise DataError(f"{set_dir / name}: content differs from {SUMS} (changed after the set was made)")
+            raise ArtifactError(f"{set_dir / name}: content differs from {SUMS} (changed after the set was made)")

@@ -1,11 +1,14 @@
 """Run a stage's main: one clear line for a known error, and a fixed CPU thread count for reproducibility."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable
 
-from stages.pipeline.errors import PipelineError
+from stages.pipeline.errors import PipelineError, ResourceError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def run(main: Callable[[], None]) -> None:
@@ -16,6 +19,16 @@ def run(main: Callable[[], None]) -> None:
     torch.set_num_threads(int(os.environ.get("DDPIPE_THREADS", cores)))
     try:
         main()
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        where = e.filename or "the output"
+        report(ResourceError(f"{where}: no space left on device ({os.strerror(e.errno)}); nothing was kept - "
+                             "free space and rerun, finished work resumes"))
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        report(e)
+
+
+def report(e: PipelineError) -> None:
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -1,4 +1,8 @@
-"""The one error type a stage reports to the user: a message naming the file, key or value at fault."""
+"""The errors a stage reports to the user: one line naming the file, key or value at fault.
+
+`cli.run` prints `error: <Kind>: <message>` and exits 2, so a user (and the fault-injection tests) can tell
+a typo in params.yaml from a corrupt image, a wrong checkpoint, a full disk or a diverged optimisation.
+"""
 
 
 class PipelineError(Exception):
@@ -6,8 +10,20 @@ class PipelineError(Exception):
 
 
 class ParamsError(PipelineError):
-    pass
+    """params.yaml: unknown key, wrong type, impossible or contradictory value."""
 
 
 class DataError(PipelineError):
-    pass
+    """The dataset's files: unreadable image, empty class, layout, a path leaving its root."""
+
+
+class ArtifactError(PipelineError):
+    """A stage's input artifact: teacher checkpoint, diffusion folder, captions, distilled set, card, resume state."""
+
+
+class ResourceError(PipelineError):
+    """The machine: disk full, out of memory."""
+
+
+class DivergedError(PipelineError):
+    """Non-finite loss or values during optimisation; nothing is saved."""
