@@ -9,7 +9,7 @@ pretrained  any Stable Diffusion checkpoint (hub id or local folder) through the
             pairs with EMA (research/diffusion_methods.md §2.2).
 
 Either way the output is a plain pipeline folder (`from_pretrained` loads it); the VAE's sample_size records
-the resolution it works at. The metrics JSON holds the training record (losses, seconds).
+the resolution it works at. The metrics JSON holds the training record (steps, losses); wall time goes to the run log.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from stages.data.folder import load_imagefolder, read_classes
 from stages.data.stream import BatchView
 from stages.generation import ldm
 from stages.generation.img2img import from_uint8
-from stages.pipeline import cli, params
+from stages.pipeline import cli, params, runlog
 from stages.pipeline.errors import ParamsError, PipelineError
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.seeds import derive_seed
@@ -38,14 +38,12 @@ def train_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple[obje
     if x.shape[-1] % down:
         raise ParamsError(f"params.yaml: diffusion.train.vae_channels = {t.vae_channels}: {len(t.vae_channels) - 1} "
                           f"downsamplings need a resolution divisible by {down}, got {x.shape[-1]}")
-    began = time.perf_counter()
     vae = ldm.build_vae(t.vae_channels, x.shape[-1])
     vae_losses = ldm.train_vae(vae, x, t.vae_steps, t.batch_size, t.vae_lr, t.kl_weight, gen)
     scaling = ldm.set_scaling_factor(vae, x)
     with torch.no_grad():  # the VAE is frozen from here: its posterior of every image, computed once
         posteriors = [vae.encode(x[i:i + 256]).latent_dist for i in range(0, len(x), 256)]
         mean, std = torch.cat([q.mean for q in posteriors]), torch.cat([q.std for q in posteriors])
-    vae_seconds = time.perf_counter() - began
 
     tokenizer, text_encoder = ldm.load_text_encoder(t.text_window)
     cond = ldm.Conditioning.build(tokenizer, text_encoder, *cond_inputs)
@@ -53,7 +51,7 @@ def train_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple[obje
     unet_losses = ldm.train_unet(
         unet, lambda idx, g: (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling,
         len(x), cond, t.unet_steps, t.batch_size, t.unet_lr, p.diffusion.caption_fraction, p.diffusion.p_uncond, gen)
-    record = {"vae": {"steps": t.vae_steps, "final_loss": round(vae_losses[-1], 5), "seconds": round(vae_seconds, 1),
+    record = {"vae": {"steps": t.vae_steps, "final_loss": round(vae_losses[-1], 5),
                       "scaling_factor": round(scaling, 6), "latent_shape": list(mean.shape[1:])},
               "unet": {"steps": t.unet_steps, "final_loss": round(float(np.mean(unet_losses[-50:])), 5),
                        "parameters": sum(q.numel() for q in unet.parameters())}}
@@ -126,7 +124,8 @@ def main() -> None:
         pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
     seconds = time.perf_counter() - began
     write_json(args.metrics, {"mode": d.mode, "resolution": resolution, "images": len(train),
-                              "captioned": captions is not None, **record, "seconds": round(seconds, 1)})
+                              "captioned": captions is not None, **record})
+    runlog.record("diffusion", args.out, seconds, mode=d.mode, images=len(train))
     print(f"diffusion ({d.mode}): built in {seconds:.0f} s → {args.out}")
 
 

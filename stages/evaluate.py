@@ -7,7 +7,7 @@ logits by KD at evaluate.temperature (INFER), probabilities as soft cross-entrop
 learned labels). Every protocol trains
 `evaluate.seeds` students; metrics hold final and best (labelled) top-1/top-5 as mean ± std.
 Under torchrun the (protocol, seed) students are split over the ranks and rank 0 writes the metrics:
-the same file as one process makes, apart from the timing fields.
+the same file as one process makes. Wall time goes to the run log (stages/pipeline/runlog.py).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from stages.data.distilled import images_root, load_set, read_labels
 from stages.data.folder import load_imagefolder, read_classes, renormalise
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
-from stages.pipeline import cli, distributed, params
+from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import dir_bytes, write_csv, write_json
 from stages.pipeline.seeds import derive_seed
@@ -138,7 +138,6 @@ def main() -> None:
         results[protocol] = {
             **{k: mean_std([r[k] for r in runs]) for k in ("top1", "top5", "top1_best", "top5_best")},
             "per_seed_top1": [round(r["top1"], 6) for r in runs],
-            "train_seconds": round(sum(r["train_seconds"] for r in runs), 2),
         }
     write_json(args.out, {
         **teacher_view(teacher.cpu(), images.normalised(*teacher_norm), images.labels),
@@ -150,8 +149,11 @@ def main() -> None:
                 "pixels: the budget per channel (images x h x w, or a poster's own pixel count); "
                 "teacher_fidelity: the teacher's top-1 on the set's own images; intra_class_cosine: mean "
                 "cosine similarity of same-class teacher penultimate features (lower = more diverse)",
-        "wall_seconds": round(time.perf_counter() - started, 2),
     })
+    runlog.record("evaluate", args.out, time.perf_counter() - started, method=card.method, students=len(jobs),
+                  train_seconds=round(sum(done[job]["summary"]["train_seconds"] for job in jobs), 2),
+                  images_per_second=round(statistics.fmean(done[job]["summary"]["images_per_second"]
+                                                           for job in jobs), 1))
     if args.curves:
         write_csv(args.curves, curves)
     print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in results.items()))

@@ -26,9 +26,9 @@ from torch.nn import functional as F
 
 from stages.data.folder import load_imagefolder, read_classes
 from stages.models.convnet import ConvNet
-from stages.pipeline import cli, params
+from stages.pipeline import cli, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
-from stages.pipeline.errors import ParamsError, PipelineError
+from stages.pipeline.errors import DivergedError, ParamsError
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
@@ -182,7 +182,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if not torch.isfinite(loss) or not torch.isfinite(poster.grad).all():
-            raise PipelineError(f"poster: non-finite meta-loss or gradient at outer step {step} (lower podd.lr "
+            raise DivergedError(f"poster: non-finite meta-loss or gradient at outer step {step} (lower podd.lr "
                                 "or podd.inner.lr); nothing was written")
         state["grad_norm"].append(round(clip(poster.grad), 6))
         optimizer.step()
@@ -210,7 +210,7 @@ def main() -> None:
     synthesis = {"pixels": geometry.pixels, "poster": [geometry.width, geometry.height],
                  "effective_ipc": round(geometry.ipc, 6), "crops": len(final_labels),
                  "label_vectors": int(np.prod(label_grid)) if cfg.train_y else len(final_labels),
-                 "outer_steps": total, "seconds": seconds,
+                 "outer_steps": total,
                  "podd_protocol": {"before": state["before"], "after": after,
                                    f"random_real_ipc{math.ceil(cfg.ipc)}": reference}}
     with atomic_dir(args.out) as tmp:
@@ -222,9 +222,10 @@ def main() -> None:
         write_card(tmp, method="podd", dataset=p.dataset, ipc=round(geometry.ipc, 4), classes=classes,
                    num_images=len(final_labels), labels=LABELS, synthesis=synthesis,
                    params={"seed": p.seed, "class_names": p.class_names, "podd": cfg.model_dump()},
-                   teacher=None, evaluation=EVALUATION_NOTE)
+                   teacher=None, evaluation=EVALUATION_NOTE, device=device)
     write_json(args.stats, {"method": "podd", **synthesis})
     ckpt.clear()
+    runlog.record("poster", args.out, seconds, outer_steps=total, pixels=geometry.pixels)
     print(f"poster: {geometry.width}x{geometry.height} ({geometry.ipc:.3f} IPC, {geometry.pixels} px), "
           f"{len(final_labels)} crops; PoDD protocol top-1 {state['before']['top1']:.3f} → {after['top1']:.3f} "
           f"(random real, {math.ceil(cfg.ipc)} per class: {reference['top1']:.3f}) in {seconds:.0f} s → {args.out}")

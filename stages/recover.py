@@ -8,7 +8,7 @@ infer  ipc_init real base images per class, plus one compensator per teacher per
        own class (§5). The set ships the teachers' mean logits of every image as static labels.
 
 Writes the set (<class>/<k>.png, lossless, k = IPC index) with card.json, and `--stats` (image-
-iterations, seconds, rate; DELT's saving against SRe2L at the same iterations). Under torchrun each rank
+iterations; DELT's saving against SRe2L at the same iterations); wall time and rate go to the run log. Under torchrun each rank
 recovers its block of the batches (INFER: of the (teacher, base-set batch) jobs) into one temporary folder
 and rank 0 finishes the card and stats: the images are those of a single process.
 """
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from stages.data.distilled import write_labels
 from stages.data.folder import load_imagefolder, normalise, read_classes, save_png
 from stages.models import load_checkpoint, predict
-from stages.pipeline import cli, distributed, params
+from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.distributed import World
 from stages.pipeline.errors import DataError, PipelineError
@@ -206,7 +206,7 @@ def main() -> None:
                         "init set (delt), or the real train folder the bases are drawn from (infer)")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--out", required=True, help="distilled set folder")
-    parser.add_argument("--stats", required=True, help="synthesis stats JSON (timings) to write")
+    parser.add_argument("--stats", required=True, help="synthesis stats JSON (work done) to write")
     args = parser.parse_args()
     p = params.load()
     section = getattr(p, args.method)
@@ -244,8 +244,9 @@ def main() -> None:
                    labels=LABELS if args.method == "infer" else None)
     rate = work / max(seconds, 1e-9)
     write_json(args.stats, {"method": args.method, "images": images, "image_iterations": work,
-                            "seconds": round(seconds, 2), "image_iterations_per_second": round(rate, 1),
                             **{k: record[k] for k in ("sre2l_image_iterations", "saving_vs_sre2l") if k in record}})
+    runlog.record("recover", args.out, seconds, method=args.method, images=images, image_iterations=work,
+                  image_iterations_per_second=round(rate, 1))
     saving = (f"; vs {record['sre2l_image_iterations']:,} for SRe2L at the same {cfg.iterations} iterations: "
               f"{100 * record['saving_vs_sre2l']:.1f} % fewer") if args.method == "delt" else ""
     print(f"recover {args.method}: {images} images, {work:,} image-iterations in {seconds:.1f} s "

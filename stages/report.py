@@ -23,19 +23,12 @@ from stages.data.folder import decode_rgb, list_images, read_classes  # noqa: E4
 from stages.pipeline import cli  # noqa: E402
 from stages.pipeline.card import read_card  # noqa: E402
 from stages.pipeline.errors import DataError  # noqa: E402
-from stages.pipeline.outputs import atomic_dir, write_json  # noqa: E402
+from stages.pipeline.outputs import atomic_dir, atomic_file, write_json  # noqa: E402
 
 GRID_COLUMNS = 10
 
 
-def synthesis_seconds(folders: list[Path]) -> dict[str, float]:
-    """Wall seconds each method spent making its images (the synthesis stages' stats files)."""
-    return {(s := json.loads(path.read_text()))["method"]: s["seconds"]
-            for folder in folders if folder.is_dir() for path in sorted(folder.glob("*.json"))}
-
-
-def collect(metric_dirs: list[Path], synthesis: dict[str, float] | None = None) -> pd.DataFrame:
-    synthesis = synthesis or {}
+def collect(metric_dirs: list[Path]) -> pd.DataFrame:
     rows = []
     for folder in metric_dirs:
         for path in sorted(folder.glob("*.json")):
@@ -47,10 +40,9 @@ def collect(metric_dirs: list[Path], synthesis: dict[str, float] | None = None) 
                     "top1_best": r["top1_best"]["mean"], "top1_best_std": r["top1_best"]["std"],
                     "top5": r["top5"]["mean"], "seeds": m["seeds"], "images": m["images"], "pixels": m["pixels"],
                     "bytes": m["bytes"],
-                    "student": m["student"], "epochs": m["epochs"], "eval_seconds": r["train_seconds"],
+                    "student": m["student"], "epochs": m["epochs"],
                     "teacher_fidelity": m["teacher_fidelity"],
                     "intra_class_cosine": np.nan if m["intra_class_cosine"] is None else m["intra_class_cosine"],
-                    "synthesis_seconds": synthesis.get(m["method"], np.nan),
                 })
     if not rows:
         raise DataError(f"no metrics under {', '.join(map(str, metric_dirs))}; run the evaluate stages first")
@@ -73,19 +65,19 @@ def markdown(table: pd.DataFrame, title: str) -> str:
              "validation points, an optimistic figure. Gain is top-1 minus `random` under the same protocol.",
              "Fidelity: the teacher's top-1 on the set's own images. Intra-class cos: mean cosine similarity of",
              "same-class teacher penultimate features (DELT's diversity measure; lower = more diverse).",
-             "Synthesis: wall seconds of the stage that made the images (– for real-image baselines).",
+             "Wall times are not here (outputs hold no timings, so reruns give the same bytes): see the run log,",
+             "artifacts/runs.jsonl.",
              "Pixels: the budget (images x h x w; PoDD: its poster's pixels, so PoDD is listed at its own IPC).",
              "Protocol `static` learns the labels a set ships (INFER's logits, PoDD's own learned labels).", "",
              "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | fidelity % "
-             "| intra-class cos | images | pixels | bytes | synthesis s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| intra-class cos | images | pixels | bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
         cosine = "–" if np.isnan(r.intra_class_cosine) else f"{r.intra_class_cosine:.3f}"
         lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
                      f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {pct(r.teacher_fidelity)} | "
-                     f"{cosine} | {r.images} | {r.pixels} | {r.bytes} | "
-                     f"{'–' if np.isnan(r.synthesis_seconds) else f'{r.synthesis_seconds:.0f}'} |")
+                     f"{cosine} | {r.images} | {r.pixels} | {r.bytes} |")
     first = table.iloc[0]
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
               + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."]
@@ -138,8 +130,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--metrics", nargs="+", required=True, type=Path, help="folders of evaluate outputs")
     parser.add_argument("--sets", nargs="+", required=True, type=Path, help="folders of distilled sets")
-    parser.add_argument("--synthesis", nargs="*", default=[], type=Path,
-                        help="folders of the synthesis stages' stats files")
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--summary", required=True, help="summary metrics JSON for `dvc exp show`")
@@ -147,7 +137,7 @@ def main() -> None:
                                         "plot's files across experiments by path (the accuracy-vs-IPC plot)")
     args = parser.parse_args()
     classes = read_classes(args.data)
-    table = collect(args.metrics, synthesis_seconds(args.synthesis))
+    table = collect(args.metrics)
     ipc = next((i for i in table.ipc if i != "all" and float(i).is_integer()), "all")  # not a poster's own IPC
     title = f"{Path(args.data).name}, IPC {ipc}"
 
@@ -176,7 +166,8 @@ def main() -> None:
             **({} if np.isnan(r.gain_vs_random) else {"gain": round(r.gain_vs_random, 4)})}
     write_json(args.summary, summary)
     if args.table:
-        shutil.copy(Path(args.out) / "results.csv", args.table)
+        with atomic_file(args.table) as tmp:
+            shutil.copy(Path(args.out) / "results.csv", tmp)
     print((Path(args.out) / "results.md").read_text())
 
 

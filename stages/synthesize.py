@@ -5,7 +5,7 @@ vlcp  prompt = the cluster's text prototype (a member caption; long ones are enc
 
 Each image has its own seeded generator (seed, method, class, index), so a batch's make-up never changes an
 image. Images are decoded, resized to the dataset's size and saved as <class>/<k>.png with card.json; the
-stats file records the wall time. Under torchrun each rank generates its block of the images (on its own
+stats file records the work (images, denoising steps), the run log (stages/pipeline/runlog.py) the wall time. Under torchrun each rank generates its block of the images (on its own
 GPU) into one temporary folder; rank 0 writes the card and stats once all are done.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from stages.data.folder import read_classes, save_png
 from stages.generation.img2img import denoising_steps, generate, to_uint8
-from stages.pipeline import cli, distributed, params
+from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import sha256_file, write_json
@@ -103,10 +103,11 @@ def main() -> None:
         write_card(tmp, method=args.method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=len(jobs),
                    params={"ipc": p.ipc, "seed": p.seed, "class_prompt": p.class_prompt, "class_names": p.class_names,
                            args.method: getattr(p, args.method).model_dump(), "prototypes": record["params"]},
-                   teacher=None, evaluation=EVALUATION_NOTE, synthesis=synthesis)
-    write_json(args.stats, {"method": args.method, "images": len(jobs), "seconds": round(seconds, 2),
-                            "images_per_second": round(len(jobs) / max(seconds, 1e-9), 2),
+                   teacher=None, evaluation=EVALUATION_NOTE, synthesis=synthesis, device=world.device)
+    write_json(args.stats, {"method": args.method, "images": len(jobs),
                             "denoising_steps": denoising_steps(s.steps, s.strength)})
+    runlog.record("synthesize", args.out, seconds, method=args.method, images=len(jobs),
+                  images_per_second=round(len(jobs) / max(seconds, 1e-9), 3))
     print(f"synthesize {args.method}: {len(jobs)} images, {denoising_steps(s.steps, s.strength)} denoising steps "
           f"each, {seconds:.1f} s → {args.out}")
 

@@ -17,7 +17,7 @@ from dvclive import Live
 from stages.data.augment import Augment, plan_epoch
 from stages.data.folder import load_imagefolder, read_classes
 from stages.models import build, save_checkpoint
-from stages.pipeline import cli, distributed, params
+from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.seeds import derive_seed
 from stages.training.loop import Optim, hard_loss, train
@@ -68,6 +68,8 @@ def main() -> None:
         write_json(tmp / "metrics.json", {k: round(v, 6) if isinstance(v, float) else v
                                           for k, v in summary.items() if k not in ("train_seconds",
                                                                                    "images_per_second")})
+    runlog.record("teacher", args.out, summary["train_seconds"], arch=args.arch,
+                  images_per_second=round(summary["images_per_second"], 1))
     print(f"teacher {args.arch}: val top-1 {summary['top1']:.4f} (best {summary['top1_best']:.4f} at epoch "
           f"{summary['best_epoch']}), {summary['images_per_second']:.0f} img/s → {args.out}")
 

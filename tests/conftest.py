@@ -88,6 +88,7 @@ def make_project(root: Path, params: dict | None) -> Path:
     write_params(root, params)
     git(root, "init", "-q")
     dvc(root, "init", "-q")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # after init, which writes a blank one
     dvc(root, "config", "core.analytics", "false")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "project")

@@ -20,7 +20,7 @@ def test_random_subset_is_seeded_and_balanced(prepared):
     b = make_random(prepared, "sets/b")
     files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.png"))
     assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*.png"))
-    assert (a / "card.json").read_bytes() == (b / "card.json").read_bytes()  # SOURCE_DATE_EPOCH pins `created`
+    assert (a / "card.json").read_bytes() == (b / "card.json").read_bytes()  # no timestamp in a card
     per_class = {c: len(list((a / c).iterdir())) for c in map(str, range(10))}
     assert set(per_class.values()) == {3}
     # Each picked image is a byte copy of a train image of the same class.
@@ -28,7 +28,7 @@ def test_random_subset_is_seeded_and_balanced(prepared):
     assert sample.read_bytes() == (prepared / "data" / "digits" / "train" / "4" / sample.name).read_bytes()
     card = json.loads((a / "card.json").read_text())
     assert card["classes"] == [str(d) for d in range(10)] and card["params"] == {"ipc": 3, "seed": 0}
-    assert card["created"] == "1970-01-01T00:00:00+00:00" and card["versions"]["torch"]
+    assert "created" not in card and card["versions"]["torch"]
 
 
 def test_a_set_whose_files_disagree_with_its_card_is_refused(prepared, tmp_path):

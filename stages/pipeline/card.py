@@ -1,14 +1,13 @@
 """card.json: what makes a distilled set shareable (method, params used, teacher, class order, recipe).
 
-Validated on read. `created` honours SOURCE_DATE_EPOCH so reproducible runs can pin it. The card also pins
+Validated on read. No timestamp and no duration: the same params and inputs give the same card bytes (when
+and how fast a set was made is in the run log, stages/pipeline/runlog.py). The card also pins
 the set's files: SHA256SUMS (the `sha256sum` format, so `sha256sum -c SHA256SUMS` works too) lists every
 file of the set, and the card holds that list's own hash, so a set changed after it was made is refused.
 """
 from __future__ import annotations
 
-import datetime
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -55,7 +54,7 @@ class Card(BaseModel):
     teacher: Optional[dict]  # {"arch", "sha256"} of the teacher that shaped the images, if any
     evaluation: dict
     versions: dict
-    created: str
+    reproducibility: dict  # whether rerunning the stage gives these bytes again (see `reproducibility`)
     content: Content
 
 
@@ -70,11 +69,14 @@ def versions() -> dict:
     return {"python": platform.python_version(), **found}
 
 
-def created() -> str:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch else datetime.datetime.now(
-        datetime.UTC).replace(microsecond=0)
-    return when.isoformat()
+def reproducibility(device: str) -> dict:
+    """On the CPU a rerun gives the same bytes (seeded, fixed thread count, tested); on a GPU it need not."""
+    if str(device).startswith("cpu"):
+        return {"device": "cpu", "bit_identical": True,
+                "note": "same params, inputs, package versions and DDPIPE_THREADS give the same bytes"}
+    return {"device": str(device), "bit_identical": False,
+            "note": "GPU kernels (cuDNN algorithm choice, atomic adds in backward passes) may sum floats in another "
+                    "order on each run: a rerun agrees to float tolerance, not bit for bit"}
 
 
 def set_files(set_dir: Path) -> list[str]:
@@ -93,9 +95,9 @@ def write_sums(set_dir: Path) -> Content:
     return Content(files=len(files), sha256=sha256_bytes(text))
 
 
-def write_card(set_dir: Path, **fields) -> Card:
-    """Write the card last: it hashes the set's files as they are now."""
-    card = Card(versions=versions(), created=created(), content=write_sums(Path(set_dir)), **fields)
+def write_card(set_dir: Path, device: str = "cpu", **fields) -> Card:
+    """Write the card last: it hashes the set's files as they are now. `device`: where the images were computed."""
+    card = Card(versions=versions(), reproducibility=reproducibility(device), content=write_sums(Path(set_dir)), **fields)
     write_json(set_dir / CARD, card.model_dump())
     return card
 
