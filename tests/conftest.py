@@ -147,6 +147,10 @@ def assert_refused(result: subprocess.CompletedProcess, kind: str, message: str)
     assert result.returncode == 2, f"exit {result.returncode}, expected 2:\n{result.stdout}\n{result.stderr}"
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and re.match(f"error: {kind}: {message}", lines[0]), result.stderr
+    if os.environ.get("DDPIPE_FAULT_LOG"):  # the fault matrix as run: test case → the line the user saw
+        case = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0]
+        with open(os.environ["DDPIPE_FAULT_LOG"], "a") as f:
+            f.write(f"{case}\t{lines[0]}\n")
 
 
 def assert_nothing_left(out: Path) -> None:
