@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -17,6 +18,9 @@ def run(main: Callable[[], None]) -> None:
     # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
     cores = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     torch.set_num_threads(int(os.environ.get("DDPIPE_THREADS", cores)))
+    # SIGTERM (a scheduler's preemption, `kill`, Ctrl-C of dvc) unwinds like an exception: temp folders are
+    # removed, resume state written so far stays. SIGKILL cannot be caught; atomic_dir sweeps what it leaves.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
     except OSError as e:
@@ -32,3 +36,8 @@ def run(main: Callable[[], None]) -> None:
 def report(e: PipelineError) -> None:
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def _terminated(signum, frame) -> None:
+    print(f"stopped by {signal.Signals(signum).name}: nothing half-written was kept; rerun to resume", file=sys.stderr)
+    raise SystemExit(128 + signum)
