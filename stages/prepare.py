@@ -64,8 +64,9 @@ def main() -> None:
                     pixel_sq += (x ** 2).sum(0)
                     pixel_n += len(x)
             empty = [c for c in source.classes if counts[split][c] == 0]
-            if empty:
-                raise DataError(f"{args.out}/{split}: classes {empty} have no readable image")
+            if empty:  # every source class has files, so only skipping empties one
+                raise DataError(f"{split} classes {empty}: no readable image left after skipping {len(skipped)} "
+                                f"unreadable files (first: {skipped[0]})")
         mean = pixel_sum / pixel_n
         std = np.sqrt(pixel_sq / pixel_n - mean ** 2)
         classes_json = tmp / "classes.json"
