@@ -5,7 +5,6 @@ full:   the whole prepared train set, by reference (card.json only; images stay 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ from stages.pipeline.seeds import derive_seed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("kind", choices=["random", "full"])
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--out", required=True)

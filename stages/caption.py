@@ -87,7 +87,7 @@ def resume(out: Path, expected: list[str], config: dict) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset> (captions its train folder)")
     parser.add_argument("--out", required=True, type=Path, help="captions JSONL to write")
     args = parser.parse_args()

@@ -96,7 +96,7 @@ def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--captions", required=True, type=Path, help="captions.jsonl (used when caption_fraction > 0)")
     parser.add_argument("--out", required=True, type=Path, help="pipeline folder to write")

@@ -50,7 +50,7 @@ def grid(images: torch.Tensor, rows: int, path: Path, zoom: int = 4) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
     parser.add_argument("--teacher", required=True, type=Path, help="the teacher folder that classifies")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")

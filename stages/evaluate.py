@@ -11,7 +11,6 @@ the same file as one process makes. Wall time goes to the run log (stages/pipeli
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -62,7 +61,7 @@ def mean_std(values: list[float]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--set", required=True, help="distilled set folder (with card.json)")
     parser.add_argument("--labels", required=True, help="relabel output (FKD soft labels) of this set")
     parser.add_argument("--teacher", required=True, help="teacher folder, for the `teacher` protocol")

@@ -42,7 +42,7 @@ def encode(vae: AutoencoderKL, images: torch.Tensor, resolution: int, posterior:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--out", required=True, type=Path, help="artifacts/<ds>/latents")

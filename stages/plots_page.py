@@ -7,7 +7,6 @@ nothing is downloaded when the page is written or opened).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import vl_convert
@@ -77,7 +76,7 @@ def page() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="HTML template to write (see .dvc/config)")
     args = parser.parse_args()
     out = Path(args.out)

@@ -13,7 +13,6 @@ distance matrix), zca.safetensors (when on), card.json; and a stats JSON (DVC me
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -97,7 +96,7 @@ def random_real(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--out", required=True, help="the poster set folder (…/podd<ipc>/distilled/podd)")
     parser.add_argument("--stats", required=True, help="stats JSON (DVC metrics)")

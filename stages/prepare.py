@@ -4,7 +4,6 @@ Every image becomes a square RGB PNG of `prepare.image_size` (shorter side resiz
 """
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def open_source(p: params.Params) -> sources.Source:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="data/<dataset>")
     args = parser.parse_args()
     p = params.load()
@@ -65,8 +64,9 @@ def main() -> None:
                     pixel_sq += (x ** 2).sum(0)
                     pixel_n += len(x)
             empty = [c for c in source.classes if counts[split][c] == 0]
-            if empty:
-                raise DataError(f"{args.out}/{split}: classes {empty} have no readable image")
+            if empty:  # every source class has files, so only skipping empties one
+                raise DataError(f"{split} classes {empty}: no readable image left after skipping {len(skipped)} "
+                                f"unreadable files (first: {skipped[0]})")
         mean = pixel_sum / pixel_n
         std = np.sqrt(pixel_sq / pixel_n - mean ** 2)
         classes_json = tmp / "classes.json"
@@ -81,9 +81,13 @@ def main() -> None:
             "mean": [round(float(v), 6) for v in mean],
             "std": [round(float(v), 6) for v in std],
             "skipped": {"count": len(skipped), "files": skipped},
+            "ignored": {"count": len(source.ignored), "files": source.ignored},
         })
     if skipped:
         print(f"prepare: skipped {len(skipped)} unreadable images (listed in {args.out}/meta.json)")
+    if source.ignored:
+        print(f"prepare: ignored {len(source.ignored)} files that are not images, e.g. {source.ignored[0]} "
+              f"(listed in {args.out}/meta.json)")
     total = {s: sum(c.values()) for s, c in counts.items()}
     print(f"prepare: {len(source.classes)} classes, {total['train']} train / {total['val']} val images "
           f"at {size}px → {args.out}")

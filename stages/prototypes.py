@@ -102,7 +102,7 @@ def write_outputs(out: Path, record: dict, centroids: torch.Tensor) -> tuple[Pat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", choices=["d4m", "vlcp"])
     parser.add_argument("--latents", required=True, type=Path, help="artifacts/<ds>/latents")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset> (for classes.json)")

@@ -6,7 +6,6 @@ reads it with any criterion without running the teacher again.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from stages.pipeline.outputs import atomic_file
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--teacher", required=True, help="ranker: a teacher folder")
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--out", required=True, help="ranking CSV to write")

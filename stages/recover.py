@@ -199,7 +199,7 @@ def expect_init(args, what: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", choices=["sre2l", "delt", "infer"])
     parser.add_argument("--teachers", required=True, type=Path, help="artifacts/<ds>/teachers")
     parser.add_argument("--init", required=True, help="starting images: `noise` (sre2l), the select stage's "

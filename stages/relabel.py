@@ -8,7 +8,6 @@ files are the ones a single process writes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from stages.training.soft_labels import epoch_file, write_epoch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--set", required=True, help="distilled set folder (with card.json)")
     parser.add_argument("--teacher", required=True, help="teacher folder (model.safetensors + meta.json)")
     parser.add_argument("--data", required=True, help="data/<dataset>")

@@ -6,7 +6,6 @@ negative gain; nothing is hidden.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -127,7 +126,7 @@ def image_grid(set_dir: Path, classes: list[str], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--metrics", nargs="+", required=True, type=Path, help="folders of evaluate outputs")
     parser.add_argument("--sets", nargs="+", required=True, type=Path, help="folders of distilled sets")
     parser.add_argument("--data", required=True, help="data/<dataset>")

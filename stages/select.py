@@ -6,7 +6,6 @@ which EarlyLate uses as the rank (k = 0 is optimised longest).
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def read_ranking(path: Path, classes: list[str]) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--ranking", required=True, type=Path)
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--out", required=True)

@@ -59,7 +59,7 @@ def load_prototypes(prefix: Path, method: str, ipc: int, classes: list[str]) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", choices=["d4m", "vlcp"])
     parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
     parser.add_argument("--prototypes", required=True, type=Path,

@@ -6,7 +6,6 @@ its rows of each global batch (same batch size and lr recipe); rank 0 writes the
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from stages.training.loop import Optim, hard_loss, train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", required=True)
     parser.add_argument("--data", required=True, help="data/<dataset>")
     parser.add_argument("--out", required=True, help="artifacts/<dataset>/teachers/<arch>")

@@ -19,7 +19,7 @@ from stages.pipeline.errors import ArtifactError
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("set", type=Path, help="distilled set folder (with card.json)")
     parser.add_argument("--data", type=Path, help="data/<dataset> the set claims to distil (compares classes.json)")
     args = parser.parse_args()

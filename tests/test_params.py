@@ -1,11 +1,16 @@
-"""params.yaml is validated at load: one message naming the key and the value."""
+"""params.yaml is validated at load: one message naming the key and the value.
+
+The faults the issue lists (unknown key, wrong type, ipc 0 / negative / above the smallest class, unknown
+method, arch, dataset or captioner, contradictory settings) run as real stage runs in test_faults_input.py;
+these are the loader's other checks, in-process.
+"""
 import json
 
 import pytest
 
 from stages.pipeline import params
 from stages.pipeline.errors import ParamsError
-from tests.conftest import default_params, merge, write_params
+from tests.conftest import default_params, write_params
 
 import yaml
 
@@ -24,32 +29,20 @@ def test_the_shipped_params_are_valid(tmp_path):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ({"ipc": 0}, "ipc = 0: Input should be greater than 0"),
-    ({"ipc": -3}, "ipc = -3"),
-    ({"ipc": "ten"}, "ipc = 'ten': Input should be a valid integer"),
     ({"ipc": 2.5}, "ipc = 2.5"),
     ({"prepare": {"image_size": 0}}, "prepare.image_size = 0"),
     ({"prepare": {"on_corrupt": "ignore"}}, "prepare.on_corrupt = 'ignore'"),
-    ({"dataset": "mnist"}, "dataset = 'mnist'"),
-    ({"teacher": {"archs": ["convnet", "resnet999"]}}, "teacher.archs = ['convnet', 'resnet999']: arch 'resnet999' is not registered"),
     ({"evaluate": {"student": "nonet"}}, "evaluate.student = 'nonet': arch 'nonet' is not registered"),
     ({"evaluate": {"protocols": ["fkd", "magic"]}}, "evaluate.protocols.1 = 'magic'"),
     ({"evaluate": {"crop_scale": [0.8, 0.2]}}, "evaluate.crop_scale = [0.8, 0.2]: must be [min, max]"),
     ({"evaluate": {"teacher": "resnetap10"}}, "evaluate.teacher = 'resnetap10': not one of teacher.archs"),
     ({"models": {"vgg_tiny": {"width": 8, "norm": "batch"}}}, "models.vgg_tiny"),
-    ({"dataset": "cifar10"}, "prepare.root = None: dataset 'cifar10' needs a source folder"),
 ])
 def test_bad_values_name_key_and_value(tmp_path, override, expected):
     with pytest.raises(ParamsError) as err:
         load_with(tmp_path, override)
     assert expected in str(err.value)
     assert str(err.value).startswith(str(tmp_path / "params.yaml"))
-
-
-def test_unknown_key_is_named(tmp_path):
-    raw = merge(default_params(), {"teacher": {"epoch": 5}})
-    with pytest.raises(ParamsError, match=r"unknown key 'teacher.epoch'"):
-        load_with(tmp_path, raw=raw)
 
 
 def test_missing_key_is_named(tmp_path):
@@ -64,13 +57,11 @@ def test_torchvision_archs_are_registered(tmp_path):
     assert p.teacher.archs == ["convnet", "resnet18"]
 
 
-def test_ipc_above_the_smallest_class_is_refused_once_data_exists(tmp_path):
+def test_ipc_up_to_the_smallest_class_is_accepted_once_data_exists(tmp_path):
     meta = tmp_path / "data" / "digits" / "meta.json"
     meta.parent.mkdir(parents=True)
     meta.write_text(json.dumps({"train_counts": {"0": 140, "1": 12, "2": 150}}))
-    assert load_with(tmp_path, {"ipc": 12}).ipc == 12
-    with pytest.raises(ParamsError, match=r"ipc = 13: above the smallest class size \(12 train images in class '1'\)"):
-        load_with(tmp_path, {"ipc": 13})
+    assert load_with(tmp_path, {"ipc": 12}).ipc == 12  # 13 is refused (test_faults_input.py)
 
 
 def test_not_a_mapping(tmp_path):

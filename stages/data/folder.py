@@ -76,10 +76,27 @@ def list_images(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return items
 
 
+def to_rgb(img: Image.Image, path: Path) -> np.ndarray:
+    """Any mode Pillow opens → RGB uint8. Gray, palette, CMYK, 1-bit: Pillow's convert; RGBA/LA: alpha dropped
+    (as torchvision's loader). 16-bit gray (I;16*, and I, where Pillow puts 16-bit PNG/TIFF samples) is scaled
+    0..65535 → 0..255: Pillow's own convert clips it, so anything above 255 would turn white."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        wide = np.asarray(img).astype(np.int64)
+        if wide.min() < 0 or wide.max() > 65535:
+            raise DataError(f"{path}: 32-bit integer pixels ({wide.min()}..{wide.max()}): no defined 8-bit scale; "
+                            "save it with 8 or 16 bits")
+        return np.repeat(((wide + 128) // 257).astype(np.uint8)[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        raise DataError(f"{path}: floating-point pixels (mode F): no defined 8-bit scale; save it with 8 or 16 bits")
+    return np.asarray(img.convert("RGB"))
+
+
 def decode_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return to_rgb(img, path)
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{path}: unreadable image (not a format Pillow knows)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
 

@@ -5,7 +5,8 @@ Each source gives the class names in their fixed order and, per split, a list of
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,7 @@ Item = tuple[str, int, Callable[[], np.ndarray], str]  # (stem, label, load, ori
 class Source:
     classes: list[str]
     splits: dict[str, list[Item]]
+    ignored: list[str] = field(default_factory=list)  # files in the tree that are not images (notes.txt, ...)
 
 
 def digits(val_fraction: float, seed: int) -> Source:
@@ -56,36 +58,77 @@ def cifar(name: str, root: str, download: bool) -> Source:
     return Source(list(ds.classes), splits)
 
 
-def _tiny_imagenet_val(val_dir: Path) -> dict[str, list[Path]] | None:
+# What an ImageFolder counts as an image: torchvision's ImageFolder extensions (IMG_EXTENSIONS, copied: importing
+# torchvision doubles prepare's start-up), in any case. Other files (notes.txt, Thumbs.db, a .csv) are ignored
+# and listed in meta.json; hidden entries (.DS_Store, .ipynb_checkpoints) are skipped.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class _Tree:
+    """A source tree read without leaving it: every path must resolve inside `root` (or inside the project's
+    DVC cache, where `dvc add` with cache.type symlink points); a symlink elsewhere is refused."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.allowed = [root.resolve()] + [c.resolve() for c in [Path(".dvc") / "cache"] if c.is_dir()]
+
+    def check(self, path: Path) -> Path:
+        try:
+            real = path.resolve()
+        except RuntimeError:  # a symlink loop
+            raise DataError(f"{path}: a symlink loop") from None
+        if not any(real.is_relative_to(a) for a in self.allowed):
+            what = f"a symlink to {real}" if path.is_symlink() else f"resolves to {real}"
+            raise DataError(f"{path}: {what}, outside the dataset root {self.root}")
+        return path
+
+    def files(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """(image files, other files) under folder, recursively and sorted. Each directory is checked
+        before it is entered, so the first link that leaves the tree is the one named."""
+        images, others, seen = [], [], set()
+        for dirpath, dirnames, filenames in os.walk(self.check(folder), followlinks=True):
+            here = Path(dirpath)
+            if here.resolve() in seen:  # a link back up the tree
+                dirnames[:] = []
+                continue
+            seen.add(here.resolve())
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and self.check(here / d)]
+            for path in (here / name for name in filenames if not name.startswith(".")):
+                (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(self.check(path))
+        return sorted(images), sorted(others)
+
+
+def _tiny_imagenet_val(val_dir: Path, tree: _Tree) -> dict[str, tuple[list[Path], list[Path]]] | None:
     """Tiny-ImageNet ships val/images/*.JPEG + val_annotations.txt; lay it out by class."""
     annotations = val_dir / "val_annotations.txt"
     if not annotations.exists():
         return None
-    by_class: dict[str, list[Path]] = {}
+    by_class: dict[str, tuple[list[Path], list[Path]]] = {}
     for line in annotations.read_text().splitlines():
         fields = line.split("\t")
         if len(fields) >= 2:
-            by_class.setdefault(fields[1], []).append(val_dir / "images" / fields[0])
+            by_class.setdefault(fields[1], ([], []))[0].append(tree.check(val_dir / "images" / fields[0]))
     return by_class
 
 
-def _class_files(split_dir: Path) -> dict[str, list[Path]]:
-    layout = _tiny_imagenet_val(split_dir)
+def _class_files(split_dir: Path, tree: _Tree) -> dict[str, tuple[list[Path], list[Path]]]:
+    """class name → (image files, other files)."""
+    layout = _tiny_imagenet_val(split_dir, tree)
     if layout is not None:
         return layout
-    return {d.name: sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
-            for d in sorted(split_dir.iterdir()) if d.is_dir()}
+    return {d.name: tree.files(d) for d in sorted(split_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")}
 
 
 def imagefolder(root: str, keep: list[str] | None) -> Source:
     """Any root/{train,val}/<class>/... tree (ImageNette, ImageNet-1K, Tiny-ImageNet as shipped)."""
     root_path = Path(root)
+    tree = _Tree(root_path)
     files = {}
     for split in ("train", "val"):
         split_dir = root_path / split
         if not split_dir.is_dir():
             raise DataError(f"prepare.root = {root!r}: no {split}/ folder in it")
-        files[split] = _class_files(split_dir)
+        files[split] = _class_files(tree.check(split_dir), tree)
     if keep is None:
         only_train = sorted(set(files["train"]) - set(files["val"]))
         only_val = sorted(set(files["val"]) - set(files["train"]))
@@ -101,17 +144,21 @@ def imagefolder(root: str, keep: list[str] | None) -> Source:
                 raise DataError(f"prepare.classes: {missing} not found in {root_path / split}")
     if not classes:
         raise DataError(f"{root_path / 'train'}: no class folders")
-    splits = {}
+    splits, ignored = {}, []
     for split in ("train", "val"):
         items, seen = [], {}
         for label, name in enumerate(classes):
-            if not files[split][name]:
-                raise DataError(f"{root_path / split / name}: class folder is empty")
-            for path in files[split][name]:
+            images, others = files[split][name]
+            ignored += [str(path) for path in others]
+            if not images:
+                what = (f"no image files ({' '.join(IMAGE_EXTENSIONS)}), only {[p.name for p in others]}" if others
+                        else "class folder is empty")
+                raise DataError(f"{root_path / split / name}: {what}")
+            for path in images:
                 stem = path.stem
                 if (name, stem) in seen:
                     raise DataError(f"{path}: same name as {seen[name, stem]} once written as PNG")
                 seen[name, stem] = path
                 items.append((stem, label, lambda p=path: decode_rgb(p), str(path)))
         splits[split] = items
-    return Source(classes, splits)
+    return Source(classes, splits, ignored)

@@ -1,15 +1,30 @@
 """Run a stage's main: one clear line for a known error, and a fixed CPU thread count for reproducibility."""
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import signal
 import sys
 from typing import Callable
 
-from stages.pipeline.errors import PipelineError, ResourceError
+from stages.pipeline.errors import ParamsError, PipelineError, ResourceError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A stage's command line (from dvc.yaml): a bad argument (an unknown method, a missing option) is a
+    ParamsError line like a bad params.yaml value, not argparse's usage text and exit."""
+
+    def __init__(self, **kwargs):
+        spec = getattr(sys.modules["__main__"], "__spec__", None)  # `python -m stages.<stage>`
+        if spec is not None and "prog" not in kwargs:
+            kwargs["prog"] = f"python -m {spec.name}"
+        super().__init__(**kwargs)
+
+    def error(self, message: str):
+        raise ParamsError(f"{self.prog}: {message} (--help lists the arguments)")
 
 
 def run(main: Callable[[], None]) -> None:

@@ -10,7 +10,7 @@ class PipelineError(Exception):
 
 
 class ParamsError(PipelineError):
-    """params.yaml: unknown key, wrong type, impossible or contradictory value."""
+    """params.yaml or a stage's command line: unknown key or method, wrong type, impossible or contradictory value."""
 
 
 class DataError(PipelineError):

@@ -378,15 +378,37 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: {key} = {first['input']!r}: {msg}"
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load, except that a key given twice is an error (plain YAML loaders keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:  # the keys written here; `<<: *anchor` merges may be overridden
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A parser error in one line: where and what (PyYAML's own text spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(e, "problem", None) or " ".join(str(e).split()))
+
+
 def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Params:
     """Load and validate params; once `prepare` ran, also check `ipc` against the class sizes."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeys)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root)") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+        raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     try:
