@@ -133,7 +133,7 @@ def test_infer_resumes_after_sigterm_with_its_compensators(upstream, tmp_path):
 
 
 def test_diffusion_training_resumes_mid_unet_after_sigkill(upstream, tmp_path):
-    override = {"diffusion": {"train": {"vae_steps": 10, "unet_steps": 40}}}
+    override = {"diffusion": {"train": {"vae_steps": 5, "unet_steps": 20}}}
     check_resume(upstream, tmp_path, "diffusion", "diffusion", override,
                  saved("artifacts/digits/.diffusion.resume", "train_unet.pt"), signal.SIGKILL,
                  ["artifacts/digits/diffusion", "artifacts/digits/diffusion.json"], "diffusion: resumed train_unet at step",
