@@ -10,6 +10,10 @@ pretrained  any Stable Diffusion checkpoint (hub id or local folder) through the
 
 Either way the output is a plain pipeline folder (`from_pretrained` loads it); the VAE's sample_size records
 the resolution it works at. The metrics JSON holds the training record (steps, losses); wall time goes to the run log.
+
+Training resumes after a kill (both modes): each phase (VAE, UNet, fine-tune) is checkpointed with its
+optimiser and random state into `.diffusion.resume/` beside the output, time-based and at the phase's end
+(stages/generation/checkpoint.py), keyed by the params and inputs; a rerun continues to the same bytes.
 """
 from __future__ import annotations
 
@@ -29,17 +33,18 @@ from stages.generation.img2img import from_uint8
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.errors import ParamsError, PipelineError
 from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 
 
-def train_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple[object, dict]:
+def train_mode(p, x: BatchView, cond_inputs, gen: torch.Generator, resume: Resume) -> tuple[object, dict]:
     t = p.diffusion.train
     down = 2 ** (len(t.vae_channels) - 1)
     if x.shape[-1] % down:
         raise ParamsError(f"params.yaml: diffusion.train.vae_channels = {t.vae_channels}: {len(t.vae_channels) - 1} "
                           f"downsamplings need a resolution divisible by {down}, got {x.shape[-1]}")
     vae = ldm.build_vae(t.vae_channels, x.shape[-1])
-    vae_losses = ldm.train_vae(vae, x, t.vae_steps, t.batch_size, t.vae_lr, t.kl_weight, gen)
+    vae_losses = ldm.train_vae(vae, x, t.vae_steps, t.batch_size, t.vae_lr, t.kl_weight, gen, resume)
     scaling = ldm.set_scaling_factor(vae, x)
     with torch.no_grad():  # the VAE is frozen from here: its posterior of every image, computed once
         posteriors = [vae.encode(x[i:i + 256]).latent_dist for i in range(0, len(x), 256)]
@@ -50,7 +55,8 @@ def train_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple[obje
     unet = ldm.build_unet(t.unet_channels, mean.shape[-1], text_encoder.config.hidden_size)
     unet_losses = ldm.train_unet(
         unet, lambda idx, g: (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scaling,
-        len(x), cond, t.unet_steps, t.batch_size, t.unet_lr, p.diffusion.caption_fraction, p.diffusion.p_uncond, gen)
+        len(x), cond, t.unet_steps, t.batch_size, t.unet_lr, p.diffusion.caption_fraction, p.diffusion.p_uncond, gen,
+        resume=resume)
     record = {"vae": {"steps": t.vae_steps, "final_loss": round(vae_losses[-1], 5),
                       "scaling_factor": round(scaling, 6), "latent_shape": list(mean.shape[1:])},
               "unet": {"steps": t.unet_steps, "final_loss": round(float(np.mean(unet_losses[-50:])), 5),
@@ -58,7 +64,7 @@ def train_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple[obje
     return ldm.assemble(vae, unet, tokenizer, text_encoder), record
 
 
-def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple[object, dict]:
+def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator, resume: Resume) -> tuple[object, dict]:
     from diffusers import StableDiffusionImg2ImgPipeline
 
     source = p.diffusion.pretrained
@@ -90,7 +96,7 @@ def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator) -> tuple
 
         losses = ldm.train_unet(pipe.unet, encode_latents, len(x), cond, steps, f.batch_size, f.lr,
                                 p.diffusion.caption_fraction, p.diffusion.p_uncond, gen, ema_decay=f.ema_decay,
-                                desc="fine-tune unet")
+                                desc="fine-tune unet", resume=resume)
         record["finetune"] = {"epochs": f.epochs, "steps": steps, "final_loss": round(float(np.mean(losses[-50:])), 5)}
     return pipe, record
 
@@ -115,16 +121,23 @@ def main() -> None:
         by_path = read_captions(args.captions, train.paths)
         captions = [by_path[path] for path in train.paths]
     gen = ldm.seed_everything(derive_seed(p.seed, "diffusion"))
+    # what decides the weights: these params and inputs (another value of any starts training afresh)
+    settings = {"seed": p.seed, "prompts": prompts, "resolution": resolution,
+                "diffusion": d.model_dump(exclude={"check"})}
+    inputs = [args.data / "meta.json", args.data / "train", *([args.captions] if captions else []),
+              *([Path(d.pretrained)] if d.mode == "pretrained" and Path(d.pretrained).is_dir() else [])]
+    resume = Resume(args.out, settings, inputs)
     x = BatchView(train.images, lambda images: from_uint8(images, resolution))  # per batch: never the float set
 
     began = time.perf_counter()
     build = train_mode if d.mode == "train" else pretrained_mode
-    pipe, record = build(p, x, (prompts, train.labels, captions), gen)
+    pipe, record = build(p, x, (prompts, train.labels, captions), gen, resume)
     with atomic_dir(args.out) as tmp:
         pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
     seconds = time.perf_counter() - began
     write_json(args.metrics, {"mode": d.mode, "resolution": resolution, "images": len(train),
                               "captioned": captions is not None, **record})
+    resume.clear()
     runlog.record("diffusion", args.out, seconds, mode=d.mode, images=len(train))
     print(f"diffusion ({d.mode}): built in {seconds:.0f} s → {args.out}")
 

@@ -11,6 +11,12 @@ Writes the set (<class>/<k>.png, lossless, k = IPC index) with card.json, and `-
 iterations; DELT's saving against SRe2L at the same iterations); wall time and rate go to the run log. Under torchrun each rank
 recovers its block of the batches (INFER: of the (teacher, base-set batch) jobs) into one temporary folder
 and rank 0 finishes the card and stats: the images are those of a single process.
+
+Interrupted runs resume (stages/synthesis/finished.py): every finished batch (INFER: (teacher, batch) job,
+with its compensator, the one thing that crosses jobs) is kept in `.<out>.resume/`, keyed by the method's
+params and inputs, and a rerun recovers only the rest. A batch depends on its own seed alone, so the set
+is the same bytes however often the run stopped; DELT's rounds need no saving (every image's (join, stop)
+comes from the params). A non-finite loss stops the run with DivergedError; nothing is saved as images.
 """
 from __future__ import annotations
 
@@ -24,15 +30,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from stages.data.distilled import write_labels
-from stages.data.folder import load_imagefolder, normalise, read_classes, save_png
+from stages.data.folder import load_imagefolder, normalise, read_classes
 from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.distributed import World
-from stages.pipeline.errors import DataError, PipelineError
+from stages.pipeline.errors import DataError, DivergedError, PipelineError
 from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
+from stages.synthesis.finished import FinishedBatches, save_pixels, to_uint8
 from stages.synthesis.recover import RecoverConfig, batch_teacher, plan_groups, recover_compensators, synthesize
 from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
 
@@ -69,15 +76,8 @@ class Teachers:
         return {"archs": self.archs, "sha256": self.sha256}
 
 
-def to_uint8(x: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:
-    """Normalised N x 3 x H x W → uint8 N x H x W x 3 (de-normalise, clamp, round)."""
-    pixels = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
-    return (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def save_images(folder: Path, classes: list[str], labels, indices, images: torch.Tensor, mean, std) -> None:
-    for label, k, array in zip(labels.tolist(), indices.tolist(), to_uint8(images, mean, std)):
-        save_png(array, folder / classes[label] / f"{k:03d}.png")
+def diverged(method: str, e: DivergedError) -> DivergedError:
+    return DivergedError(f"recover {method}: {e}; nothing was saved - lower {method}.recover.lr or r_bn")
 
 
 def ipc_range(method: str, section, end_default: int) -> tuple[int, int]:
@@ -91,18 +91,31 @@ def ipc_range(method: str, section, end_default: int) -> tuple[int, int]:
 
 
 def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, classes: list[str], size: int,
-               ipc: int, seed: int, out: Path, world: World, init=None, span=None) -> tuple[int, float]:
-    """Synthesise this rank's groups of the IPC range with a progress bar; returns the world's
-    (image-iterations, seconds) summed over ranks."""
+               ipc: int, seed: int, out: Path, world: World, finished: FinishedBatches, init=None,
+               span=None) -> tuple[int, float]:
+    """Synthesise this rank's groups of the IPC range (those not finished by an earlier run) with a
+    progress bar; returns the world's (image-iterations, seconds) summed over ranks."""
     start, end = ipc_range(method, section, ipc)
     groups = world.shard(plan_groups(start, end, section.recover.ipc_per_batch))
-    work, seconds = 0, 0.0
-    bar = progress(groups, desc=f"recover {method}", unit="batch")
-    for result in synthesize(teachers.models[0], len(classes), size, groups, cfg, teachers.mean, teachers.std,
-                             derive_seed(seed, method), init, span):
-        save_images(out, classes, result.labels, result.indices, result.images, teachers.mean, teachers.std)
-        work, seconds = work + result.image_iterations, seconds + result.seconds
-        bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
+    saved = finished.load([f"batch{g.start:06d}" for g in groups], f"recover {method}")
+    for batch in saved.values():
+        save_pixels(out, classes, batch["labels"], batch["indices"], batch["pixels"])
+    work, seconds = sum(b["image_iterations"] for b in saved.values()), sum(b["seconds"] for b in saved.values())
+    todo = [g for g in groups if f"batch{g.start:06d}" not in saved]
+    bar = progress(total=len(groups), initial=len(saved), desc=f"recover {method}", unit="batch")
+    try:
+        for r in synthesize(teachers.models[0], len(classes), size, todo, cfg, teachers.mean, teachers.std,
+                            derive_seed(seed, method), init, span):
+            pixels = to_uint8(r.images, teachers.mean, teachers.std)
+            finished.keep(f"batch{int(r.indices.min()):06d}", {"labels": r.labels, "indices": r.indices, "pixels": pixels,
+                                                           "image_iterations": r.image_iterations, "seconds": r.seconds})
+            save_pixels(out, classes, r.labels, r.indices, pixels)
+            work, seconds = work + r.image_iterations, seconds + r.seconds
+            bar.update()
+            bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
+    except DivergedError as e:
+        raise diverged(method, e) from None
+    bar.close()
     work, seconds = map(sum, zip(*world.gather([work, seconds])))
     return work, seconds
 
@@ -129,7 +142,7 @@ def delt_span(p, num_classes: int):
 
 
 def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: int, out: Path,
-              world: World) -> dict | None:
+              world: World, finished: FinishedBatches) -> dict | None:
     """Bases (drawn from `train_dir`), compensators and static labels; returns the card's synthesis record
     (on rank 0; the other ranks only make their share of the compensators)."""
     cfg, C, M = engine_config(p.infer), len(classes), len(teachers.archs)
@@ -144,26 +157,34 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
     labels = torch.arange(C).repeat(end - start)
     set_ids = torch.arange(start, end).repeat_interleave(C)
     if world.main:  # the bases are saved unchanged: uint8 → normalised → uint8 round-trips exactly
-        save_images(out, classes, labels, set_ids, bases.flatten(0, 1), teachers.mean, teachers.std)
+        save_pixels(out, classes, labels, set_ids, to_uint8(bases.flatten(0, 1), teachers.mean, teachers.std))
 
     compensators, work, seconds = {}, 0, 0.0
     groups = plan_groups(start, end, p.infer.recover.ipc_per_batch)
-    jobs = [(m, g) for m in range(per_set) for g in groups]
-    bar = progress(world.shard(jobs), desc="recover infer", unit="batch")
+    jobs = world.shard([(m, g) for m in range(per_set) for g in groups])
+    names = {(m, g): f"{teachers.archs[m]}.batch{g.start:06d}" for m, g in jobs}
+    saved = finished.load(list(names.values()), "recover infer")
+    bar = progress(jobs, desc="recover infer", unit="batch")
     for m, group in bar:
         arch, teacher = teachers.archs[m], teachers.models[m]
-        seed = derive_seed(p.seed, "infer", arch, group.start)
-        gen_rng = np.random.default_rng(seed)
         batch = bases[group.start - start:group.stop - start]
-        began = time.perf_counter()
-        teacher = batch_teacher(teacher, batch.flatten(0, 1), torch.arange(C).repeat(len(batch)), cfg, gen_rng)
-        u, images = recover_compensators(teacher, batch, cfg, teachers.mean, teachers.std, gen_rng)
-        seconds += time.perf_counter() - began
-        work += cfg.iterations * images.shape[0] * C
-        compensators[f"{arch}/{group.start}"] = u
+        if (job := saved.get(names[m, group])) is None:  # the job's own seed: independent of earlier jobs
+            gen_rng = np.random.default_rng(derive_seed(p.seed, "infer", arch, group.start))
+            began = time.perf_counter()
+            teacher = batch_teacher(teacher, batch.flatten(0, 1), torch.arange(C).repeat(len(batch)), cfg, gen_rng)
+            try:
+                u, images = recover_compensators(teacher, batch, cfg, teachers.mean, teachers.std, gen_rng,
+                                                 where=f"teacher {arch}, base sets [{group.start}, {group.stop})")
+            except DivergedError as e:
+                raise diverged("infer", e) from None
+            job = finished.keep(names[m, group], {
+                "compensators": u, "pixels": to_uint8(images.flatten(0, 1), teachers.mean, teachers.std),
+                "image_iterations": cfg.iterations * images.shape[0] * C, "seconds": time.perf_counter() - began})
+        seconds += job["seconds"]
+        work += job["image_iterations"]
+        compensators[f"{arch}/{group.start}"] = job["compensators"]
         ids = torch.arange(group.start, group.stop).repeat_interleave(C) + ipc_init * (m + 1)
-        save_images(out, classes, torch.arange(C).repeat(len(batch)), ids, images.flatten(0, 1), teachers.mean,
-                    teachers.std)
+        save_pixels(out, classes, torch.arange(C).repeat(len(batch)), ids, job["pixels"])
         bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")
     # Each rank leaves its compensators in a hidden file (not an image); gathering is also the barrier.
     save_file(compensators or {"none": torch.zeros(0)}, out / f".compensators.rank{world.rank}.safetensors")
@@ -215,10 +236,17 @@ def main() -> None:
     archs = section.teachers if args.method == "infer" else [section.teacher]
     teachers = Teachers(args.teachers, archs, data_meta)
     cfg = engine_config(section)
+    # what decides the images: the method's params and its inputs (teacher weights by hash, the init or
+    # train folder by listing, the data's meta.json), so other params or inputs start afresh
+    settings = {"method": args.method, "ipc": p.ipc, "seed": p.seed, args.method: section.model_dump(),
+                "teachers": teachers.card()}
+    inputs = [args.data / "meta.json"] + ([Path(args.init)] if args.init != "noise" else [])
 
     with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
+        finished = FinishedBatches(world, args.out, settings, inputs)
         if args.method == "infer":
-            record = run_infer(p, teachers, expect_init(args, "a train folder"), classes, size, tmp, world)
+            record = run_infer(p, teachers, expect_init(args, "a train folder"), classes, size, tmp, world,
+                               finished)
         else:
             init = span = None
             if args.method == "sre2l" and args.init != "noise":
@@ -228,7 +256,7 @@ def main() -> None:
                                  teachers.mean, teachers.std)
                 span = delt_span(p, len(classes))
             work, seconds = run_engine(args.method, section, cfg, teachers, classes, size, p.ipc, p.seed, tmp,
-                                       world, init, span)
+                                       world, finished, init, span)
             sre2l_work = cfg.iterations * sum(1 for _ in tmp.rglob("*.png"))  # SRe2L: every image, every iteration
             record = {"ipc_range": list(ipc_range(args.method, section, p.ipc)), "image_iterations": work,
                       "seconds": seconds, "sre2l_image_iterations": sre2l_work,
@@ -245,6 +273,7 @@ def main() -> None:
     rate = work / max(seconds, 1e-9)
     write_json(args.stats, {"method": args.method, "images": images, "image_iterations": work,
                             **{k: record[k] for k in ("sre2l_image_iterations", "saving_vs_sre2l") if k in record}})
+    finished.clear()
     runlog.record("recover", args.out, seconds, method=args.method, images=images, image_iterations=work,
                   image_iterations_per_second=round(rate, 1))
     saving = (f"; vs {record['sre2l_image_iterations']:,} for SRe2L at the same {cfg.iterations} iterations: "

@@ -111,12 +111,12 @@ def test_late_joiners_are_untouched_before_their_round():
 
 
 def test_recover_reports_a_non_finite_loss_with_its_iteration():
-    from stages.pipeline.errors import PipelineError
+    from stages.pipeline.errors import DivergedError
     from stages.synthesis.recover import RecoverConfig, recover_batch
 
     cfg = RecoverConfig(iterations=3, lr=0.1, r_bn=float("inf"), first_bn_multiplier=10, r_var=1.0, jitter=0,
                         crop_min_scale=1.0, crop_schedule="fixed", flip=False)
-    with pytest.raises(PipelineError, match="recover: loss is .* at iteration 0"):
+    with pytest.raises(DivergedError, match=r"recover: loss = inf at iteration 0 \(the first non-finite one\)"):
         recover_batch(tiny_teacher(), torch.rand(3, 3, 8, 8), torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.long),
                       cfg, [0, 0, 0], [1, 1, 1], np.random.default_rng(0))
 

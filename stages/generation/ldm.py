@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 
 from stages.generation import text
+from stages.generation.checkpoint import Batches, Phase
 from stages.pipeline.progress import progress
+from stages.pipeline.resume import Resume
 
 # SD-1.5's training schedule; DDIM must not clip x0 to [-1, 1]: latents live outside it (DESIGN.md).
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
@@ -49,24 +51,16 @@ def load_text_encoder(window: int):
     return tokenizer, encoder.requires_grad_(False)
 
 
-def batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
-    """`steps` index batches drawn epoch by epoch from seeded permutations."""
-    order = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order = torch.cat([order, torch.randperm(n, generator=gen)])
-        yield order[:batch_size]
-        order = order[batch_size:]
-
-
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: int, lr: float, kl_weight: float,
-              gen: torch.Generator) -> list[float]:
-    """Reconstruction (MSE) + kl_weight x KL; images in [-1, 1]. Returns the loss curve."""
+              gen: torch.Generator, resume: Resume | None = None) -> list[float]:
+    """Reconstruction (MSE) + kl_weight x KL; images in [-1, 1]. Returns the loss curve. With `resume`,
+    checkpointed and resumed (stages/generation/checkpoint.py)."""
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    losses = []
+    phase = Phase("vae", resume, vae, opt, sched, Batches(len(images), batch_size, gen), gen)
+    losses = phase.losses
     vae.train()
-    for idx in progress(batches(len(images), batch_size, steps, gen), total=steps, desc="train vae"):
+    for idx in phase.run(steps, desc="train vae"):
         x = images[idx]
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
@@ -119,11 +113,12 @@ class Conditioning:
 
 def train_unet(unet: UNet2DConditionModel, encode_latents: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
                n: int, cond: Conditioning, steps: int, batch_size: int, lr: float, caption_fraction: float,
-               p_uncond: float, gen: torch.Generator, ema_decay: float | None = None, desc: str = "train unet"):
+               p_uncond: float, gen: torch.Generator, ema_decay: float | None = None, desc: str = "train unet",
+               resume: Resume | None = None):
     """ε-prediction DDPM loss with condition dropout (so classifier-free guidance has a null condition).
 
     encode_latents(indices, gen) → scaled latents of those training images. With ema_decay the UNet ends
-    with its EMA weights (VLCP's fine-tune). Returns the loss curve.
+    with its EMA weights (VLCP's fine-tune). Returns the loss curve. With `resume`, checkpointed and resumed.
     """
     from diffusers.training_utils import EMAModel
 
@@ -134,9 +129,10 @@ def train_unet(unet: UNet2DConditionModel, encode_latents: Callable[[torch.Tenso
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     ema = EMAModel(unet.parameters(), decay=ema_decay) if ema_decay else None
     device = unet.device  # random draws stay on the CPU generator, so a GPU run draws the same numbers
-    losses = []
+    phase = Phase(desc.replace(" ", "_"), resume, unet, opt, sched, Batches(n, batch_size, gen), gen, ema)
+    losses = phase.losses
     unet.train()
-    for idx in progress(batches(n, batch_size, steps, gen), total=steps, desc=desc):
+    for idx in phase.run(steps, desc=desc):
         latents = encode_latents(idx, gen).to(device)
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen).to(device)

@@ -6,6 +6,11 @@ Adam(β = 0.5, 0.9), learning rate cosine from `lr` to 0, one random crop / flip
 the whole batch (as the references' batched torchvision transforms do), pixels clamped to the valid
 range after every step. EarlyLate: an image joins at its `join` iteration; before that it is outside
 the forward pass, so its pixels, its Adam state and the batch's BN statistics ignore it.
+
+A batch depends only on its own seed and inputs (nothing carries over from earlier batches), so a run
+can stop after any batch and resume with the rest. A non-finite loss is recorded on the device (first
+bad iteration and value) and checked every CHECK_EVERY iterations and at the end, not synchronised
+with the host every iteration; it raises DivergedError and the batch's pixels are never returned.
 """
 from __future__ import annotations
 
@@ -22,9 +27,11 @@ from torch.nn import functional as F
 
 from stages.data.augment import crop_resize, sample_boxes
 from stages.data.folder import normalise
-from stages.pipeline.errors import PipelineError
+from stages.pipeline.errors import DivergedError, PipelineError
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.bn_matching import BNStatisticsLoss
+
+CHECK_EVERY = 50  # iterations between host-side checks for a non-finite loss (bounds the work wasted after one)
 
 
 @dataclass(frozen=True)
@@ -63,28 +70,41 @@ def augment(x: torch.Tensor, cfg: RecoverConfig, t: int, rng: np.random.Generato
 
 
 def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int], tuple | None],
-              cfg: RecoverConfig, rng: np.random.Generator, after_step: Callable[[], None]) -> None:
+              cfg: RecoverConfig, rng: np.random.Generator, after_step: Callable[[], None], where: str) -> None:
     """The recover loop: Adam(0.5, 0.9) on `param`, cosine lr to 0, loss = CE + r_bn · BN loss on the
-    augmented batch `batch_at(t)` returns as (images, labels), or None when nothing is active."""
+    augmented batch `batch_at(t)` returns as (images, labels), or None when nothing is active.
+    Raises DivergedError naming `where`, the first iteration whose loss was not finite and that loss."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     optimizer = torch.optim.Adam([param], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
+    never = cfg.iterations  # "no bad iteration yet"; kept on the device so the loop never waits for the host
+    first_bad, bad_loss = torch.tensor(never, device=param.device), torch.zeros((), device=param.device)
     with BNStatisticsLoss(teacher, cfg.first_bn_multiplier, cfg.r_var) as bn:
         for t in range(cfg.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * t / cfg.iterations))
             batch = batch_at(t)
-            if batch is None:
-                continue
-            images, labels = batch
-            loss = F.cross_entropy(teacher(augment(images, cfg, t, rng)), labels) + cfg.r_bn * bn.loss()
-            if not torch.isfinite(loss):
-                raise PipelineError(f"recover: loss is {loss.item()} at iteration {t}; lower recover.lr or r_bn")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            after_step()
+            if batch is not None:
+                images, labels = batch
+                loss = F.cross_entropy(teacher(augment(images, cfg, t, rng)), labels) + cfg.r_bn * bn.loss()
+                first = ~torch.isfinite(loss.detach()) & (first_bad == never)
+                first_bad = torch.where(first, t, first_bad)
+                bad_loss = torch.where(first, loss.detach(), bad_loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                after_step()
+            if (t + 1) % CHECK_EVERY == 0 or t + 1 == cfg.iterations:
+                _check(first_bad, bad_loss, never, param, where, t)
+
+
+def _check(first_bad: torch.Tensor, bad_loss: torch.Tensor, never: int, param: torch.Tensor, where: str,
+           t: int) -> None:
+    if (bad := int(first_bad)) != never:  # the host sync, once per CHECK_EVERY iterations
+        raise DivergedError(f"{where}: loss = {bad_loss.item()} at iteration {bad} (the first non-finite one)")
+    if not torch.isfinite(param.detach()).all():  # a finite loss with an inf/NaN gradient
+        raise DivergedError(f"{where}: non-finite pixels after iteration {t} with finite losses")
 
 
 def pixel_bounds(mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +114,7 @@ def pixel_bounds(mean: list[float], std: list[float]) -> tuple[torch.Tensor, tor
 
 def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, join: torch.Tensor,
                   cfg: RecoverConfig, mean: list[float], std: list[float], rng: np.random.Generator,
-                  stop: torch.Tensor | None = None) -> torch.Tensor:
+                  stop: torch.Tensor | None = None, where: str = "recover") -> torch.Tensor:
     """Optimise one batch of normalised images; returns them (normalised, clamped).
 
     Image i takes part in iterations [join[i], stop[i]) (stop defaults to the end): outside them it is
@@ -112,12 +132,13 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
         with torch.no_grad():
             x.data = torch.maximum(torch.minimum(x.data, high), low)
 
-    _optimise(teacher, x, batch_at, cfg, rng, clamp)
+    _optimise(teacher, x, batch_at, cfg, rng, clamp, where)
     return x.detach()
 
 
 def recover_compensators(teacher: nn.Module, bases: torch.Tensor, cfg: RecoverConfig, mean: list[float],
-                         std: list[float], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                         std: list[float], rng: np.random.Generator, where: str = "recover"
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """INFER's universal feature compensators (research/sre2l_family.md §5.3).
 
     `bases` [G, C, 3, H, W]: G base sets of one real image per class (normalised). Each set gets one
@@ -133,7 +154,7 @@ def recover_compensators(teacher: nn.Module, bases: torch.Tensor, cfg: RecoverCo
     def composed() -> torch.Tensor:  # what the teacher sees is exactly what is saved
         return torch.clamp(bases + u, low.unsqueeze(0), high.unsqueeze(0)).flatten(0, 1)
 
-    _optimise(teacher, u, lambda t: (composed(), labels), cfg, rng, lambda: None)
+    _optimise(teacher, u, lambda t: (composed(), labels), cfg, rng, lambda: None, where)
     with torch.no_grad():
         return u.detach().squeeze(1), composed().view_as(bases)
 
@@ -224,6 +245,7 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
                                                          torch.full((len(labels),), cfg.iterations))
         began = time.perf_counter()
         model = batch_teacher(teacher, start, labels, cfg, rng)
-        images = recover_batch(model, start, labels, join, cfg, mean, std, rng, stop)
+        images = recover_batch(model, start, labels, join, cfg, mean, std, rng, stop,
+                               where=f"batch of IPC indices [{group.start}, {group.stop})")
         work = int((stop.clamp(max=cfg.iterations) - join).clamp(min=0).sum())
         yield GroupResult(labels, indices, images, work, time.perf_counter() - began)
