@@ -8,13 +8,13 @@ nothing is downloaded when the page is written or opened).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import vl_convert
 
 from stages.pipeline import cli
 from stages.pipeline.errors import DataError
+from stages.pipeline.outputs import atomic_file
 
 # dvc-render fills {plot_divs} (and {refresh_tag} for `--open` auto-refresh); leaving out its
 # {scripts} placeholder is what keeps the CDN <script> tags off the page.
@@ -81,10 +81,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="HTML template to write (see .dvc/config)")
     args = parser.parse_args()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page(), encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        tmp.write_text(page(), encoding="utf-8")
     print(f"plots_page: {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -16,6 +16,7 @@ import torch
 from stages.data.folder import load_imagefolder, read_classes
 from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, params
+from stages.pipeline.outputs import atomic_file
 
 
 def main() -> None:
@@ -38,10 +39,8 @@ def main() -> None:
     })
     table = table.sort_values(["label", "score", "path"], ascending=[True, False, True], kind="stable")
     table["rank"] = table.groupby("label").cumcount()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
-    table.to_csv(tmp, index=False, float_format="%.8f")
-    tmp.replace(args.out)
+    with atomic_file(args.out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.8f")
     accuracy = float((probabilities.argmax(1) == train.labels).float().mean())
     print(f"rank: {len(table)} images scored by {t_meta['arch']} (train top-1 {accuracy:.4f}) → {args.out}")
 

@@ -30,25 +30,31 @@ def atomic_dir(path: str | Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Stable bytes: sorted keys, fixed indent, trailing newline; written via rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temp name beside `path`; on success it becomes `path`, on error (a full disk) it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Stable bytes: sorted keys, fixed indent, trailing newline; written via rename."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:
     """A header from the first row's keys, one line per row; written via rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def sha256_file(path: str | Path) -> str:
