@@ -58,7 +58,7 @@ def save_checkpoint(model: nn.Module, out_dir: Path, meta: dict) -> None:
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-META_KEYS = ("arch", "config", "num_classes", "image_size", "mean", "std", "classes_sha256")
+META_KEYS = ("arch", "config", "num_classes", "image_size", "classes_sha256")  # what rebuilding needs
 
 
 def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) -> tuple[nn.Module, dict]:
