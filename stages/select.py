@@ -24,7 +24,7 @@ COLUMNS = ["path", "class", "label", "score", "rank"]
 
 
 def line(path: Path, table: pd.DataFrame, i: int) -> str:
-    """"file:line" of a row (the header is line 1)."""
+    """The "file:line" of a table row (the header is line 1)."""
     return f"{path}:{table.index[i] + 2}"
 
 
