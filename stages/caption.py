@@ -20,7 +20,7 @@ from stages.captions import attributes
 from stages.captions.jsonl import caption_line, parse_line
 from stages.data.folder import decode_rgb, list_images, read_classes
 from stages.pipeline import cli, params
-from stages.pipeline.errors import DataError
+from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import write_json
 from stages.pipeline.progress import progress
 
@@ -73,7 +73,7 @@ def resume(out: Path, expected: list[str], config: dict) -> int:
     for k, raw in enumerate(lines):
         try:
             record = parse_line(raw.decode("utf-8"), f"{partial}:{k + 1}")
-        except (DataError, UnicodeDecodeError) as e:
+        except (ArtifactError, UnicodeDecodeError) as e:
             print(f"{partial}:{k + 1}: unreadable ({e}); starting over")
             return 0
         if k >= len(expected) or record["path"] != expected[k] or record["captioner"] != config["captioner"]:

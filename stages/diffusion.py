@@ -29,6 +29,7 @@ from stages.captions.jsonl import read_captions
 from stages.data.folder import load_imagefolder, read_classes
 from stages.data.stream import BatchView
 from stages.generation import ldm
+from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import from_uint8
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.errors import ParamsError, PipelineError
@@ -68,9 +69,11 @@ def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator, resume: 
     from diffusers import StableDiffusionImg2ImgPipeline
 
     source = p.diffusion.pretrained
-    try:
+    if Path(source).is_dir():
+        check_pipeline_folder(source)
+    try:  # safetensors only: a hub repo or folder that has only pickled weights is refused, not unpickled
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(source, safety_checker=None,
-                                                              requires_safety_checker=False,
+                                                              requires_safety_checker=False, use_safetensors=True,
                                                               local_files_only=Path(source).is_dir())
     except (OSError, ValueError) as e:
         raise PipelineError(f"params.yaml: diffusion.pretrained = {source!r}: cannot load a Stable Diffusion "

@@ -13,9 +13,10 @@ from diffusers import AutoencoderKL
 
 from stages.data.folder import load_imagefolder, read_classes
 from stages.data.latents import write_latents
+from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import from_uint8
 from stages.pipeline import cli, params
-from stages.pipeline.errors import PipelineError
+from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
@@ -23,10 +24,12 @@ from stages.pipeline.seeds import derive_seed
 
 def load_vae(pipeline_dir: Path) -> tuple[AutoencoderKL, int]:
     """The pipeline folder's VAE and the resolution it encodes at (the diffusion stage records it as sample_size)."""
+    check_pipeline_folder(pipeline_dir, ["vae"])
     try:
-        vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae", local_files_only=True).eval()
-    except (OSError, ValueError) as e:
-        raise PipelineError(f"{pipeline_dir / 'vae'}: not a diffusers VAE ({str(e).splitlines()[0]}); "
+        vae = AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae", local_files_only=True,
+                                            use_safetensors=True).eval()
+    except (OSError, ValueError, TypeError) as e:
+        raise ArtifactError(f"{pipeline_dir / 'vae'}: not a diffusers VAE ({str(e).splitlines()[0]}); "
                             "rerun the diffusion stage") from None
     return vae, vae.config.sample_size
 

@@ -13,23 +13,32 @@ import numpy as np
 import pandas as pd
 
 from stages.data.folder import read_classes
+from stages.data.paths import inside, relative
 from stages.pipeline import cli, params
-from stages.pipeline.errors import DataError
+from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.synthesis.schedules import select
 
 COLUMNS = ["path", "class", "label", "score", "rank"]
 
 
+def line(path: Path, table: pd.DataFrame, i: int) -> str:
+    """The "file:line" of a table row (the header is line 1)."""
+    return f"{path}:{table.index[i] + 2}"
+
+
 def read_ranking(path: Path, classes: list[str]) -> pd.DataFrame:
     if not path.exists():
-        raise DataError(f"{path}: missing; run the rank stage first")
+        raise ArtifactError(f"{path}: missing; run the rank stage first")
     table = pd.read_csv(path, dtype={"path": str, "class": str})  # class names like "0" stay names
     if list(table.columns) != COLUMNS:
-        raise DataError(f"{path}: columns {list(table.columns)}, expected {COLUMNS}")
+        raise ArtifactError(f"{path}: columns {list(table.columns)}, expected {COLUMNS}")
     unknown = sorted(set(table["class"]) - set(classes))
     if unknown:
-        raise DataError(f"{path}: classes {unknown[:5]} are not in classes.json")
+        raise ArtifactError(f"{path}: classes {unknown[:5]} are not in classes.json")
+    for i, (ref, name) in enumerate(zip(table["path"], table["class"])):  # text only: cheap for any size
+        if relative(ref, line(path, table, i)).parts[:1] != (name,):
+            raise ArtifactError(f"{line(path, table, i)}: path {ref!r} is not in class folder {name!r}")
     return table
 
 
@@ -48,13 +57,14 @@ def main() -> None:
         for name in classes:
             members = table[table["class"] == name].sort_values("score", kind="stable")
             if len(members) < p.ipc:
-                raise DataError(f"{args.ranking}: class {name!r} has {len(members)} ranked images, ipc = {p.ipc}")
+                raise ArtifactError(f"{args.ranking}: class {name!r} has {len(members)} ranked images, ipc = {p.ipc}")
             picked = select(members["score"].to_numpy(np.float64), p.ipc, p.delt.criterion)
             (tmp / name).mkdir()
             for k, i in enumerate(picked):
-                source = train_dir / members["path"].iloc[i]
+                where = f"{args.ranking}:{members.index[i] + 2}"
+                source = inside(train_dir, members["path"].iloc[i], where)  # no link out of the train folder
                 if not source.is_file():
-                    raise DataError(f"{args.ranking}: {members['path'].iloc[i]} is not in {train_dir}")
+                    raise ArtifactError(f"{where}: {members['path'].iloc[i]} is not in {train_dir}")
                 shutil.copyfile(source, tmp / name / f"{k:0{width}d}_{source.name}")
         write_json(tmp / "selection.json", {"criterion": p.delt.criterion, "ipc": p.ipc,
                                             "ranking": str(args.ranking)})

@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 from stages.data.folder import read_classes, save_png
+from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import denoising_steps, generate, to_uint8
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
-from stages.pipeline.errors import DataError, PipelineError
+from stages.pipeline.errors import ArtifactError, DataError
 from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
@@ -31,11 +32,12 @@ from stages.pipeline.seeds import derive_seed
 def load_pipeline(folder: Path, device: torch.device | None = None):
     from diffusers import StableDiffusionImg2ImgPipeline
 
+    check_pipeline_folder(folder)
     try:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
-                                                              requires_safety_checker=False)
+                                                              requires_safety_checker=False, use_safetensors=True)
     except (OSError, ValueError, TypeError) as e:
-        raise PipelineError(f"{folder}: not a Stable Diffusion pipeline folder ({str(e).splitlines()[0]}); "
+        raise ArtifactError(f"{folder}: not a Stable Diffusion pipeline folder ({str(e).splitlines()[0]}); "
                             "rerun the diffusion stage") from None
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":

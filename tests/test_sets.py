@@ -87,5 +87,5 @@ def test_full_set_reference_cannot_leave_data(prepared, tmp_path):
     evil.mkdir()
     (evil / "card.json").write_text(json.dumps({**card, "images_from": "../../etc"}))
     shutil.copyfile(prepared / "sets" / "full" / "SHA256SUMS", evil / "SHA256SUMS")  # lists nothing: no own files
-    with pytest.raises(ArtifactError, match="images_from = '../../etc': must be a folder under the project's data/"):
+    with pytest.raises(ArtifactError, match="card.json: images_from: path '../../etc' leaves its folder"):
         load_set(evil, prepared / "data" / "digits")

@@ -1,13 +1,15 @@
 """captions.jsonl: one line per train image, {"path", "class", "caption", "captioner"}.
 
-`path` is relative to the train folder ("<class>/<file>"), in the train folder's order.
+`path` is relative to the train folder ("<class>/<file>"), in the train folder's order. The file is an input
+artifact (made here or fetched): every fault names the file and line (ArtifactError).
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from stages.pipeline.errors import DataError
+from stages.data.paths import relative
+from stages.pipeline.errors import ArtifactError
 
 FIELDS = ("path", "class", "caption", "captioner")
 
@@ -22,16 +24,17 @@ def parse_line(text: str, where: str) -> dict:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        raise ArtifactError(f"{where}: not valid JSON ({e.msg})") from None
     if not isinstance(record, dict) or set(record) != set(FIELDS):
-        raise DataError(f"{where}: expected exactly the keys {list(FIELDS)}")
+        found = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise ArtifactError(f"{where}: expected exactly the keys {list(FIELDS)}, found {found}")
     if not all(isinstance(record[k], str) for k in FIELDS):
-        raise DataError(f"{where}: every value must be a string")
-    ref = PurePosixPath(record["path"])
-    if ref.is_absolute() or ".." in ref.parts or len(ref.parts) != 2:
-        raise DataError(f"{where}: path = {record['path']!r}: must be '<class>/<file>' inside the train folder")
+        raise ArtifactError(f"{where}: every value must be a string")
+    ref = relative(record["path"], where)
+    if len(ref.parts) != 2:
+        raise ArtifactError(f"{where}: path {record['path']!r}: must be '<class>/<file>' inside the train folder")
     if ref.parts[0] != record["class"]:
-        raise DataError(f"{where}: path = {record['path']!r} is not in class folder {record['class']!r}")
+        raise ArtifactError(f"{where}: path {record['path']!r} is not in class folder {record['class']!r}")
     return record
 
 
@@ -39,19 +42,23 @@ def read_captions(path: str | Path, expected_paths: list[str]) -> dict[str, str]
     """{train path: caption}, checked: no malformed or duplicate line, every train image captioned, no extras."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: missing; run the caption stage first (dvc repro caption)")
+        raise ArtifactError(f"{path}: missing; run the caption stage first (dvc repro caption)")
     captions: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, 1):
-            record = parse_line(text, f"{path}:{number}")
-            if record["path"] in captions:
-                raise DataError(f"{path}:{number}: duplicate caption for {record['path']!r}")
-            captions[record["path"]] = record["caption"]
+    line_of: dict[str, int] = {}
     expected = set(expected_paths)
-    extra = sorted(set(captions) - expected)
-    if extra:
-        raise DataError(f"{path}: caption for {extra[0]!r}, which is not a train image ({len(extra)} such lines)")
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ArtifactError(f"{path}:{number}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        record = parse_line(text, f"{path}:{number}")
+        if record["path"] in captions:
+            raise ArtifactError(f"{path}:{number}: duplicate caption for {record['path']!r} "
+                                f"(first at line {line_of[record['path']]})")
+        if record["path"] not in expected:
+            raise ArtifactError(f"{path}:{number}: caption for {record['path']!r}, which is not a train image")
+        captions[record["path"]], line_of[record["path"]] = record["caption"], number
     missing = [p for p in expected_paths if p not in captions]
     if missing:
-        raise DataError(f"{path}: no caption for train image {missing[0]!r} ({len(missing)} missing)")
+        raise ArtifactError(f"{path}: no caption for train image {missing[0]!r} ({len(missing)} missing)")
     return captions

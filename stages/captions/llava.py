@@ -26,7 +26,7 @@ class LlavaCaptioner:
         from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
         local = Path(model).is_dir()  # a folder: load only what is in it
-        options = {"local_files_only": local, "trust_remote_code": False}
+        options = {"local_files_only": local, "trust_remote_code": False}  # (and weights: safetensors only)
         try:
             config = AutoConfig.from_pretrained(model, **options)
             if config.model_type != "llava":
@@ -34,7 +34,8 @@ class LlavaCaptioner:
             self.processor = AutoProcessor.from_pretrained(model, **options)
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-            self.model = LlavaForConditionalGeneration.from_pretrained(model, dtype=dtype, **options)
+            self.model = LlavaForConditionalGeneration.from_pretrained(model, dtype=dtype, use_safetensors=True,
+                                                                       **options)
         except (OSError, ValueError) as e:  # not found offline, not a transformers checkpoint, ...
             raise PipelineError(f"{key} = {model!r}: cannot load a LLaVA checkpoint ({e})") from None
         self.model.to(self.device).eval()

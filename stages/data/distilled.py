@@ -2,26 +2,29 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stages.data.folder import ImageSet, load_imagefolder, read_classes
+from stages.data.paths import inside, relative
 from stages.pipeline.card import Card, read_card, verify_content
 from stages.pipeline.errors import ArtifactError
 
 
 def images_root(set_dir: Path, card: Card) -> Path:
-    """The set's own folder, or (baseline@full) a folder under data/ named by the card."""
+    """The set's own folder, or (baseline@full) a folder under data/<dataset>/ named by the card."""
     if card.images_from is None:
         return set_dir
-    ref = PurePosixPath(card.images_from)
-    if ref.is_absolute() or ".." in ref.parts or ref.parts[:1] != ("data",):
-        raise ArtifactError(f"{set_dir / 'card.json'}: images_from = {card.images_from!r}: must be a folder "
-                        "under the project's data/")
-    return Path(*ref.parts)
+    where = f"{set_dir / 'card.json'}: images_from"
+    ref = relative(card.images_from, where)
+    if ref.parts[:1] != ("data",) or len(ref.parts) < 2:
+        raise ArtifactError(f"{where} = {card.images_from!r}: must be a folder under the project's data/")
+    # data/<dataset> may be a link (where the user keeps a dataset); below it, nothing may lead out.
+    dataset = Path(*ref.parts[:2])
+    return inside(dataset, "/".join(ref.parts[2:]), where) if len(ref.parts) > 2 else dataset
 
 
 def open_set(set_dir: str | Path, data_dir: str | Path) -> Card:
@@ -61,8 +64,8 @@ def read_labels(set_dir: str | Path, card: Card, images: ImageSet) -> tuple[torc
     """The set's shipped labels, one row per image of `images` (matched by path), and their kind."""
     if card.labels is None:
         raise ArtifactError(f"{Path(set_dir) / 'card.json'}: labels = None: this set ships no labels")
-    path = Path(set_dir) / card.labels
-    if not path.is_file() or PurePosixPath(card.labels).name != card.labels:
+    path = inside(set_dir, card.labels, f"{Path(set_dir) / 'card.json'}: labels")
+    if not path.is_file() or path.name != card.labels:
         raise ArtifactError(f"{Path(set_dir) / 'card.json'}: labels = {card.labels!r}: no such file in the set")
     with safe_open(path, "pt") as f:
         kinds = [k for k in f.keys() if k in LABEL_KINDS]

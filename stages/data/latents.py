@@ -9,9 +9,11 @@ import csv
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from stages.pipeline.errors import DataError
+from stages.data.paths import relative
+from stages.pipeline.errors import ArtifactError
 
 TENSORS, INDEX = "latents.safetensors", "index.csv"
 
@@ -30,16 +32,21 @@ def read_latents(folder: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[s
     folder = Path(folder)
     for name in (TENSORS, INDEX):
         if not (folder / name).exists():
-            raise DataError(f"{folder / name}: missing; run the latents stage first (dvc repro latents)")
-    tensors = load_file(folder / TENSORS)
+            raise ArtifactError(f"{folder / name}: missing; run the latents stage first (dvc repro latents)")
+    try:
+        tensors = load_file(folder / TENSORS)
+    except SafetensorError as e:
+        raise ArtifactError(f"{folder / TENSORS}: not a readable safetensors file ({e}); rerun the latents stage") \
+            from None
     if set(tensors) != {"latents", "labels"}:
-        raise DataError(f"{folder / TENSORS}: expected tensors ['labels', 'latents'], found {sorted(tensors)}")
+        raise ArtifactError(f"{folder / TENSORS}: expected tensors ['labels', 'latents'], found {sorted(tensors)}")
     with open(folder / INDEX, newline="") as f:
         rows = list(csv.DictReader(f))
     latents, labels = tensors["latents"], tensors["labels"]
     if len(rows) != len(latents) or len(labels) != len(latents):
-        raise DataError(f"{folder}: {len(latents)} latents, {len(labels)} labels, {len(rows)} index rows")
+        raise ArtifactError(f"{folder}: {len(latents)} latents, {len(labels)} labels, {len(rows)} index rows")
     for i, row in enumerate(rows):
         if int(row["row"]) != i or int(row["label"]) != int(labels[i]):
-            raise DataError(f"{folder / INDEX}: row {i} does not match {TENSORS} (label {row['label']})")
+            raise ArtifactError(f"{folder / INDEX}:{i + 2}: row {i} does not match {TENSORS} (label {row['label']})")
+        relative(row["path"], f"{folder / INDEX}:{i + 2}")  # a train path: "<class>/<file>", nothing else
     return latents, labels, [row["path"] for row in rows]

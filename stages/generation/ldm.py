@@ -47,7 +47,7 @@ def load_text_encoder(window: int):
 
     path = text.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, model_max_length=window)
-    encoder = BertModel.from_pretrained(path, local_files_only=True).eval()  # (the pooler is unused)
+    encoder = BertModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()  # (the pooler is unused)
     return tokenizer, encoder.requires_grad_(False)
 
 

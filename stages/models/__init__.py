@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from stages.pipeline.errors import PipelineError
+from stages.pipeline.errors import ArtifactError, PipelineError
 from stages.models.convnet import ConvNet
 from stages.models.resnet import resnet18_modified, resnetap10
 
@@ -57,24 +58,51 @@ def save_checkpoint(model: nn.Module, out_dir: Path, meta: dict) -> None:
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+META_KEYS = ("arch", "config", "num_classes", "image_size", "classes_sha256")  # what rebuilding needs
+
+
 def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild a model from meta.json and load its safetensors weights (no pickle). Returns (eval model, meta)."""
+    """Rebuild a model from meta.json and load its safetensors weights (never a pickle: a checkpoint that is
+    not safetensors is refused unread). Returns (eval model, meta); a mismatch is an ArtifactError."""
     model_dir = Path(model_dir)
     meta_path, weights_path = model_dir / "meta.json", model_dir / "model.safetensors"
     for path in (meta_path, weights_path):
         if not path.exists():
-            raise PipelineError(f"{path}: missing; train the teacher first (dvc repro teacher)")
-    meta = json.loads(meta_path.read_text())
-    if classes_sha256 is not None and meta["classes_sha256"] != classes_sha256:
-        raise PipelineError(
-            f"{meta_path}: trained on another class order (classes_sha256 {meta['classes_sha256'][:12]}, "
-            f"data has {classes_sha256[:12]}); retrain it on this dataset"
-        )
-    model = build(meta["arch"], meta["num_classes"], meta["image_size"], meta["config"])
+            raise ArtifactError(f"{path}: missing; train the teacher first (dvc repro teacher)")
     try:
-        model.load_state_dict(load_file(weights_path))
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{meta_path}: not valid JSON ({e})") from None
+    absent = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    if absent:
+        raise ArtifactError(f"{meta_path}: keys {absent} missing; retrain the teacher")
+    if classes_sha256 is not None and meta["classes_sha256"] != classes_sha256:
+        raise ArtifactError(
+            f"{meta_path}: trained on another class order ({meta['num_classes']} classes, classes_sha256 "
+            f"{meta['classes_sha256'][:12]}, data has {classes_sha256[:12]}); retrain it on this dataset"
+        )
+    try:
+        with safe_open(weights_path, "pt") as f:  # parses the header only: a pickle or torn file fails here
+            saved_arch = (f.metadata() or {}).get("arch")
+        weights = load_file(weights_path)
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{weights_path}: not a readable safetensors file ({e}); retrain the teacher or "
+                            "fetch it again (dvc pull)") from None
+    if saved_arch is not None and saved_arch != meta["arch"]:
+        raise ArtifactError(f"{weights_path}: holds {saved_arch!r} weights, {meta_path} says arch {meta['arch']!r}")
+    try:
+        model = build(meta["arch"], meta["num_classes"], meta["image_size"], meta["config"])
+    except (TypeError, ValueError, PipelineError) as e:
+        raise ArtifactError(f"{meta_path}: cannot build arch {meta['arch']!r} with config {meta['config']} "
+                            f"({e})") from None
+    try:
+        model.load_state_dict(weights)
     except RuntimeError as e:
-        raise PipelineError(f"{weights_path}: does not fit arch {meta['arch']!r}: {e}") from None
+        # torch lists every mismatch over many lines; the first names the tensor and both shapes.
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise ArtifactError(f"{weights_path}: does not fit arch {meta['arch']!r} with {meta['num_classes']} "
+                            f"classes of {meta_path} ({detail})") from None
     return model.eval(), meta
 
 

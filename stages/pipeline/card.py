@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import platform
 from importlib import metadata
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from stages.data.paths import inside
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_bytes, sha256_file, write_json
 
@@ -130,9 +131,9 @@ def verify_content(set_dir: str | Path, card: Card) -> None:
     listed = {}
     for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
         digest, sep, name = line.partition("  ")
-        ref = PurePosixPath(name)
-        if not sep or len(digest) != 64 or ref.is_absolute() or ".." in ref.parts or not name:
+        if not sep or len(digest) != 64 or not name:
             raise ArtifactError(f"{sums}:{number}: {line[:80]!r} is not '<sha256>  <path inside the set>'")
+        inside(set_dir, name, f"{sums}:{number}")  # no '..', absolute path or symlink out of the set
         listed[name] = digest
     found = set(set_files(set_dir))
     missing, extra = sorted(set(listed) - found), sorted(found - set(listed))

@@ -41,11 +41,22 @@ def run(main: Callable[[], None]) -> None:
     except OSError as e:
         if e.errno not in DISK_FULL:
             raise
-        where = e.filename or "the output"
+        where = e.filename2 or e.filename or output_arg() or "the output"  # a copy's filename2 is its target
         report(ResourceError(f"{where}: no space left on device ({os.strerror(e.errno)}); nothing was kept - "
                              "free space and rerun, finished work resumes"))
     except PipelineError as e:
         report(e)
+
+
+def output_arg() -> str | None:
+    """The stage's --out value (a write error from the kernel carries no file name)."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg.startswith("--out="):
+            return arg.split("=", 1)[1]
+        if arg == "--out" and i + 1 < len(args):
+            return args[i + 1]
+    return None
 
 
 def report(e: PipelineError) -> None:

@@ -41,7 +41,7 @@ def embed(texts: list[str], model_path: str | Path) -> torch.Tensor:
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path).eval()
+    model = AutoModel.from_pretrained(model_path, use_safetensors=True).eval()  # never a pickled .bin
     batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
