@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -17,6 +18,9 @@ def run(main: Callable[[], None]) -> None:
     # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
     cores = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     torch.set_num_threads(int(os.environ.get("DDPIPE_THREADS", cores)))
+    # SIGTERM (a scheduler's preemption, `kill`) exits through `finally` blocks: the output's temp folder goes,
+    # the resume state stays, and the rerun continues from it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         main()
     except OSError as e:
