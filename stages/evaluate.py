@@ -7,7 +7,10 @@ logits by KD at evaluate.temperature (INFER), probabilities as soft cross-entrop
 learned labels). Every protocol trains
 `evaluate.seeds` students; metrics hold final and best (labelled) top-1/top-5 as mean ± std.
 Under torchrun the (protocol, seed) students are split over the ranks and rank 0 writes the metrics:
-the same file as one process makes. Wall time goes to the run log (stages/pipeline/runlog.py).
+the same file as one process makes. Wall time goes to the run log
+(stages/pipeline/runlog.py).
+A killed run resumes from `.<metrics file>.resume/`: finished students are kept there, an unfinished one
+continues from its last epoch.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from stages.models.probes import teacher_view
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import dir_bytes, write_csv, write_json
+from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.training.loop import Optim, hard_loss, kd_loss, train
 from stages.training.recipe import eval_augment, eval_batch_size
@@ -103,9 +107,20 @@ def main() -> None:
     protocols = [pr for pr in cfg.protocols if pr != "static" or shipped is not None]
     jobs = [(protocol, s) for protocol in protocols for s in range(cfg.seeds)]
 
-    def student_run(protocol: str, s: int, device: torch.device) -> dict:
+    # keyed by what decides a student: the params this stage reads, its arguments and its inputs
+    settings = {"seed": p.seed, "evaluate": cfg.model_dump(exclude={"teacher", "protocols", "seeds", "epochs",
+                                                                         "full_epochs"}),
+                "student_config": student_config, "epochs": args.epochs}
+    inputs = [args.set, args.labels, args.teacher, args.data]
+
+    def student_run(protocol: str, s: int, device: torch.device, resume: Resume) -> dict:
+        name = f"{protocol}-seed{s}"
+        if resume.done(f"{name}.json"):
+            print(f"evaluate {card.method} [{protocol} seed {s}]: finished before the interruption; resumed")
+            return json.loads(resume.path(f"{name}.json").read_text())
         torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
         student = build(cfg.student, len(classes), size, student_config).to(device)
+        rng = None
         if protocol == "fkd":
             plans = fkd_plans(Path(args.labels), args.epochs, batch_size, len(images))
         else:
@@ -115,18 +130,23 @@ def main() -> None:
                 return plan, static_labels(plan, shipped) if static else None
         history = train(student, images, norm, args.epochs, batch_size, plans, losses[protocol],
                         Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
-                        desc=f"evaluate {card.method} {protocol} seed {s}")
+                        desc=f"evaluate {card.method} {protocol} seed {s}", resume=resume, state=name, rng=rng)
         summary = history.summary()
         print(f"evaluate {card.method} [{protocol} seed {s}]: top-1 {summary['top1']:.4f} "
               f"(best {summary['top1_best']:.4f}), {summary['images_per_second']:.0f} img/s")
         curve = [{"method": card.method, "protocol": protocol, "seed": s, "epoch": e, "top1": round(t1, 6),
                   "top5": round(t5, 6), "loss": round(loss, 6)}
                  for e, t1, t5, loss in zip(history.epochs, history.top1, history.top5, history.loss)]
+        resume.write_bytes(f"{name}.json", json.dumps({"summary": summary, "curve": curve}).encode())
         return {"summary": summary, "curve": curve}
 
     with distributed.world() as world:  # the students are independent: each rank trains its share
+        # rank 0 keys (or resets) the resume folder first; then every rank keeps its own students there
+        resume = Resume(args.out, settings, inputs) if world.main else None
+        world.barrier()
+        resume = resume or Resume(args.out, settings, inputs)
         teacher.to(world.device)
-        mine = [student_run(protocol, s, world.device) for protocol, s in world.shard(jobs)]
+        mine = [student_run(protocol, s, world.device, resume) for protocol, s in world.shard(jobs)]
         done = dict(zip(jobs, (run for share in world.gather(mine) for run in share)))
     if not world.main:
         return
@@ -155,6 +175,7 @@ def main() -> None:
                                                            for job in jobs), 1))
     if args.curves:
         write_csv(args.curves, curves)
+    resume.clear()
     print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in results.items()))
 
 

@@ -4,11 +4,13 @@ For each epoch the evaluation recipe's augmentation plan is drawn (image order, 
 partner, λ, cutmix box), the teacher labels exactly those augmented batches, and plan + fp16 logits
 are stored. evaluate's `fkd` protocol replays the files: same crops, stored logits, no teacher.
 Under torchrun every rank draws every epoch's plan (cheap) and labels its own block of epochs, so the
-files are the ones a single process writes.
+files are the ones a single process writes. Each finished epoch is also kept in `.<out>.resume/`, so a
+killed run relabels only the epochs it had not finished (their plans are drawn again: same stream).
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, distributed, params
 from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.progress import progress
+from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, write_epoch
@@ -44,15 +47,32 @@ def main() -> None:
     augment = eval_augment(p.evaluate, size)
     rng = np.random.default_rng(derive_seed(p.seed, "relabel"))
 
+    # keyed by what decides the labels: the params this stage reads and its inputs (an epoch's file does not
+    # depend on --epochs: a run asked for more epochs reuses the ones it has)
+    settings = {"seed": p.seed, "evaluate": p.evaluate.model_dump(include={"batch_size", "crop_scale", "flip", "mix",
+                                                                           "mix_alpha"})}
+    inputs = [args.set, args.teacher, args.data]
     with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
+        # rank 0 keys (or resets) the resume folder first; then every rank keeps its own epochs there
+        resume = Resume(args.out, settings, inputs) if world.main else None
+        world.barrier()
+        resume = resume or Resume(args.out, settings, inputs)
         teacher.to(world.device)
         mine = set(world.shard(range(args.epochs)))
+        kept = [e for e in sorted(mine) if resume.done(epoch_file(Path(), e).name)]
+        if kept:
+            print(f"relabel {card.method}: resumed - {len(kept)} of {len(mine)} epochs kept in {resume.folder}")
         for epoch in progress(range(args.epochs), desc=f"relabel {card.method}", unit="epoch"):
             plan = plan_epoch(len(images), batch_size, rng, augment)  # drawn by every rank: one stream
             if epoch not in mine:
                 continue
+            out = epoch_file(tmp, epoch)
+            if epoch in kept:
+                shutil.copyfile(resume.path(out.name), out)
+                continue
             logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size)) for s in plan.batches()])
-            write_epoch(epoch_file(tmp, epoch), plan, logits)
+            write_epoch(out, plan, logits)
+            resume.write_bytes(out.name, out.read_bytes())  # atomically: a kill leaves whole epochs only
         if not world.main:
             return
         write_json(tmp / "fkd.json", {
@@ -63,6 +83,7 @@ def main() -> None:
             "set": {"method": card.method, "paths": images.paths},
             "seed": derive_seed(p.seed, "relabel"), "logits": "raw teacher logits, fp16",
         })
+    resume.clear()
     print(f"relabel {card.method}: {args.epochs} epochs x {len(images)} images (batch {batch_size}) → {args.out}")
 
 

@@ -3,6 +3,7 @@
 Writes model.safetensors, meta.json (arch, config, class-order hash, normalisation, input size),
 metrics.json (val top-1/top-5) and dvclive curves under live/. Under torchrun: DDP, every rank trains on
 its rows of each global batch (same batch size and lr recipe); rank 0 writes the outputs.
+Training checkpoints to `.<arch>.resume/` beside the output; a killed run continues from its last epoch.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from stages.data.folder import load_imagefolder, read_classes
 from stages.models import build, save_checkpoint
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.training.loop import Optim, hard_loss, train
 
@@ -42,13 +44,16 @@ def main() -> None:
     augment = Augment(tuple(t.crop_scale), t.flip, "none", 1.0, size)
 
     with distributed.world() as world:
+        # keyed by what decides the weights: the params this stage reads and the data it trains on
+        resume = Resume(args.out, {"seed": p.seed, "arch": args.arch, "model": config,
+                                   "teacher": t.model_dump(exclude={"archs"})}, [args.data], enabled=world.main)
         model = build(args.arch, len(classes), size, config).to(world.device)
         # Every rank draws the same plans (same seed), so they agree on each global batch.
         history = train(world.ddp(model), trainset, norm, t.epochs, t.batch_size,
                         lambda epoch: (plan_epoch(len(trainset), t.batch_size, rng, augment), None),
                         hard_loss, Optim("sgd", t.lr, t.weight_decay, t.momentum),
                         (valset.normalised(*norm), valset.labels), eval_points=t.epochs,
-                        desc=f"teacher {args.arch}", world=world)
+                        desc=f"teacher {args.arch}", world=world, resume=resume, rng=rng)
     if not world.main:
         return
     summary = history.summary()
@@ -67,6 +72,7 @@ def main() -> None:
         write_json(tmp / "metrics.json", {k: round(v, 6) if isinstance(v, float) else v
                                           for k, v in summary.items() if k not in ("train_seconds",
                                                                                    "images_per_second")})
+    resume.clear()
     runlog.record("teacher", args.out, summary["train_seconds"], arch=args.arch,
                   images_per_second=round(summary["images_per_second"], 1))
     print(f"teacher {args.arch}: val top-1 {summary['top1']:.4f} (best {summary['top1_best']:.4f} at epoch "

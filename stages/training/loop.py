@@ -1,11 +1,13 @@
 """One training loop for teachers and students: plans in, cosine-scheduled steps, periodic validation."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -14,8 +16,15 @@ from stages.data.augment import EpochPlan, render
 from stages.data.folder import ImageSet
 from stages.models import as_input, predict
 from stages.pipeline.distributed import World
-from stages.pipeline.errors import PipelineError
+from stages.pipeline.errors import ArtifactError, DivergedError, PipelineError
 from stages.pipeline.progress import progress
+from stages.pipeline.resume import Resume
+
+# A checkpoint is saved after an epoch once the time since the last one is at least this many times what
+# saving costs: the overhead stays near 1/SAVE_COST_RATIO of the run whatever the epoch length (every epoch
+# would double a tiny student's run; a fixed count of epochs fits no dataset size), and a kill loses about
+# SAVE_COST_RATIO saves' worth of work. The first epoch is always saved (it measures the cost).
+SAVE_COST_RATIO = 20
 
 
 @dataclass
@@ -94,11 +103,17 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
           plans: Callable[[int], tuple[EpochPlan, torch.Tensor | None]],
           loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor], optim: Optim,
           val: tuple[torch.Tensor, torch.Tensor], eval_points: int, desc: str,
-          on_eval: Callable[[int, dict], None] | None = None, world: World = World()) -> History:
+          on_eval: Callable[[int, dict], None] | None = None, world: World = World(),
+          resume: Resume | None = None, state: str = "train", rng: np.random.Generator | None = None) -> History:
     """Train for `epochs`; `plans(e)` gives epoch e's plan and, for FKD, its stored logits.
 
     Under torchrun `model` is DDP-wrapped and each rank trains on its rows of every global batch, so the
     batch size and learning-rate recipe are those of one process.
+
+    With `resume`, the run is checkpointed as `state` (weights, optimizer, schedule, history, torch's RNG and
+    the generator `rng` that `plans` draws from) and a rerun continues after the last saved epoch, ending
+    with the bytes an uninterrupted run ends with. A non-finite loss raises DivergedError at the end of its
+    epoch (one check per epoch, no host sync per step).
     """
     size = data.images.shape[-1]
     smallest = len(data) % batch_size or batch_size
@@ -110,13 +125,24 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
     optimizer = make_optimizer(model, optim)
     total = max(1, epochs * steps_per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    checkpoints, history = eval_epochs(epochs, eval_points), History()
-    bar = progress(range(epochs), desc=desc, unit="epoch", leave=False)
-    start = time.perf_counter()
+    checkpoints, history, first = eval_epochs(epochs, eval_points), History(), 0
+    saved = resume.load(state) if resume else None
+    if saved:
+        try:
+            first, history = restore(saved, bare, optimizer, schedule, rng, device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # e.g. saved by another version of this code
+            raise ArtifactError(f"{resume.path(state)}.pt: not a training state this run can resume "
+                                f"({str(e).splitlines()[0]}); delete {resume.folder} to start afresh") from None
+        if world.main:
+            print(f"{desc}: resumed from epoch {first} of {epochs} ({resume.folder})")
+    bar = progress(range(first, epochs), desc=desc, unit="epoch", leave=False)
+    start = last_save = time.perf_counter()
+    save_cost = 0.0  # seconds the last checkpoint took
     for epoch in bar:
         plan, logits = plans(epoch)
         model.train()
         running = torch.zeros((), device=device)  # summed as a tensor: no host sync per step
+        step_losses = []  # kept on the device, looked at only if the epoch's sum is not finite
         for batch_slice in plan.batches():
             idx = torch.from_numpy(plan.order[batch_slice])
             labels = data.labels[idx]
@@ -134,7 +160,11 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             optimizer.step()
             schedule.step()
             running += loss.detach() * (rows.stop - rows.start)
+            step_losses.append(loss.detach())
             history.images_seen += len(idx)
+        summed = world.sum(running.clone())  # every rank sees the same sum, so all stop together
+        if not torch.isfinite(summed):
+            raise DivergedError(diverged(desc, epoch, step_losses, summed))
         if epoch + 1 in checkpoints:
             history.seconds += time.perf_counter() - start
             top1, top5 = accuracy(bare, *val)
@@ -142,10 +172,57 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             history.epochs.append(epoch + 1)
             history.top1.append(top1)
             history.top5.append(top5)
-            mean_loss = world.sum(running.clone()).item() / len(data)
+            mean_loss = summed.item() / len(data)
             history.loss.append(mean_loss)
             bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{top1:.3f}")
             if on_eval:
                 on_eval(epoch + 1, {"loss": mean_loss, "top1": top1, "top5": top5})
+        if resume and resume.enabled and (epoch == first or
+                                          time.perf_counter() - last_save >= SAVE_COST_RATIO * save_cost):
+            now = time.perf_counter()
+            resume.save(state, {"epoch": epoch + 1, "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+                                "schedule": schedule.state_dict(), "history": dataclasses.asdict(history),
+                                "rng": rng.bit_generator.state if rng else None, "torch_rng": torch.get_rng_state(),
+                                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+            last_save = time.perf_counter()
+            save_cost = last_save - now
     history.seconds += time.perf_counter() - start
     return history
+
+
+def restore(saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer, schedule, rng: np.random.Generator | None,
+            device: torch.device) -> tuple[int, History]:
+    """Put a saved training state back; returns the next epoch and the history so far."""
+    saved = fresh(saved)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    if rng is not None:
+        rng.bit_generator.state = saved["rng"]
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    return saved["epoch"], History(**saved["history"])
+
+
+def fresh(obj):
+    """Fresh (aligned) copies of every tensor in `obj`: tensors read from a file can sit at odd offsets and
+    take vector kernels' unaligned paths, which round differently in the last bit (stages/podd/checkpoint.py);
+    the optimizer keeps loaded moments as they are, so they must be copies."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: fresh(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(fresh(v) for v in obj)
+    return obj
+
+
+def diverged(desc: str, epoch: int, step_losses: list[torch.Tensor], summed: torch.Tensor) -> str:
+    """Where the loss first stopped being finite: epoch, and the step when this process saw it."""
+    losses = torch.stack(step_losses).cpu() if step_losses else torch.zeros(0)
+    bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+    where = f"epoch {epoch + 1}" + (f", step {bad[0] + 1} of {len(losses)}" if bad else "")
+    value = losses[bad[0]].item() if bad else summed.item()
+    return (f"{desc}: training loss is {value} at {where}; nothing was written - lower the learning rate "
+            "or check the data")
