@@ -53,7 +53,8 @@ def write_params(folder: Path, override: dict | None = None) -> Path:
 
 def stage_env() -> dict:
     """Quiet, reproducible, and offline: nothing a test runs may reach a model hub."""
-    return {**os.environ, "TQDM_DISABLE": "1", "SOURCE_DATE_EPOCH": "0", "DDPIPE_THREADS": "2",
+    # One thread per stage: pytest runs a worker per core (pytest-xdist), and the bytes depend on the count.
+    return {**os.environ, "TQDM_DISABLE": "1", "SOURCE_DATE_EPOCH": "0", "DDPIPE_THREADS": "1",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -107,11 +108,27 @@ def default_project(tmp_path) -> Path:
     return make_project(tmp_path / "project", None)
 
 
+REPRODUCED = pytest.mark.xdist_group("reproduced")  # the tests sharing `reproduced` run in one pytest worker
+
+
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory):
-    """The tiny pipeline reproduced once and committed; (project, the `dvc repro` log). Shared read-only."""
+    """The tiny pipeline reproduced once and committed; (project, the `dvc repro` log). Shared read-only.
+
+    A second user's run goes alongside, at the same time: `<project>/../second` is a git clone of the project
+    made before any result, reproduced without SOURCE_DATE_EPOCH (tests/test_determinism.py compares them).
+    """
     project = make_project(tmp_path_factory.mktemp("reproduced") / "project", TINY)
-    log = dvc(project, "repro")
+    second = project.parent / "second"
+    git(project.parent, "clone", "-q", str(project), str(second))
+    env = {k: v for k, v in stage_env().items() if k != "SOURCE_DATE_EPOCH"}
+    other = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=second, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        log = dvc(project, "repro")
+    finally:
+        other_log = other.communicate()[0]
+    (second / "repro.log").write_text(other_log)
     git(project, "add", "-A")
     git(project, "commit", "-qm", "ipc 3 results")
     return project, log

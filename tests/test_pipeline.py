@@ -10,7 +10,7 @@ import pytest
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import dvc, git
+from tests.conftest import REPRODUCED, dvc, git
 
 RECOVERED = ("sre2l", "delt", "infer")
 DIFFUSED = ("d4m", "vlcp")
@@ -45,6 +45,7 @@ def check_metrics(path, images, protocols=("fkd", "teacher", "hard")):
         assert result["top5"]["mean"] >= result["top1"]["mean"]
 
 
+@REPRODUCED
 def test_repro_outputs_and_noop(reproduced):
     project, log = reproduced
     assert ran(log) == ALL_STAGES
@@ -136,6 +137,7 @@ def test_repro_outputs_and_noop(reproduced):
     assert ran(again) == set() and "Data and pipelines are up to date" in again
 
 
+@REPRODUCED
 def test_ipc_grid_through_the_queue(reproduced):
     """`dvc exp run --queue -S 'ipc=1,2'` + `dvc queue start -j 2`: each experiment reruns only the stages
     that read `ipc`; teachers, captions, the diffusion model, latents and the poster come from the cache."""

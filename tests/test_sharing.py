@@ -11,7 +11,9 @@ import threading
 
 import pytest
 
-from tests.conftest import dvc, git, run_stage, stage_env
+from tests.conftest import REPRODUCED, dvc, git, run_stage, stage_env
+
+pytestmark = REPRODUCED
 
 DELT = "artifacts/digits/ipc3/distilled/delt"
 SRE2L = "artifacts/digits/ipc3/distilled/sre2l"
