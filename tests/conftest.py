@@ -108,15 +108,12 @@ def default_project(tmp_path) -> Path:
     return make_project(tmp_path / "project", None)
 
 
-REPRODUCED = pytest.mark.xdist_group("reproduced")  # the tests sharing `reproduced` run in one pytest worker
-
-
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory):
     """The tiny pipeline reproduced once and committed; (project, the `dvc repro` log). Shared read-only.
 
     A second user's run goes alongside, at the same time: `<project>/../second` is a git clone of the project
-    made before any result, reproduced without SOURCE_DATE_EPOCH (tests/test_determinism.py compares them).
+    made before any result, reproduced without SOURCE_DATE_EPOCH (tests/determinism.py compares them).
     """
     project = make_project(tmp_path_factory.mktemp("reproduced") / "project", TINY)
     second = project.parent / "second"

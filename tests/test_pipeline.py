@@ -1,6 +1,8 @@
 """The real dvc.yaml on tiny params: every declared output appears and is sane, a second `dvc repro`
 does nothing, and an ipc grid through `dvc exp run --queue` reruns only the stages that read `ipc`.
-Sharing the results (push/pull, HTTP, import/get) is tests/test_sharing.py, on the same reproduced project."""
+Sharing the results (push/pull, HTTP, import/get, tests/sharing.py) and the determinism check
+(tests/determinism.py) run here too: pytest-xdist (--dist loadfile) keeps a file on one worker, so the tiny
+pipeline is reproduced once."""
 import json
 import re
 import time
@@ -10,7 +12,7 @@ import pytest
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import REPRODUCED, dvc, git
+from tests.conftest import dvc, git
 
 RECOVERED = ("sre2l", "delt", "infer")
 DIFFUSED = ("d4m", "vlcp")
@@ -45,7 +47,6 @@ def check_metrics(path, images, protocols=("fkd", "teacher", "hard")):
         assert result["top5"]["mean"] >= result["top1"]["mean"]
 
 
-@REPRODUCED
 def test_repro_outputs_and_noop(reproduced):
     project, log = reproduced
     assert ran(log) == ALL_STAGES
@@ -137,7 +138,6 @@ def test_repro_outputs_and_noop(reproduced):
     assert ran(again) == set() and "Data and pipelines are up to date" in again
 
 
-@REPRODUCED
 def test_ipc_grid_through_the_queue(reproduced):
     """`dvc exp run --queue -S 'ipc=1,2'` + `dvc queue start -j 2`: each experiment reruns only the stages
     that read `ipc`; teachers, captions, the diffusion model, latents and the poster come from the cache."""
@@ -209,3 +209,9 @@ def test_the_shipped_default_reproduces_the_readme_bars(default_project):
     assert runs["poster", "artifacts/digits/podd0.9/distilled/podd"] < 300 and podd["pixels"] == 2280
     assert podd["podd_protocol"]["after"]["top1"] >= 0.8
     assert podd["podd_protocol"]["after"]["top1"] > podd["podd_protocol"]["random_real_ipc1"]["top1"] + 0.05
+
+
+from tests.determinism import test_a_second_run_from_scratch_gives_the_same_dvc_lock  # noqa: E402,F401
+from tests.sharing import (pushed, test_import_and_get_one_set_into_another_repository,  # noqa: E402,F401
+                           test_pull_one_set_into_a_fresh_clone_and_evaluate_it,
+                           test_read_only_http_remote_from_a_loopback_server)

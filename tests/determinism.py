@@ -3,16 +3,13 @@
 The `reproduced` fixture runs the tiny project and, at the same time, a `git clone` of it made before any
 result (another folder, a fresh DVC cache, no run-cache) without SOURCE_DATE_EPOCH, as a second user
 would: nothing may depend on the clock, the folder or how the two runs interleave.
+Collected from tests/test_pipeline.py, which owns the reproduced tiny project.
 """
 from __future__ import annotations
 
 import json
 
 import yaml
-
-from tests.conftest import REPRODUCED
-
-pytestmark = REPRODUCED
 
 
 def test_a_second_run_from_scratch_gives_the_same_dvc_lock(reproduced):

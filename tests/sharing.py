@@ -1,6 +1,8 @@
 """Sharing distilled sets with real DVC remotes on this machine: push to a local remote and pull one set into
 a fresh clone, evaluate it there without recomputing upstream; read-only HTTP from a loopback server;
-`dvc import` / `dvc get` into another repository; a set whose files disagree with its card is refused."""
+`dvc import` / `dvc get` into another repository; a set whose files disagree with its card is refused.
+
+Collected from tests/test_pipeline.py, which owns the reproduced tiny project these tests share."""
 import functools
 import http.server
 import json
@@ -11,9 +13,7 @@ import threading
 
 import pytest
 
-from tests.conftest import REPRODUCED, dvc, git, run_stage, stage_env
-
-pytestmark = REPRODUCED
+from tests.conftest import dvc, git, run_stage, stage_env
 
 DELT = "artifacts/digits/ipc3/distilled/delt"
 SRE2L = "artifacts/digits/ipc3/distilled/sre2l"
