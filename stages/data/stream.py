@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from stages.pipeline.errors import DataError, PipelineError
+from stages.pipeline.errors import DataError, env_number
 
 MEMORY_ENV = "DDPIPE_MEMORY_GB"
 
@@ -30,15 +30,8 @@ def memory_budget() -> int:
     the budget must not make DVC rerun anything. Default: a quarter of the machine's physical memory
     (room for the model, the batches, and other stages `dvc queue start -j N` runs beside this one).
     """
-    value = os.environ.get(MEMORY_ENV)
-    if value is None or value.strip() == "":
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    try:
-        gb = float(value)
-    except ValueError:
-        gb = float("nan")
-    if not gb >= 0:  # also rejects nan
-        raise PipelineError(f"{MEMORY_ENV}={value!r}: expected a number of GB >= 0 (0 streams every set)")
+    quarter = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    gb = env_number(MEMORY_ENV, quarter / 2 ** 30, "a number of GB >= 0 (0 streams every set)")
     return int(gb * 2 ** 30)
 
 

@@ -14,12 +14,11 @@ reruns nothing for it).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import torch
 
-from stages.pipeline.errors import PipelineError
+from stages.pipeline.errors import env_number
 from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume
 
@@ -27,14 +26,7 @@ EVERY_ENV = "DDPIPE_CHECKPOINT_SECONDS"
 
 
 def interval() -> float:
-    value = os.environ.get(EVERY_ENV, "").strip() or "600"
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds >= 0:  # also rejects nan
-        raise PipelineError(f"{EVERY_ENV}={value!r}: expected seconds >= 0 between checkpoints (0 = every step)")
-    return seconds
+    return env_number(EVERY_ENV, 600.0, "seconds >= 0 between checkpoints (0 = every step)")
 
 
 class Batches:

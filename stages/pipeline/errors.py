@@ -5,6 +5,23 @@ a typo in params.yaml from a corrupt image, a wrong checkpoint, a full disk or a
 """
 
 
+import os
+
+
+def env_number(name: str, default: float, meaning: str) -> float:
+    """A non-negative number from environment variable `name` (blank or unset: `default`); else a clear error."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number >= 0:  # also rejects nan
+        raise PipelineError(f"{name}={value!r}: expected {meaning}")
+    return number
+
+
 class PipelineError(Exception):
     """Bad params, bad data or a bad artifact. Stages print the message and exit non-zero."""
 
