@@ -1,6 +1,7 @@
 """Test helpers: tiny projects in temp dirs that run the real stage modules and the real dvc.yaml."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -65,6 +67,20 @@ def run_stage(project: Path, module: str, *args: str, check: bool = True) -> sub
     if check and result.returncode != 0:
         raise AssertionError(f"stages.{module} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def stage_processes(dvc_pid: int, module: str) -> list[psutil.Process]:
+    """The `python -m stages.<module>` processes under a dvc process - not the shell dvc runs the command in,
+    which (dash, the default /bin/sh when SHELL is unset) does not exec it and would take a signal alone."""
+    found = []
+    try:
+        for child in psutil.Process(dvc_pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a process ended while being looked at
+                if child.cmdline()[1:3] == ["-m", f"stages.{module}"]:
+                    found.append(child)
+    except psutil.Error:
+        pass
+    return found
 
 
 def dvc(project: Path, *args: str) -> str:

@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import REPO, TINY, assert_nothing_left, assert_refused, dvc, make_project, merge, stage_env, \
-    write_params
+    stage_processes, write_params
 
 BASE = merge(TINY, {"teacher": {"archs": ["convnet"]}, "infer": {"teachers": ["convnet"]}})
 TIMING = ("seconds", "per_second", "rate", "created")  # wall-clock fields: differ between any two runs
@@ -63,8 +62,7 @@ def kill_mid_run(project: Path, stage: str, module: str, ready, sig: signal.Sign
             assert proc.poll() is None, f"dvc repro {stage} ended before it could be killed:\n{proc.stdout.read()}"
             assert time.monotonic() < deadline, f"no resume state from {stage} in 120 s"
             time.sleep(0.02)
-        stage_procs = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                       if f"stages.{module}" in " ".join(c.cmdline())]
+        stage_procs = stage_processes(proc.pid, module)
         assert stage_procs, f"no stages.{module} process under dvc"
         for child in stage_procs:
             child.send_signal(sig)

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY, assert_nothing_left, assert_refused, dvc, make_project, merge, run_stage, \
-    stage_env, workdir
+    stage_env, stage_processes, workdir
 
 ART = "artifacts/digits"
 # Enough epochs that a kill lands mid-run on a fast machine, few enough to keep each case to seconds of training.
@@ -60,17 +60,6 @@ def files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def stage_process(launcher: subprocess.Popen, module: str) -> psutil.Process | None:
-    """The `python -m stages.<module>` process dvc started (a child of the dvc process)."""
-    try:
-        for child in psutil.Process(launcher.pid).children(recursive=True):
-            if f"stages.{module}" in " ".join(child.cmdline()):
-                return child
-    except psutil.Error:  # a process ended while being looked at
-        pass
-    return None
-
-
 def kill_mid_run(project: Path, stage: str, module: str, ready: Callable[[], bool], sig: signal.Signals,
                  whole_group: bool) -> None:
     """Start `dvc repro <stage>`, wait until `ready()` (a checkpoint exists), then send `sig` to the stage's
@@ -80,7 +69,7 @@ def kill_mid_run(project: Path, stage: str, module: str, ready: Callable[[], boo
     try:
         target, deadline = None, time.monotonic() + 300
         while launcher.poll() is None and time.monotonic() < deadline and not (target and ready()):
-            target = target or stage_process(launcher, module)
+            target = target or next(iter(stage_processes(launcher.pid, module)), None)
             time.sleep(0.01)
         assert target and ready() and launcher.poll() is None, "the stage ended before it could be killed"
         os.killpg(launcher.pid, sig) if whole_group else target.send_signal(sig)
