@@ -14,9 +14,9 @@ Two measurements, each side by side in this process with the same torch thread c
 1. the data path alone, no model: images/s over the epochs; ours "with decode" counts the one-time decode
    (amortised over the epochs), "steady state" leaves it out; the baseline's time includes building its
    ImageFolder and DataLoader (and starting its workers);
-2. end-to-end epochs: the same plus a student ConvNet-3 (width 64) forward/backward/optimizer step (evaluate.optimizer)
-   ours through stages.training.loop.train itself (validation excluded, as in its images/s; each run
-   pays the decode once), runs of the two sides taking turns; the student
+2. end-to-end epochs: the same plus a student ConvNet-3 (width 64) forward/backward/optimizer step
+   (evaluate.optimizer) per batch; ours through stages.training.loop.train itself (validation excluded,
+   as in its images/s; each run pays the decode once); whole runs of the sides take turns; the student
    runs on CUDA when there is one (the data path stays on the host on both sides, as in evaluate).
 The baseline runs with num_workers=0 (the plain loop, one process: the headline ratio) and with
 num_workers=<threads> (persistent workers, its best case on this many cores).
