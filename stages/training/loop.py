@@ -99,6 +99,17 @@ def make_optimizer(model: nn.Module, cfg: Optim) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def epoch_batches(data: ImageSet, plan: EpochPlan, logits: torch.Tensor | None, norm: tuple[list, list],
+                  size: int):
+    """One epoch's global batches on the host: rendered images, own and partner labels, λ and (FKD) the
+    stored logits of each slot. benchmarks/evaluate.py times exactly this."""
+    for batch_slice in plan.batches():
+        labels = data.labels[torch.from_numpy(plan.order[batch_slice])]
+        yield Batch(render(data.images, plan, batch_slice, *norm, size), labels,
+                    labels[torch.from_numpy(plan.partner[batch_slice])], float(plan.lam[batch_slice][0]),
+                    None if logits is None else logits[batch_slice])
+
+
 def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int, batch_size: int,
           plans: Callable[[int], tuple[EpochPlan, torch.Tensor | None]],
           loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor], optim: Optim,
@@ -143,25 +154,21 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
         model.train()
         running = torch.zeros((), device=device)  # summed as a tensor: no host sync per step
         step_losses = []  # kept on the device, looked at only if the epoch's sum is not finite
-        for batch_slice in plan.batches():
-            idx = torch.from_numpy(plan.order[batch_slice])
-            labels = data.labels[idx]
-            batch = Batch(render(data.images, plan, batch_slice, *norm, size), labels,
-                          labels[torch.from_numpy(plan.partner[batch_slice])], float(plan.lam[batch_slice][0]),
-                          None if logits is None else logits[batch_slice])
-            rows = world.rows(len(idx))
+        for batch in epoch_batches(data, plan, logits, norm, size):
+            global_size = len(batch.labels)
+            rows = world.rows(global_size)
             batch = batch.select(rows, device)
             loss = loss_fn(model(as_input(model, batch.x)), batch)
             optimizer.zero_grad(set_to_none=True)
             if world.size > 1:  # DDP averages rank gradients: weigh each by its share of the global batch
-                (loss * ((rows.stop - rows.start) * world.size / len(idx))).backward()
+                (loss * ((rows.stop - rows.start) * world.size / global_size)).backward()
             else:
                 loss.backward()
             optimizer.step()
             schedule.step()
             running += loss.detach() * (rows.stop - rows.start)
             step_losses.append(loss.detach())
-            history.images_seen += len(idx)
+            history.images_seen += global_size
         summed = world.sum(running.clone())  # every rank sees the same sum, so all stop together
         if not torch.isfinite(summed):
             raise DivergedError(diverged(desc, epoch, step_losses, summed))
