@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported (it reads TQDM_* then): bars would garble the table
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported (it reads TQDM_* then): bars garble tables
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download: the text encoder is a local folder
 
 import torch
@@ -88,8 +88,9 @@ def main() -> None:
             folder, source = args.diffusion, f"{args.diffusion} (trained by the diffusion stage)"
         else:
             folder = untrained_pipeline(p, Path(scratch) / "diffusion")
-            source = (f"untrained model of the default architecture (diffusion.train: VAE {p.diffusion.train.vae_channels}"
-                      f", UNet {p.diffusion.train.unet_channels}, MiniLM text encoder), random weights - "
+            t = p.diffusion.train
+            source = (f"untrained model of the default architecture (diffusion.train: VAE {t.vae_channels}, "
+                      f"UNet {t.unet_channels}, MiniLM text encoder), random weights - "
                       f"images/s does not depend on training ({args.diffusion} absent)")
         pipe = load_pipeline(folder)
     device = pipe.unet.device
@@ -97,7 +98,8 @@ def main() -> None:
     # the prototypes' stand-in: img2img noises them to `strength` first, so their values do not change the work
     latents = torch.randn((len(jobs), *latent), generator=torch.Generator().manual_seed(0))
     prompts = [params.class_prompts(p, classes)[c] for c, _ in jobs]
-    gens = lambda: [torch.Generator().manual_seed(derive_seed(p.seed, "d4m", classes[c], k)) for c, k in jobs]  # noqa: E731
+    def gens():  # synthesize's per-image generators, fresh for each side
+        return [torch.Generator().manual_seed(derive_seed(p.seed, "d4m", classes[c], k)) for c, k in jobs]
 
     # Warm-up outside the clocks (first-call costs: kernel selection, allocator) at both batch shapes.
     for n in {1, min(batch_size, len(jobs))}:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported (it reads TQDM_* then): bars would garble the table
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported (it reads TQDM_* then): bars garble tables
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -210,7 +210,8 @@ def main() -> None:
         print(f"teacher: {teacher_source}; data: {data_source}")
         print(f"machine: {torch.get_num_threads()} threads of {os.cpu_count()} cores, device cpu, torch "
               f"{torch.__version__}; evaluate recipe from params.yaml: batch {p.evaluate.batch_size}, crop "
-              f"{p.evaluate.crop_scale}, mix {p.evaluate.mix}, T {p.evaluate.temperature}, student {p.evaluate.student}")
+              f"{p.evaluate.crop_scale}, mix {p.evaluate.mix}, T {p.evaluate.temperature}, "
+              f"student {p.evaluate.student}")
         print("\nbytes per stored epoch (Parquet, zstd: plan + fp16 logits) vs raw (float32 logits + plan arrays)")
         for b in benches:
             stored, raw, split = b.relabel(max(epochs[b.name], 1) if b in replayed else 1)
