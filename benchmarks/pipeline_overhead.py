@@ -154,16 +154,15 @@ def run_alone(work: Path, count: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs=2, default=[10_000, 50_000], metavar=("SMALL", "LARGE"))
+    parser.add_argument("--sizes", type=int, nargs=2, metavar=("SMALL", "LARGE"),
+                        help="file counts (default 10000 50000; --quick 1000 5000)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per command (median)")
-    parser.add_argument("--quick", action="store_true", help="1k and 5k files, 3 repeats")
+    parser.add_argument("--quick", action="store_true", help="1k and 5k files")
     parser.add_argument("--no-hardlink", action="store_true", help="skip the cache.type hardlink line")
     args = parser.parse_args()
-    if args.quick:
-        args.sizes = [1_000, 5_000]
-    small, large = args.sizes
-    if not 0 < small < large:
-        raise SystemExit(f"--sizes: want 0 < SMALL < LARGE, got {small} {large}")
+    small, large = args.sizes or ([1_000, 5_000] if args.quick else [10_000, 50_000])
+    if not 0 < small < large or args.repeats < 1:
+        raise SystemExit(f"--sizes {small} {large} --repeats {args.repeats}: want 0 < SMALL < LARGE, repeats >= 1")
 
     with tempfile.TemporaryDirectory(prefix="ddpipe-dvc-overhead-") as tmp:
         work = Path(tmp)

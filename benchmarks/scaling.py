@@ -158,8 +158,9 @@ def table(title: str, columns: list[str], results: dict[str, dict[str, dict]], n
 
 def ratio_line(what: str, columns: list[str], results: dict, names: list[str]) -> None:
     first, last = results[columns[0]], results[columns[-1]]
-    parts = [f"{n} {last[n]['wall'] / first[n]['wall']:.2f}x" for n in names if n in first and n in last]
-    print(f"ratio {what} {columns[-1]}/{columns[0]} (wall time): " + ", ".join(parts))
+    for clock in ("wall", "cpu"):  # cpu: steadier than wall time on a shared machine
+        parts = [f"{n} {last[n][clock] / first[n][clock]:.2f}x" for n in names if n in first and n in last]
+        print(f"ratio {columns[-1]}/{columns[0]} ({what}, {clock} time): " + ", ".join(parts))
 
 
 def plot(path: Path, sizes: dict[int, int], by_size: dict, ipcs: list[int], by_ipc: dict, title: str) -> None:
@@ -242,7 +243,7 @@ def main() -> None:
         table(f"ipc (train set x1 = {sizes[1]} images)", ipc_columns, by_ipc_named, ipc_names)
         print()
         ratio_line("train set", columns, by_size, names)
-        ratio_line("ipc", ipc_columns, by_ipc_named, ipc_names)
+        ratio_line("train set x1", ipc_columns, by_ipc_named, ipc_names)
         plot(args.plot, {f"x{k}": sizes[k] for k in factors}, by_size, ipcs, by_ipc,
              f"ddpipe stage wall time, {os.cpu_count()} cores, DDPIPE_THREADS={threads}"
              f"{' (quick settings)' if quick else ''}")
