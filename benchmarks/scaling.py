@@ -170,11 +170,12 @@ def plot(path: Path, sizes: dict[int, int], by_size: dict, ipcs: list[int], by_i
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    for name in next(iter(by_size.values())):
-        left.plot([sizes[k] for k in by_size], [by_size[k][name]["wall"] for k in by_size], "o-", label=name)
+    for i, name in enumerate(next(iter(by_size.values()))):  # dashed after 10: the colour cycle repeats
+        left.plot([sizes[k] for k in by_size], [by_size[k][name]["wall"] for k in by_size], "o-" if i < 10 else "s--",
+                  label=name)
     left.set(xscale="log", yscale="log", xlabel="train images", ylabel="wall seconds", title="vs train-set size")
-    for name in next(iter(by_ipc.values())):
-        right.plot(ipcs, [by_ipc[i][name]["wall"] for i in ipcs], "o-", label=name)
+    for j, name in enumerate(next(iter(by_ipc.values()))):
+        right.plot(ipcs, [by_ipc[i][name]["wall"] for i in ipcs], "o-" if j < 10 else "s--", label=name)
     right.set(xscale="log", yscale="log", xlabel="images per class", ylabel="wall seconds", title="vs ipc")
     for ax in (left, right):
         ax.grid(True, which="both", alpha=0.3)
