@@ -6,8 +6,9 @@ import sys
 from tests.conftest import REPO, stage_env
 
 
-def run_benchmark(script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", *args], cwd=REPO, env=stage_env(),
+def run_benchmark(script: str, *args: str, quick: bool = True) -> str:
+    mode = ["--quick"] if quick else []
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *mode, *args], cwd=REPO, env=stage_env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -40,3 +41,31 @@ def test_evaluate_benchmark_quick_prints_its_ratios(prepared):
     # steady state leaves out a cost that "with decode" includes, so it can only be the larger rate
     assert float(data[2]) >= float(data[1]) > 0 and float(e2e[1]) > 0
     assert re.search(r"^data: .*\(1437 images, 16 px, 10 classes\), batch 100,", out, re.M), out
+
+
+def test_pipeline_overhead_benchmark_quick():
+    # --quick at fewer files, one repeat and no hardlink project: the plumbing, not the numbers.
+    out = run_benchmark("pipeline_overhead.py", "--sizes", "200", "1000", "--repeats", "1", "--no-hardlink")
+    rows = re.findall(r"^ +(\d+)((?: +-?\d+\.\d+){6})$", out, re.M)
+    assert [int(n) for n, _ in rows] == [200, 1000], out
+    assert all(float(v) > 0 for _, values in rows for v in values.split()[:2]), out  # cmd, 1st repro
+    ratio = re.search(r"^ratio 1000/200 files \(5x the files\): status (\d+\.\d+)x, no-op repro (\d+\.\d+)x, "
+                      r"status after touch (\d+\.\d+)x, 1st repro (\d+\.\d+)x$", out, re.M)
+    assert ratio and all(float(r) > 0 for r in ratio.groups()), out
+    assert "cache.type hardlink" not in out
+
+
+def test_scaling_benchmark_tiny(tmp_path):
+    plot = tmp_path / "scaling.png"
+    out = run_benchmark("scaling.py", "--tiny", "--plot", str(plot), quick=False)
+    assert "x1 = 1437 images, x2 = 2874 images" in out, out  # digits train set, replicated twice
+    for stage in ("prepare", "baseline@random"):
+        cells = re.search(rf"^{re.escape(stage)} +((?:\d+\.\d+ +\d+\.\d+ +\d+ *){{2}})$", out, re.M)
+        assert cells, out
+        wall, cpu, mb = (float(v) for v in cells[1].split()[:3])
+        assert wall > 0 and cpu > 0 and mb > 10, out  # a python process with numpy holds more than 10 MB
+    ratio = re.search(r"^ratio x2/x1 \(train set, wall time\): prepare (\d+\.\d+)x, baseline@random (\d+\.\d+)x$", out,
+                      re.M)
+    assert ratio and all(float(r) > 0 for r in ratio.groups()), out
+    assert re.search(r"^ratio ipc 3/ipc 1 \(train set x1, wall time\): baseline@random \d+\.\d+x$", out, re.M), out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
