@@ -68,21 +68,22 @@ def queue_entries() -> list[dict]:
         return repo.experiments.celery_queue.status()
 
 
+def worker_count() -> int:
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return len(repo.experiments.celery_queue.worker_status())
+
+
 def wait_for_idle_workers(seconds: float) -> None:
     """A worker keeps the environment it was started with, so it would not log where this run says. The
     queue's workers exit a few seconds after their last task: give them that long, then refuse."""
-    from dvc.repo import Repo
-
     deadline = time.monotonic() + seconds
-    while True:
-        with Repo(".") as repo:
-            workers = repo.experiments.celery_queue.worker_status()
-        if not workers:
-            return
+    while worker_count():
         if time.monotonic() > deadline:
-            raise ParamsError(f"dvc queue: worker(s) {sorted(workers)} still running (`dvc queue status`); they keep "
-                              "the environment they were started with and would not log to DDPIPE_RUN_LOG. "
-                              "Wait for them or `dvc queue stop`, then run this again")
+            raise ParamsError("dvc queue: a worker is still running (`dvc queue status`); it keeps the environment "
+                              "it was started with and would not log to DDPIPE_RUN_LOG. Wait for it or "
+                              "`dvc queue stop`, then run this again")
         time.sleep(2)
 
 
@@ -100,7 +101,9 @@ def queue(args: argparse.Namespace) -> None:
                           "to run them again")
     wait_for_idle_workers(60)
     before = {e["rev"] for e in queue_entries()}  # earlier tasks of the same names are not ours
-    env = {**os.environ, "DDPIPE_RUN_LOG": str(log)}
+    # The workers are started as `dvc` from PATH and run the stages' `python`: make both this interpreter's.
+    env = {**os.environ, "DDPIPE_RUN_LOG": str(log),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     for n, name in zip(args.ipc, names):
         print("$ " + shlex.join(["dvc", "exp", "run", "--queue", "-S", f"ipc={n}", "--name", name]))
         print(dvc("exp", "run", "--queue", "-S", f"ipc={n}", "--name", name, env=env).strip())
@@ -117,7 +120,7 @@ def queue(args: argparse.Namespace) -> None:
         print(f"queued {', '.join(names)}; `dvc queue status` to follow, then "
               f"`python benchmarks/results_grid.py table --log {log}`")
         return
-    began, last = time.monotonic(), None
+    began, last, idle_since = time.monotonic(), None, None
     while True:
         states = {e["name"]: e["status"] for e in queue_entries() if e["rev"] not in before and e["name"] in names}
         line = ", ".join(f"{name}: {states.get(name, 'not in queue')}" for name in names)
@@ -126,6 +129,14 @@ def queue(args: argparse.Namespace) -> None:
             last = line
         if not any(s in ("Queued", "Running") for s in states.values()):
             break
+        # A worker that failed to start (its log: .dvc/tmp/exps/celery/) leaves the tasks queued forever.
+        if "Running" in states.values() or worker_count():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > 60:
+            raise PipelineError("experiments queued but no queue worker running for 60 s; see "
+                                ".dvc/tmp/exps/celery/dvc-exp-worker-*.out, then `dvc queue start`")
         time.sleep(args.poll)
     failed = [name for name in names if states.get(name) != "Success"]
     if failed:
