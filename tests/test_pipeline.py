@@ -3,7 +3,9 @@ does nothing, and an ipc grid through `dvc exp run --queue` reruns only the stag
 Sharing the results (push/pull, HTTP, import/get, tests/sharing.py) and the determinism check
 (tests/determinism.py) run here too: pytest-xdist (--dist loadfile) keeps a file on one worker, so the tiny
 pipeline is reproduced once."""
+import io
 import json
+import platform
 import re
 import time
 
@@ -210,6 +212,85 @@ def test_the_shipped_default_reproduces_the_readme_bars(default_project):
     assert podd["podd_protocol"]["after"]["top1"] >= 0.8
     assert podd["podd_protocol"]["after"]["top1"] > podd["podd_protocol"]["random_real_ipc1"]["top1"] + 0.05
 
+
+
+def markdown_rows(text: str, protocol: str) -> dict[tuple[str, str], list[str]]:
+    """(method, IPC cell) -> the cells of that row in the `protocol` table printed by results_grid.py."""
+    section = text.split(f"### `{protocol}` protocol", 1)[1].split("\n\n", 2)[1]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines()[2:]]
+    return {(cells[0].strip(), cells[1].strip()): [c.strip() for c in cells] for cells in rows}
+
+
+@pytest.mark.slow  # one queued tiny experiment: ~8-10 min on 2 shared cores (run with `pytest -m slow`)
+def test_results_grid_queues_and_tabulates(reproduced, tmp_path):
+    """benchmarks/results_grid.py: `queue --ipc 4` runs one queued experiment whose stages log into the
+    workspace's run log (the worker inherits DDPIPE_RUN_LOG from `dvc queue start`), and `table` prints the
+    numbers of the workspace's and the experiment's results.csv, with the logged synthesis seconds."""
+    import subprocess
+    import sys
+    from dvc.api import read as dvc_read
+
+    from tests.conftest import REPO, stage_env
+
+    project, _ = reproduced
+    env = {**stage_env(), "PYTHONPATH": str(project)}
+    env.pop("DDPIPE_RUN_LOG", None)
+    script = [sys.executable, str(REPO / "benchmarks" / "results_grid.py")]
+    try:
+        queued = subprocess.run([*script, "queue", "--ipc", "4", "--poll", "3"], cwd=project, env=env,
+                                capture_output=True, text=True)
+        assert queued.returncode == 0, queued.stdout + queued.stderr
+        assert "ipc4: Success" in queued.stdout
+    finally:  # leave the queue's task list as the other queue test expects it (the experiment stays)
+        subprocess.run([sys.executable, "-m", "dvc", "queue", "remove", "ipc4"], cwd=project, env=env,
+                       capture_output=True)
+    runs = [json.loads(line) for line in (project / "artifacts" / "runs.jsonl").read_text().splitlines()]
+    seconds = {r["out"]: r["seconds"] for r in runs}  # the latest line per output
+    assert {f"artifacts/digits/ipc4/distilled/{m}" for m in METHODS} <= set(seconds), "queued run did not log here"
+
+    out = tmp_path / "tables.md"
+    shown = subprocess.run([*script, "table", "--protocols", "fkd", "hard", "--out", str(out)], cwd=project,
+                           env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    text = out.read_text()
+    assert shown.stdout == text
+    exp = next(r for c in json.loads(dvc(project, "exp", "show", "--json")) for e in c.get("experiments") or []
+               for r in e["revs"] if r.get("name") == "ipc4")
+    reports = [pd.read_csv(project / "artifacts" / "digits" / "results.csv", dtype={"ipc": str}),
+               pd.read_csv(io.StringIO(dvc_read("artifacts/digits/results.csv", repo=str(project),
+                                                    rev=exp["rev"])), dtype={"ipc": str})]
+    assert set(reports[1].ipc) == {"4", "0.8906", "all"}
+    expected = pd.concat(reports).drop_duplicates(["method", "protocol", "ipc"])  # full, PoDD: the workspace's
+    folders = {"podd": "podd0.9", "full": "full"}
+    for protocol in ("fkd", "hard"):
+        printed = markdown_rows(text, protocol)
+        for r in expected[expected.protocol == protocol].itertuples():
+            cells = printed.pop((r.method, "0.8906 (own budget)" if r.method == "podd" else r.ipc))
+            assert cells[2] == f"{100 * r.top1:.1f} ± {100 * r.top1_std:.1f}"
+            assert cells[4] == f"{100 * r.teacher_fidelity:.1f}" and cells[5] == f"{r.intra_class_cosine:.3f}"
+            assert cells[7:] == [f"{r.images:,}", f"{r.pixels:,}", f"{r.bytes:,}"]
+            if r.method == "podd":  # against the smallest random budget with at least its pixels
+                ref = min((k for m, k in markdown_rows(text, protocol) if m == "random"), key=float)
+                assert cells[3].endswith(f" (vs IPC {ref})")
+                if ref in ("3", "4"):
+                    random = expected[(expected.method == "random") & (expected.protocol == protocol)
+                                      & (expected.ipc == ref)].top1.item()
+                    assert cells[3].split()[0] == f"{100 * (r.top1 - random):+.1f}"
+            elif r.method != "full":
+                assert cells[3] == f"{100 * r.gain_vs_random:+.1f}"
+            if r.method in ("random", "full"):  # `baseline` logs no wall time
+                assert cells[6] == "not in log"
+            else:
+                folder = f"artifacts/digits/{folders.get(r.method, 'ipc' + r.ipc)}/distilled/{r.method}"
+                assert cells[6].split(" (+")[0] == f"{seconds[folder]:.1f}", (r.method, r.ipc)
+                assert cells[6].endswith("(+ diffusion)") == (r.method in DIFFUSED)
+        # rows left are other experiments' (the other queue test's IPC 1 and 2), never a duplicate of ours
+        assert not [key for key in printed if key[1] in ("3", "4", "all") or key[0] == "podd"], printed
+    assert "Sources: workspace (ipc 3), " in text and f"ipc4 (ipc 4, {exp['rev'][:7]})" in text
+    assert "python benchmarks/results_grid.py queue --ipc " in text and " 4\n" in text
+    assert "python benchmarks/results_grid.py table --protocols fkd hard --out" in text
+    assert re.search(rf"Machine \(the run-log lines used\): host {re.escape(platform.node())}, \d+ cores, 1 torch "
+                     r"threads, device cpu, 1 process\(es\)", text)
 
 from tests.determinism import test_a_second_run_from_scratch_gives_the_same_dvc_lock  # noqa: E402,F401
 from tests.sharing import (pushed, test_import_and_get_one_set_into_another_repository,  # noqa: E402,F401
