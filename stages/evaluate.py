@@ -6,8 +6,9 @@ labels the set ships, mixed with the same λ as the images (skipped for a set th
 logits by KD at evaluate.temperature (INFER), probabilities as soft cross-entropy targets (PoDD's
 learned labels). Every protocol trains
 `evaluate.seeds` students; metrics hold final and best (labelled) top-1/top-5 as mean ± std.
-Under torchrun the (protocol, seed) students are split over the ranks and rank 0 writes the metrics:
-the same file as one process makes. Wall time goes to the run log
+On the CPU the (protocol, seed) students train side by side, one per core on one thread each
+(stages/pipeline/side_by_side.py); under torchrun they are split over the ranks and rank 0 writes the
+metrics: the same file as one process makes. Wall time goes to the run log
 (stages/pipeline/runlog.py).
 A killed run resumes from `.<metrics file>.resume/`: finished students are kept there, an unfinished one
 continues from its last epoch.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import dir_bytes, write_csv, write_json
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
+from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
 from stages.training.loop import Optim, hard_loss, kd_loss, train
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, read_epoch
@@ -113,13 +116,16 @@ def main() -> None:
                 "student_config": student_config, "epochs": args.epochs}
     inputs = [args.set, args.labels, args.teacher, args.data]
 
+    initialising = threading.Lock()
+
     def student_run(protocol: str, s: int, device: torch.device, resume: Resume) -> dict:
         name = f"{protocol}-seed{s}"
         if resume.done(f"{name}.json"):
             print(f"evaluate {card.method} [{protocol} seed {s}]: finished before the interruption; resumed")
             return json.loads(resume.path(f"{name}.json").read_text())
-        torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
-        student = build(cfg.student, len(classes), size, student_config).to(device)
+        with initialising:  # the initial weights come from torch's global generator, shared by the threads
+            torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
+            student = build(cfg.student, len(classes), size, student_config).to(device)
         rng = None
         if protocol == "fkd":
             plans = fkd_plans(Path(args.labels), args.epochs, batch_size, len(images))
@@ -146,7 +152,9 @@ def main() -> None:
         world.barrier()
         resume = resume or Resume(args.out, settings, inputs)
         teacher.to(world.device)
-        mine = [student_run(protocol, s, world.device, resume) for protocol, s in world.shard(jobs)]
+        share = world.shard(jobs)
+        mine = map_side_by_side(lambda job: student_run(*job, world.device, resume), share,
+                                jobs_at_once(world.device, len(share)))
         done = dict(zip(jobs, (run for share in world.gather(mine) for run in share)))
     if not world.main:
         return

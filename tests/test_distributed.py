@@ -23,11 +23,11 @@ from tests.conftest import REPO, run_stage, stage_env, workdir, write_params
 ART = "artifacts/digits"
 
 
-def launch(folder: Path, nproc: int, module: str, *args: str) -> subprocess.CompletedProcess:
+def launch(folder: Path, nproc: int, module: str, *args: str, threads: int = 1) -> subprocess.CompletedProcess:
     """`python -m stages.<module>` (nproc 1) or `torchrun --standalone --nproc-per-node=<nproc> -m ...`."""
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      f"--nproc-per-node={nproc}"]
-    env = {**stage_env(), "DDPIPE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {**stage_env(), "DDPIPE_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     result = subprocess.run([*launcher, "-m", f"stages.{module}", *args], cwd=folder, env=env, capture_output=True,
                             text=True)
     if result.returncode != 0:
@@ -137,8 +137,14 @@ def test_relabel_and_evaluate_split_over_ranks_match_one_process(prepared):
     no_leftovers(soft, "random1", "random2")
     no_leftovers(folder / ART / "ipc3" / "metrics", "random1.json", "random2.json")
 
+    # one process on 2 threads trains its students side by side, one thread each: the same students again
+    out = folder / f"{ART}/ipc3/metrics/random-side-by-side.json"
+    launch(folder, 1, "evaluate", "--set", subset, "--labels", f"{ART}/ipc3/soft_labels/random1", "--teacher",
+           f"{ART}/teachers/convnet", "--data", "data/digits", "--epochs", "6", "--out", str(out), threads=2)
+    metrics["side by side"] = json.loads(out.read_text())
+
     assert metrics[1]["protocols"]["hard"]["per_seed_top1"] != [0.0, 0.0]
-    assert metrics[1] == metrics[2]
+    assert metrics[1] == metrics[2] == metrics["side by side"]
 
 
 @pytest.mark.parametrize("method,override,images", [

@@ -94,9 +94,11 @@ def eval_epochs(epochs: int, points: int) -> set[int]:
 
 
 def make_optimizer(model: nn.Module, cfg: Optim) -> torch.optim.Optimizer:
+    # foreach: one multi-tensor update per step, not a Python loop over the parameters (torch picks it only on GPUs)
     if cfg.name == "sgd":
-        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               foreach=True)
+    return torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def epoch_batches(data: ImageSet, plan: EpochPlan, logits: torch.Tensor | None, norm: tuple[list, list],
