@@ -20,7 +20,6 @@ load; CPU seconds are the steadier figure.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import shlex
@@ -34,6 +33,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's tests/tiny.py
+from tests.tiny import TINY, merge  # noqa: E402
 
 # Stages in dependency order. IPC_STAGES are the ones whose work depends on `ipc` (the ipc sweep reruns them).
 STAGES = ["prepare", "teacher@convnet", "rank", "select", "recover@sre2l", "recover@delt", "baseline@random",
@@ -52,29 +53,9 @@ DEFAULT = {
     "delt": {"round_iterations": 25, "recover": {"iterations": 100}},
     "infer": {"recover": {"iterations": 100}},
 }
-# tests/conftest.py's TINY, with one seed and fewer student epochs.
-QUICK = {
-    "teacher": {"epochs": 2},
-    "models": {"convnet": {"width": 16, "depth": 2, "norm": "batch"},
-               "resnet18_modified": {"width": 4, "norm": "batch"}},
-    "evaluate": {"epochs": 10, "full_epochs": 1, "seeds": 1, "eval_points": 2},
-    "sre2l": {"recover": {"iterations": 20}},
-    "delt": {"round_iterations": 5, "recover": {"iterations": 20}},
-    "infer": {"recover": {"iterations": 20}},
-    "diffusion": {"train": {"vae_channels": [8, 16], "vae_steps": 5, "unet_channels": [16, 32], "unet_steps": 5,
-                            "batch_size": 32, "text_window": 16},
-                  "check": {"samples": 1, "steps": 2}},
-    "d4m": {"synthesis": {"steps": 4}},
-    "podd": {"inner": {"width": 8, "depth": 2, "lr": 0.001}, "window": 2, "totwindow": 4, "epochs": 1,
-             "checkpoint_every": 3, "eval": {"runs": 2, "steps": 5}},
-}
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+# tests/tiny.py's TINY (what the tests' projects use), with one seed and fewer student epochs.
+QUICK = merge(TINY, {"evaluate": {"epochs": 10, "full_epochs": 1, "seeds": 1, "eval_points": 2,
+                                  "protocols": ["fkd", "hard", "static"]}})
 
 
 def stage_env() -> dict:

@@ -3,6 +3,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, stage_env
 
 
@@ -43,6 +45,7 @@ def test_evaluate_benchmark_quick_prints_its_ratios(prepared):
     assert re.search(r"^data: .*\(1437 images, 16 px, 10 classes\), batch 100,", out, re.M), out
 
 
+@pytest.mark.slow  # dozens of dvc calls; kept out of CI's 20 minutes (pytest -m slow)
 def test_pipeline_overhead_benchmark_quick():
     # --quick at fewer files, one repeat and no hardlink project: the plumbing, not the numbers.
     out = run_benchmark("pipeline_overhead.py", "--sizes", "200", "1000", "--repeats", "1", "--no-hardlink")
@@ -55,6 +58,7 @@ def test_pipeline_overhead_benchmark_quick():
     assert "cache.type hardlink" not in out
 
 
+@pytest.mark.slow  # dozens of dvc calls; kept out of CI's 20 minutes (pytest -m slow)
 def test_scaling_benchmark_tiny(tmp_path):
     plot = tmp_path / "scaling.png"
     out = run_benchmark("scaling.py", "--tiny", "--plot", str(plot), quick=False)
