@@ -45,6 +45,8 @@ SHARED_DIFFUSION = {"d4m", "vlcp"}  # their sets also need the `diffusion` stage
 MACHINE = ("host", "cpu_count", "threads", "device", "world_size")
 
 
+WORKER_LOGS = Path(".dvc", "tmp", "exps", "celery")  # where `dvc queue start` workers log
+
 def dvc(*args: str, env: dict | None = None) -> str:
     result = subprocess.run([*DVC, *args], capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -129,14 +131,14 @@ def queue(args: argparse.Namespace) -> None:
             last = line
         if not any(s in ("Queued", "Running") for s in states.values()):
             break
-        # A worker that failed to start (its log: .dvc/tmp/exps/celery/) leaves the tasks queued forever.
+        # A worker that failed to start (its log: WORKER_LOGS) leaves the tasks queued forever.
         if "Running" in states.values() or worker_count():
             idle_since = None
         elif idle_since is None:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since > 60:
-            raise PipelineError("experiments queued but no queue worker running for 60 s; see "
-                                ".dvc/tmp/exps/celery/dvc-exp-worker-*.out, then `dvc queue start`")
+            raise PipelineError(f"experiments queued but no queue worker running for 60 s; see "
+                                f"{WORKER_LOGS}/dvc-exp-worker-*.out, then `dvc queue start`")
         time.sleep(args.poll)
     failed = [name for name in names if states.get(name) != "Success"]
     if failed:
