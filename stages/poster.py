@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from stages.pipeline.errors import DivergedError, ParamsError
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
+from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
 from stages.podd import labels as poddl
 from stages.podd import zca as zca_lib
 from stages.podd.checkpoint import Checkpoint
@@ -73,19 +75,33 @@ def class_order(cfg: params.Podd, names: list[str], grid: tuple[int, int], seed:
             "grid": greedy_order(distance, ny, nx).tolist(), "distance": np.round(distance, 6).tolist()}
 
 
-def podd_accuracy(images: torch.Tensor, labels: torch.Tensor, val, cfg, run: InnerRun, seed: int, tag: str) -> dict:
-    """PoDD's protocol: `eval.runs` fresh inner ConvNets trained on the (whitened) images; top-1 on val."""
+def podd_accuracy(sets: dict[str, tuple[torch.Tensor, torch.Tensor]], val, cfg, run: InnerRun, seed: int) -> dict:
+    """PoDD's protocol: `eval.runs` fresh inner ConvNets trained on each set's (whitened) images and labels;
+    top-1 on val, per set tag. The runs are independent: on the CPU they train side by side."""
     x, y = val
-    accs = []
-    for r in progress(range(cfg.eval.runs), desc=f"poster eval {tag}", unit="run"):
-        torch.manual_seed(derive_seed(seed, "poster", "eval", tag, r))
-        net = ConvNet(labels.shape[1], x.shape[-1], cfg.inner.width, cfg.inner.depth, "instance").to(x.device)
+    initialising = threading.Lock()
+
+    def one_run(job: tuple[str, int]) -> float:
+        tag, r = job
+        images, labels = sets[tag]
+        with initialising:  # the initial weights come from torch's global generator, shared by the threads
+            torch.manual_seed(derive_seed(seed, "poster", "eval", tag, r))
+            net = ConvNet(labels.shape[1], x.shape[-1], cfg.inner.width, cfg.inner.depth, "instance").to(x.device)
         generator = torch.Generator().manual_seed(derive_seed(seed, "poster", "eval", tag, r, "batches"))
         train_on_crops(net, images, labels, run, cfg.eval.steps, generator)
         with torch.no_grad():
-            accs.append((net(x).argmax(1) == y).float().mean().item())
-    return {"top1": round(float(np.mean(accs)), 6), "top1_std": round(float(np.std(accs, ddof=1)), 6)
-            if len(accs) > 1 else 0.0, "per_run": [round(a, 6) for a in accs]}
+            return (net(x).argmax(1) == y).float().mean().item()
+
+    jobs = [(tag, r) for tag in sets for r in range(cfg.eval.runs)]
+    print(f"poster: PoDD protocol on {', '.join(sets)} ({len(jobs)} runs of {cfg.eval.steps} steps)")
+    accs = dict(zip(jobs, map_side_by_side(one_run, jobs, jobs_at_once(x.device, len(jobs)))))
+    results = {}
+    for tag in sets:
+        runs = [accs[tag, r] for r in range(cfg.eval.runs)]
+        results[tag] = {"top1": round(float(np.mean(runs)), 6),
+                        "top1_std": round(float(np.std(runs, ddof=1)), 6) if len(runs) > 1 else 0.0,
+                        "per_run": [round(a, 6) for a in runs]}
+    return results
 
 
 def random_real(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
@@ -152,8 +168,8 @@ def main() -> None:
         poster = image_range(noise.to(device) * math.sqrt(3 * size * size), norm)
         state = {"step": 0, "poster": poster, "labels": start_labels, "adam": None, "clip_ema": None,
                  "loss": [], "grad_norm": [], "warmup": [], "seconds": 0.0,
-                 "before": podd_accuracy(whiten(crops(poster, index)), crop_labels(start_labels), val, cfg, run,
-                                         p.seed, "before")}
+                 "before": podd_accuracy({"before": (whiten(crops(poster, index)), crop_labels(start_labels))},
+                                         val, cfg, run, p.seed)["before"]}
     else:
         print(f"poster: resuming at outer step {state['step']} of {total} from {ckpt.folder}")
     poster = torch.nn.Parameter(state["poster"].to(device))
@@ -198,11 +214,11 @@ def main() -> None:
                        "poster": poster.detach(), "labels": label_param.detach(),
                        "adam": optimizer.state_dict(), "clip_ema": clip.ema})
 
-    after = podd_accuracy(whiten(crops(poster.detach(), index)), crop_labels(label_param.detach()), val, cfg, run,
-                          p.seed, "after")
     real = random_real(real_y, math.ceil(cfg.ipc), p.seed)  # more pixels than the poster: ceil(ipc) per class
-    reference = podd_accuracy(real_x[real], F.one_hot(real_y[real], len(classes)).float(), val, cfg, run, p.seed,
-                              "random_real")
+    accuracy = podd_accuracy({"after": (whiten(crops(poster.detach(), index)), crop_labels(label_param.detach())),
+                              "random_real": (real_x[real], F.one_hot(real_y[real], len(classes)).float())},
+                             val, cfg, run, p.seed)
+    after, reference = accuracy["after"], accuracy["random_real"]
     final, final_labels = poster.detach().cpu(), crop_labels(label_param.detach()).cpu()
     index = crop_index(geometry)
     seconds = round(state["seconds"] + time.perf_counter() - started, 2)

@@ -55,7 +55,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
               gen: torch.Generator, resume: Resume | None = None) -> list[float]:
     """Reconstruction (MSE) + kl_weight x KL; images in [-1, 1]. Returns the loss curve. With `resume`,
     checkpointed and resumed (stages/generation/checkpoint.py)."""
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr, foreach=True)  # foreach: one kernel over all tensors, faster on CPU
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     phase = Phase("vae", resume, vae, opt, sched, Batches(len(images), batch_size, gen), gen)
     losses = phase.losses
@@ -123,7 +123,7 @@ def train_unet(unet: UNet2DConditionModel, encode_latents: Callable[[torch.Tenso
     from diffusers.training_utils import EMAModel
 
     noise_scheduler = DDPMScheduler(**NOISE_SCHEDULE)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0, foreach=True)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))

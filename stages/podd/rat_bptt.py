@@ -112,7 +112,7 @@ class NormClip:
 def train_on_crops(net: nn.Module, crops: torch.Tensor, labels: torch.Tensor, run: InnerRun, steps: int,
                    generator: torch.Generator) -> nn.Module:
     """PoDD's evaluation training: Adam(inner lr) on random augmented crop batches for `steps` steps."""
-    optimizer = torch.optim.Adam(net.parameters(), run.lr)
+    optimizer = torch.optim.Adam(net.parameters(), run.lr, foreach=True)
     net.train()
     for _ in range(steps):
         idx = sample(len(crops), run.batch_size, generator)
