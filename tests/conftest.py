@@ -10,11 +10,16 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 import yaml
 
 from tests.tiny import TINY, merge  # noqa: F401 (re-exported to the test files)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# pytest runs a worker per core (pytest-xdist): a test that trains in its own process takes one core, as the
+# stages it starts do (stage_env), or two busy workers with two threads each slow each other several-fold.
+torch.set_num_threads(1)
 
 
 def default_params() -> dict:

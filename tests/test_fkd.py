@@ -116,3 +116,25 @@ def test_renormalise_moves_between_normalisations_and_commutes_with_mixing():
     assert torch.allclose(renormalise(mixed, a, b), normalise(0.3 * pixels + 0.7 * pixels.flip(0), *b), atol=1e-6)
     x = normalise(pixels, *a)
     assert renormalise(x, a, a) is x
+
+
+def test_crops_are_torchvision_roi_align_without_importing_torchvision():
+    """crop_resize loads torchvision's compiled kernel alone (importing the package costs every stage ~2.5 s)
+    and gives the bytes `torchvision.ops.roi_align` gives."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, numpy as np, torch
+from stages.data.augment import crop_resize, sample_boxes
+x = torch.rand(7, 3, 16, 16)
+boxes = sample_boxes(7, np.random.default_rng(0), (0.2, 1.0))
+out = crop_resize(x, boxes, 12)
+assert "torchvision" not in sys.modules
+from torchvision.ops import roi_align
+top, left, h, w = (torch.from_numpy(boxes) * 16).unbind(1)
+rois = torch.stack([torch.arange(7.0), left, top, left + w, top + h], 1)
+assert torch.equal(out, roi_align(x, rois, output_size=12, spatial_scale=1.0, sampling_ratio=1, aligned=True))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -8,7 +8,6 @@ copied for every run, so each case pays only for its own stage (three times: who
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -34,7 +33,7 @@ def upstream(tmp_path_factory) -> Path:
 
 
 def env(**extra: str) -> dict:
-    return {**stage_env(), "DDPIPE_THREADS": os.environ.get("DDPIPE_THREADS", "2"), **extra}
+    return {**stage_env(), **extra}
 
 
 def clone(upstream: Path, folder: Path, override: dict) -> Path:

@@ -8,8 +8,13 @@ PIL images one by one.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.machinery
+import importlib.util
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,13 +64,30 @@ def crop_resize(x: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
     One sample per output pixel, at the pixel centres, so a full-image box is the identity (as in
     torchvision's RandomResizedCrop, which only ever upsamples here).
     """
-    from torchvision.ops import roi_align  # deferred: importing torchvision costs ~1.5 s per stage start
-
     _, _, h, w = x.shape
     top, left, bh, bw = torch.from_numpy(boxes).unbind(1)
     rois = torch.stack([torch.arange(len(x), dtype=torch.float32), left * w, top * h,
                         (left + bw) * w, (top + bh) * h], 1).to(x.dtype)
-    return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    return roi_align_kernel()(x, rois, 1.0, size, size, 1, True)  # spatial scale, out h, w, sampling ratio, aligned
+
+
+@functools.cache
+def roi_align_kernel():
+    """torchvision's compiled roi_align, the kernel `torchvision.ops.roi_align` calls on the CPU and GPU.
+
+    Importing torchvision's Python package imports torch._dynamo: ~2.5 s at the start of every stage that
+    augments, on 2 cores. So its ops library is loaded on its own; where that fails, the package loads it.
+    """
+    folder = Path(importlib.util.find_spec("torchvision").origin).parent
+    libraries = [folder / f"{name}{suffix}" for name in ("_C_stable", "_C")
+                 for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    for library in filter(Path.exists, libraries):
+        with contextlib.suppress(OSError):
+            torch.ops.load_library(str(library))
+            break
+    if not hasattr(torch.ops.torchvision, "roi_align"):
+        import torchvision.ops  # noqa: F401 (registers the ops)
+    return torch.ops.torchvision.roi_align
 
 
 def plan_epoch(n: int, batch_size: int, rng: np.random.Generator, aug: Augment) -> EpochPlan:
