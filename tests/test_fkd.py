@@ -119,7 +119,7 @@ def test_renormalise_moves_between_normalisations_and_commutes_with_mixing():
 
 
 def test_crops_are_torchvision_roi_align_without_importing_torchvision():
-    """crop_resize loads torchvision's compiled kernel alone (importing the package costs every stage ~2.5 s)
+    """crop_resize loads torchvision's compiled kernel alone (importing the package costs relabel ~2.5 s)
     and gives the bytes `torchvision.ops.roi_align` gives."""
     import subprocess
     import sys

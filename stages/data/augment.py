@@ -75,8 +75,9 @@ def crop_resize(x: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
 def roi_align_kernel():
     """torchvision's compiled roi_align, the kernel `torchvision.ops.roi_align` calls on the CPU and GPU.
 
-    Importing torchvision's Python package imports torch._dynamo: ~2.5 s at the start of every stage that
-    augments, on 2 cores. So its ops library is loaded on its own; where that fails, the package loads it.
+    Importing torchvision's Python package imports torch._dynamo (~2.5 s on 2 cores), which a stage that only
+    augments (relabel) never needs; stages that build an optimizer import it anyway (torch.optim does). So the
+    ops library is loaded on its own; where that fails, the package loads it.
     """
     folder = Path(importlib.util.find_spec("torchvision").origin).parent
     libraries = [folder / f"{name}{suffix}" for name in ("_C_stable", "_C")
