@@ -68,17 +68,22 @@ def crop_resize(x: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
     top, left, bh, bw = torch.from_numpy(boxes).unbind(1)
     rois = torch.stack([torch.arange(len(x), dtype=torch.float32), left * w, top * h,
                         (left + bw) * w, (top + bh) * h], 1).to(x.dtype)
-    return roi_align_kernel()(x, rois, 1.0, size, size, 1, True)  # spatial scale, out h, w, sampling ratio, aligned
+    kernel = roi_align_kernel(differentiable=torch.is_grad_enabled() and x.requires_grad)
+    return kernel(x, rois, 1.0, size, size, 1, True)  # spatial scale, out h, w, sampling ratio, aligned
 
 
 @functools.cache
-def roi_align_kernel():
+def roi_align_kernel(differentiable: bool = True):
     """torchvision's compiled roi_align, the kernel `torchvision.ops.roi_align` calls on the CPU and GPU.
 
-    Importing torchvision's Python package imports torch._dynamo (~2.5 s on 2 cores), which a stage that only
-    augments (relabel) never needs; stages that build an optimizer import it anyway (torch.optim does). So the
-    ops library is loaded on its own; where that fails, the package loads it.
+    Its backward is registered by torchvision's Python package (`torchvision._autograd_registrations`), so
+    wherever a gradient must flow through a crop (recover) the package is imported. Importing it also imports
+    torch._dynamo (seconds at a stage's start), which a stage that only augments without gradients (relabel)
+    never needs: there the ops library is loaded on its own, and where that fails, the package loads it.
     """
+    if differentiable:
+        import torchvision  # noqa: F401 (registers roi_align's autograd kernel)
+        return torch.ops.torchvision.roi_align
     folder = Path(importlib.util.find_spec("torchvision").origin).parent
     libraries = [folder / f"{name}{suffix}" for name in ("_C_stable", "_C")
                  for suffix in importlib.machinery.EXTENSION_SUFFIXES]
