@@ -1,4 +1,4 @@
-"""The README results tables, regenerated from an IPC grid run through the DVC experiment queue.
+"""The results tables of docs/results.md, regenerated from an IPC grid run through the DVC experiment queue.
 
 Not a benchmark of code paths: it queues the default grid and turns what the grid wrote into Markdown.
 
@@ -40,7 +40,7 @@ from stages.pipeline import cli, runlog
 from stages.pipeline.errors import ArtifactError, ParamsError, PipelineError
 
 DVC = [sys.executable, "-m", "dvc"]
-ORDER = ["random", "sre2l", "delt", "infer", "d4m", "vlcp", "podd"]  # README order; others after, then full
+ORDER = ["random", "sre2l", "delt", "infer", "d4m", "vlcp", "podd"]  # docs/results.md order; others after, then full
 SHARED_DIFFUSION = {"d4m", "vlcp"}  # their sets also need the `diffusion` stage's model, trained once
 MACHINE = ("host", "cpu_count", "threads", "device", "world_size")
 
@@ -290,7 +290,7 @@ def table(args: argparse.Namespace) -> None:
     diffusion = runs.get(f"artifacts/{p['dataset']}/diffusion")
     if diffusion and set(rows.method) & SHARED_DIFFUSION:
         used.append(diffusion)
-        notes_md.append(f"+ diffusion: the `diffusion` stage trained the model D4M and VLCP share once, in "
+        notes_md.append(f"\\+ diffusion: the `diffusion` stage trained the model D4M and VLCP share once, in "
                         f"{diffusion['seconds']:.1f} s (caption, latents and prototypes are not logged).")
     machines = sorted({tuple(e.get(k) for k in MACHINE) for e in used}, key=str)
     notes_md.append("Machine (the run-log lines used): " + "; ".join(

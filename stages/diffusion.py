@@ -6,7 +6,7 @@ train       (offline default) a small latent diffusion model — AutoencoderKL +
             steps) its caption, with condition dropout p_uncond for classifier-free guidance.
 pretrained  any Stable Diffusion checkpoint (hub id or local folder) through the stock
             StableDiffusionImg2ImgPipeline; optionally VLCP's fine-tune of the UNet on (image, caption)
-            pairs with EMA (research/diffusion_methods.md §2.2).
+            pairs with EMA (docs/methods/d4m.md#the-shared-diffusion-model).
 
 Either way the output is a plain pipeline folder (`from_pretrained` loads it); the VAE's sample_size records
 the resolution it works at. The metrics JSON holds the training record (steps, losses); wall time goes to the run log.

@@ -54,7 +54,7 @@ def fkd_plans(labels_dir: Path, epochs: int, batch_size: int, num_images: int):
 
 def static_labels(plan: EpochPlan, logits: torch.Tensor) -> torch.Tensor:
     """Each slot's shipped logits (or probabilities), mixed linearly with its partner's by the slot's λ
-    (INFER §5.4; for probabilities this is exactly the mixed label)."""
+    (docs/methods/infer.md; for probabilities this is exactly the mixed label)."""
     slots = np.arange(len(plan.order))
     partner_slot = slots - slots % plan.batch_size + plan.partner
     lam = torch.from_numpy(plan.lam).unsqueeze(1)

@@ -1,6 +1,6 @@
 """poster (PoDD): distil the whole train set into one poster of fewer pixels than one image per class.
 
-Recipe (research/podd.md): size the poster from `podd.ipc`, order the classes on the class grid with
+Recipe (docs/methods/podd.md): size the poster from `podd.ipc`, order the classes on the class grid with
 PoCO, start from cross-faded noise tiles, and optimise the poster (and, with `train_y`, the label
 grid) by RaT-BPTT on its overlapping image-sized crops. The poster lives in the dataset's normalised
 pixel space, so it is an image; with `zca` the crops and real images are whitened on the fly.
@@ -134,7 +134,7 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # PoDD keeps the whole (whitened) train set in memory, streamed or not: ZCA needs its covariance over
-    # 3·H·W pixels and RaT-BPTT draws real batches from it every step (README, Memory)
+    # 3·H·W pixels and RaT-BPTT draws real batches from it every step (docs/performance.md#memory)
     real_x = train.normalised(*norm).tensor()
     zca = zca_lib.fit(real_x, cfg.zca_reg).to(device) if cfg.zca else None
     whiten = zca if zca is not None else (lambda x: x)

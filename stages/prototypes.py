@@ -1,5 +1,5 @@
-"""prototypes@<method>: `ipc` latent prototypes per class for D4M and VLCP (research/diffusion_methods.md §1.1
-stage B, §2.3).
+"""prototypes@<method>: `ipc` latent prototypes per class for D4M and VLCP (docs/methods/d4m.md,
+docs/methods/vlcp.md#prototypes).
 
 d4m   k-means on each class's VAE latents (d4m.kmeans: `minibatch`, the reference's streaming online k-means with
       every class's leftover rows fed, or `full`); the synthesis prompt is the class prompt.

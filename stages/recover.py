@@ -1,11 +1,11 @@
 """recover@<method>: SRe2L, DELT and INFER, three recipes over one recover engine (stages/synthesis).
 
-sre2l  images start as N(0, 1) noise and are optimised against one teacher (research/sre2l_family.md §1).
+sre2l  images start as N(0, 1) noise and are optimised against one teacher (docs/methods/sre2l.md).
 delt   images start as the real images `select` picked; EarlyLate: rank k joins in round
-       join(k) of iterations/round_iterations, so late joiners get fewer updates (§3.2).
+       join(k) of iterations/round_iterations, so late joiners get fewer updates (docs/methods/delt.md#earlylate).
 infer  ipc_init real base images per class, plus one compensator per teacher per base set: an
        additive image shared by all classes, optimised so that every base + compensator reads as its
-       own class (§5). The set ships the teachers' mean logits of every image as static labels.
+       own class (docs/methods/infer.md). The set ships the teachers' mean logits of every image as static labels.
 
 Writes the set (<class>/<k>.png, lossless, k = IPC index) with card.json, and `--stats` (image-
 iterations; DELT's saving against SRe2L at the same iterations); wall time and rate go to the run log. Under torchrun each rank
@@ -204,7 +204,7 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
     save_file({arch: us.contiguous() for arch, us in by_arch.items()} or {"none": torch.zeros(0)},
               out / COMPENSATORS, metadata={"ddpipe": json.dumps(info, sort_keys=True)})
 
-    # Static labels: the mean logits of all M teachers on each un-augmented image (§5.4).
+    # Static labels: the mean logits of all M teachers on each un-augmented image (docs/methods/infer.md).
     saved = load_imagefolder(out, classes, size, desc="label")
     x = saved.normalised(teachers.mean, teachers.std)
     write_labels(out, LABELS, torch.stack([predict(t, x) for t in teachers.models]).mean(0), saved.paths)

@@ -1,7 +1,7 @@
 """synthesize@<method>: D4M and VLCP images, img2img from each latent prototype with the shared pipeline.
 
-d4m   prompt = the class prompt; negative prompt, strength, guidance, steps from d4m.synthesis (§1.1 stage C).
-vlcp  prompt = the cluster's text prototype (a member caption; long ones are encoded in windows, §2.4).
+d4m   prompt = the class prompt; negative prompt, strength, guidance, steps from d4m.synthesis (docs/methods/d4m.md).
+vlcp  prompt = the cluster's text prototype (a member caption; long ones are encoded in windows, docs/methods/vlcp.md#prototypes).
 
 Each image has its own seeded generator (seed, method, class, index), so a batch's make-up never changes an
 image. Images are decoded, resized to the dataset's size and saved as <class>/<k>.png with card.json; the

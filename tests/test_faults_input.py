@@ -3,7 +3,7 @@
 A refused case asserts exit 2, the one line `error: <Kind>: <message>` naming the key, value or file, no
 traceback, and that the stage left no output (and no temp folder beside it) for DVC to cache. Input that is
 odd but valid (grayscale, RGBA, palette, 16-bit, non-ASCII names, links inside the root) must come out right.
-The README's "Bad input" table lists what is refused and what is converted.
+The "Bad input" table of docs/bad-input.md lists what is refused and what is converted.
 """
 from __future__ import annotations
 

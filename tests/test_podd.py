@@ -24,7 +24,7 @@ from stages.podd.labels import crop_labels, crop_reader, initial_cells, label_gr
 from stages.podd.order import anti_diagonal, cosine_distances, embed, greedy_order
 from stages.podd.zca import fit
 
-# The reference's README configs (research/podd.md §9): poster, image, class grid, patch grid.
+# The reference's README configs (docs/methods/podd.md#knobs-podd): poster, image, class grid, patch grid.
 README_CONFIGS = {
     "cifar10": Geometry(153, 60, (32, 32), (5, 2), (16, 6)),
     "cifar100": Geometry(303, 303, (32, 32), (10, 10), (20, 20)),
@@ -57,7 +57,7 @@ def test_crops_cover_the_poster_edge_to_edge(name):
 
 
 def test_placements_round_half_to_even_and_span_the_length():
-    assert placements(153, 32, 5).tolist() == [0, 30, 60, 91, 121]  # research/podd.md §2.2
+    assert placements(153, 32, 5).tolist() == [0, 30, 60, 91, 121]  # docs/methods/podd.md#geometry
     assert placements(60, 32, 2).tolist() == [0, 28]
     with pytest.raises(ValueError, match="does not fit"):
         placements(10, 16, 2)
@@ -81,7 +81,7 @@ def test_fixed_labels_are_the_majority_class_of_each_crop():
     labels = fixed_labels(g, order)
     assert labels.shape == (96, 10) and torch.allclose(labels.sum(1), torch.ones(96))
     counts = labels.argmax(1).bincount(minlength=10)
-    assert counts.tolist() == [6, 12, 12, 12, 6, 6, 12, 12, 12, 6]  # research/podd.md §3.1
+    assert counts.tolist() == [6, 12, 12, 12, 6, 6, 12, 12, 12, 6]  # docs/methods/podd.md#labels
     assert labels[0].argmax() == 0 and labels[-1].argmax() == 9  # top-left crop: order[0, 0]; bottom-right: [1, 4]
     assert fixed_labels(README_CONFIGS["cub"], np.arange(200).reshape(10, 20)).max(1).values.min() == 0.5  # ties
 

@@ -1,4 +1,4 @@
-"""Invariants of the SRe2L-family building blocks (research/sre2l_family.md §9)."""
+"""Invariants of the SRe2L-family building blocks (docs/methods/sre2l.md)."""
 import numpy as np
 import pytest
 import torch
@@ -171,7 +171,7 @@ def test_ranking_csv_is_sorted_and_select_writes_the_medium_order(prepared):
 def test_infer_budget_matches_the_papers_counts_and_is_enforced():
     from stages.synthesis.schedules import infer_budget
 
-    # research/sre2l_family.md §5.2: (ipc, C, M) → ipc_init bases per class, M compensators per base set
+    # docs/methods/infer.md#budget: (ipc, C, M) → ipc_init bases per class, M compensators per base set
     assert infer_budget(10, 100, 4) == (9, 4)  # 9·104 = 936 ≤ 1000
     assert infer_budget(50, 100, 4) == (48, 4)
     assert infer_budget(10, 10, 4) == (7, 4) and infer_budget(50, 10, 4) == (35, 4)

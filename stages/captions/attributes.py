@@ -12,7 +12,7 @@ Recipe (numpy/scipy only, the same pixels always give the same words):
 
 Every attribute is quantised into a few words, so captions vary within a class (stroke width,
 slant, loops, position ...) while staying about the same thing, which is what VLCP's text
-prototypes need (research/diffusion_methods.md §2.3, §4.1).
+prototypes need (docs/methods/vlcp.md#captions).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LLaVA-1.5 captions through transformers' stock classes (research/diffusion_methods.md §2.1).
+"""LLaVA-1.5 captions through transformers' stock classes (docs/methods/vlcp.md#captions).
 
 The checkpoint is a hub id (e.g. llava-hf/llava-1.5-7b-hf) or a local folder in the transformers
 LLaVA format (then nothing is looked up online). Remote code is never trusted.

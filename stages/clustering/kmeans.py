@@ -1,4 +1,4 @@
-"""Per-class k-means in flattened latent space (research/diffusion_methods.md §1.1 stage B, §2.3 step 3).
+"""Per-class k-means in flattened latent space (docs/methods/d4m.md, docs/methods/vlcp.md#prototypes).
 
 D4M   `minibatch`: sklearn MiniBatchKMeans fed by streaming partial_fit on chunks of km_expand x ipc rows in a
       seeded shuffled order, the first chunk initialising the centres (the reference's online k-means). The

@@ -1,4 +1,4 @@
-"""VLCP's text prototype: the member caption that best represents a cluster (research/diffusion_methods.md §2.3
+"""VLCP's text prototype: the member caption that best represents a cluster (docs/methods/vlcp.md#prototypes
 step 5), with the reference's fragility fixed.
 
 1. Tokens: regex [A-Za-z]+, lower-cased (the reference: NLTK word_tokenize, which downloads at import).

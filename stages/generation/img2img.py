@@ -2,7 +2,7 @@
 
 The stock pipeline already takes a 4-channel `image` as init latents (already x scaling_factor): it
 noises them to the first kept timestep of `strength` and denoises for int(steps x strength) steps —
-exactly D4M's Latents2Img pipeline (research/diffusion_methods.md §0.2). Edge cases are defined:
+exactly D4M's Latents2Img pipeline (docs/methods/d4m.md#the-shared-diffusion-model). Edge cases are defined:
 when int(steps x strength) is 0 (strength 0, or tiny) the prototype is decoded as it is (the stock
 pipeline would fail on an empty timestep list); strength 1 starts from (almost) pure noise.
 """

@@ -3,7 +3,7 @@
 A prompt that fits the tokenizer's window (CLIP: 77) is encoded exactly as `encode_prompt` does: padded
 to the window and encoded once. A longer one (VLCP's member captions often are) is tokenised whole,
 cut into consecutive windows, each encoded on its own, and the hidden states concatenated; the
-negative prompt is padded to the same length (research/diffusion_methods.md §2.4). Only the first window
+negative prompt is padded to the same length (docs/methods/vlcp.md#prototypes). Only the first window
 carries the start token and only the last the end token, as in VLCP.
 """
 from __future__ import annotations

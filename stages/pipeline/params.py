@@ -98,7 +98,7 @@ class Evaluate(Section):
 
 
 class Recover(Section):
-    """The recover engine's knobs (research/sre2l_family.md §0.3), shared by sre2l, delt and infer."""
+    """The recover engine's knobs (docs/methods/sre2l.md#the-recover-engine), shared by sre2l, delt and infer."""
     iterations: Positive
     lr: PositiveFloat
     r_bn: NonNegFloat

@@ -1,4 +1,4 @@
-"""PoDD's differentiable augmentation (research/podd.md §5.6): one op per batch, drawn from `ops`.
+"""PoDD's differentiable augmentation (docs/methods/podd.md#rat-bptt): one op per batch, drawn from `ops`.
 
 flip: each image mirrored with p = 0.5. rotate: each image turned by an angle uniform in ±15°
 (bilinear, zero padding). Both are differentiable in the images, so the poster learns through them.

@@ -1,4 +1,4 @@
-"""Poster geometry (research/podd.md §2): sizes, the one placement rule, crops and their fixed labels.
+"""Poster geometry (docs/methods/podd.md#geometry): sizes, the one placement rule, crops and their fixed labels.
 
 Every tile along an axis (class areas, crops, label crops) starts at round(linspace(0, L - l, n)),
 NumPy's round-half-to-even, so tiles touch both borders. Box lists are x-major: box k sits at
@@ -138,7 +138,7 @@ def _ramps(starts: np.ndarray, tile: int, length: int) -> np.ndarray:
 
 def initial_poster(geometry: Geometry, channels: int, generator: torch.Generator) -> torch.Tensor:
     """[C, H, W]: one Gaussian tile per class area, each scaled to unit L2 norm, cross-faded where areas
-    overlap (research/podd.md §2.4; tiles are noise, so which class a tile is drawn for does not matter)."""
+    overlap (docs/methods/podd.md#geometry; tiles are noise, so which class a tile is drawn for does not matter)."""
     h, w = geometry.image
     nx, ny = geometry.class_grid
     wx = torch.from_numpy(_ramps(placements(geometry.width, w, nx), w, geometry.width)).float()

@@ -1,4 +1,4 @@
-"""PoDDL: learnable labels on a low-resolution label grid (research/podd.md §3.2).
+"""PoDDL: learnable labels on a low-resolution label grid (docs/methods/podd.md#labels).
 
 The label grid holds fewer label vectors than a comp_ipc soft-label baseline stores (K * comp_ipc),
 with one fix: never fewer cells per axis than the class grid has, so every class owns a block of

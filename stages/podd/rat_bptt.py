@@ -1,4 +1,4 @@
-"""RaT-BPTT (research/podd.md §5): random truncated back-propagation through an unrolled inner training run.
+"""RaT-BPTT (docs/methods/podd.md#rat-bptt): random truncated back-propagation through an unrolled inner training run.
 
 One outer step: a fresh inner ConvNet and a fresh Adam; `c` warm-up steps on the crops with no
 meta-gradient (c uniform in [minwindow, totwindow - window], redrawn every step: RaT-BPTT's
@@ -6,7 +6,7 @@ meta-gradient (c uniform in [minwindow, totwindow - window], redrawn every step:
 then the meta-loss, cross-entropy of the final weights on an augmented real batch with hard labels.
 
 The differentiable Adam masks second moments that are exactly zero: √v has an infinite derivative at
-0, and a conv bias in front of instance norm gets exactly zero gradient (the NaN trap, §5.1).
+0, and a conv bias in front of instance norm gets exactly zero gradient (the NaN trap; docs/methods/podd.md#rat-bptt).
 """
 from __future__ import annotations
 

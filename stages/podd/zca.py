@@ -1,4 +1,4 @@
-"""KIP/FRePo-style ZCA whitening as PoDD uses it (research/podd.md §5.5).
+"""KIP/FRePo-style ZCA whitening as PoDD uses it (docs/methods/podd.md#deviations-from-the-reference-code-and-why).
 
 Each image is centred on its own mean and scaled to unit L2 norm; the whitening matrix comes from the
 covariance of the train set so normalised, with eigenvalues regularised by `reg` times their mean.

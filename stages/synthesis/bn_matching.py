@@ -1,4 +1,4 @@
-"""The BatchNorm-statistics loss of SRe2L (research/sre2l_family.md §0.3).
+"""The BatchNorm-statistics loss of SRe2L (docs/methods/sre2l.md#the-recover-engine).
 
 Forward hooks on every BatchNorm2d of a frozen teacher (eval mode) read the BN *input* of the
 current batch and compare its per-channel mean and biased variance with the layer's running

@@ -1,4 +1,4 @@
-"""The recover primitive shared by SRe2L, DELT and INFER (research/sre2l_family.md §0.3, §3.2).
+"""The recover primitive shared by SRe2L, DELT and INFER (docs/methods/sre2l.md#the-recover-engine).
 
 Pixels (in the teacher's normalised space) are optimised so the frozen teacher classifies them as
 their labels while the statistics of every BatchNorm input match the teacher's running statistics.
@@ -139,7 +139,7 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
 def recover_compensators(teacher: nn.Module, bases: torch.Tensor, cfg: RecoverConfig, mean: list[float],
                          std: list[float], rng: np.random.Generator, where: str = "recover"
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """INFER's universal feature compensators (research/sre2l_family.md §5.3).
+    """INFER's universal feature compensators (docs/methods/infer.md).
 
     `bases` [G, C, 3, H, W]: G base sets of one real image per class (normalised). Each set gets one
     additive compensator u (init 0), shared by its C classes and optimised so every clamp(base + u)
@@ -161,7 +161,7 @@ def recover_compensators(teacher: nn.Module, bases: torch.Tensor, cfg: RecoverCo
 
 def directed_weight_adjustment(teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int,
                                rho: float) -> nn.Module:
-    """DWA (research/sre2l_family.md §4.1 b): a copy of the teacher moved by `steps` normalised
+    """DWA (docs/methods/sre2l.md#dwa): a copy of the teacher moved by `steps` normalised
     gradient-ascent steps of size rho/steps on the batch's cross-entropy (total move ≤ rho). BN running
     statistics are buffers and stay; the original teacher is untouched, so perturbations never
     accumulate across batches."""

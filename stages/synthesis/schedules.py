@@ -1,4 +1,4 @@
-"""DELT's schedules (research/sre2l_family.md §3.1, §3.2): init selection order and EarlyLate rounds."""
+"""DELT's schedules (docs/methods/delt.md): init selection order and EarlyLate rounds."""
 from __future__ import annotations
 
 import math
@@ -51,7 +51,7 @@ def class_rounds(num_classes: int, iterations: int, round_iterations: int, min_i
                  rng: np.random.Generator) -> list[int]:
     """Rounds each class runs. With min_iterations == iterations (DELT's scripts) every class runs all
     R rounds; below it each class draws R_c uniformly from [min_iterations/round, R] and its images
-    stop after round R_c (§3.2, "which images stop early")."""
+    stop after round R_c (docs/methods/delt.md#earlylate)."""
     rounds, fewest = iterations // round_iterations, min_iterations // round_iterations
     return [int(r) for r in rng.integers(fewest, rounds + 1, size=num_classes)] if fewest < rounds \
         else [rounds] * num_classes
