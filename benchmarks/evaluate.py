@@ -165,8 +165,9 @@ def prepared(data_arg: str, scratch: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/digits", help="prepared dataset (its train/ is used)")
-    parser.add_argument("--epochs", type=int, help="epochs of the data-path measurement (default: evaluate.full_epochs, "
-                                                   "the epochs evaluate trains on the full set)")
+    parser.add_argument("--epochs", type=int,
+                        help="epochs of the data-path measurement (default: evaluate.full_epochs, "
+                             "the epochs evaluate trains on the full set)")
     parser.add_argument("--e2e-epochs", type=int, default=2, help="epochs of the end-to-end measurement")
     parser.add_argument("--rounds", type=int, default=3, help="end-to-end runs per side, taking turns")
     parser.add_argument("--quick", action="store_true", help="2 data-path epochs, one 1-epoch end-to-end round, "
@@ -217,13 +218,13 @@ def main() -> None:
               f"{steady / rates[w]:.1f}x steady state")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the data path stays on the host
-    print(f"[end to end, student {STUDENT[0]} width {STUDENT[1]['width']}, {cfg.optimizer}, {args.rounds} x {args.e2e_epochs} "
-          f"epochs, "
+    print(f"[end to end, student {STUDENT[0]} width {STUDENT[1]['width']}, {cfg.optimizer}, "
+          f"{args.rounds} x {args.e2e_epochs} epochs, "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}]")
     optim = Optim(cfg.optimizer, cfg.lr, cfg.weight_decay)
     val = load_imagefolder(data_dir / "val", classes, size, desc="decode val")
     val = (val.normalised(*norm), val.labels)
-    e2e = {"ours": 0.0, **{w: 0.0 for w in worker_counts}}
+    e2e = {"ours": 0.0, **dict.fromkeys(worker_counts, 0.0)}
     for _ in range(args.rounds):  # the sides take turns, a whole run each, so load swings fall on all alike
         torch.manual_seed(0)
         student = build(STUDENT[0], len(classes), size, STUDENT[1]).to(device)

@@ -132,7 +132,7 @@ class Bench:
         rng, seen = np.random.default_rng(self.seed), 0
         began = time.perf_counter()
         for e in range(epochs):
-            for x, target in (self.fkd_epoch(e) if side == "fkd" else self.online_epoch(rng)):
+            for _x, target in (self.fkd_epoch(e) if side == "fkd" else self.online_epoch(rng)):
                 seen += len(target)
         rate = seen / (time.perf_counter() - began)
         assert seen == epochs * len(self.images)

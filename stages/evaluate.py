@@ -170,7 +170,8 @@ def main() -> None:
         **teacher_view(teacher.cpu(), images.normalised(*teacher_norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
         "bytes": dir_bytes(images_root(Path(args.set), card)),
-        "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.student, "epochs": args.epochs,
+        "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.student,
+        "epochs": args.epochs,
         "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results,
         "note": "top1/top5 are after the last epoch; *_best are the max over validation points (optimistic); "
                 "pixels: the budget per channel (images x h x w, or a poster's own pixel count); "

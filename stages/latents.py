@@ -1,7 +1,8 @@
 """latents: the VAE posterior of every train image (its mean or a seeded sample, as latents.posterior says),
 x the VAE's scaling_factor → artifacts/<ds>/latents/ (latents.safetensors + index.csv).
 
-Both reference repos sample the posterior (docs/methods/d4m.md#the-shared-diffusion-model); the mean is the stabler choice.
+Both reference repos sample the posterior (docs/methods/d4m.md#the-shared-diffusion-model); the mean is the
+stabler choice.
 """
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ Every image becomes a square RGB PNG of `prepare.image_size` (shorter side resiz
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

@@ -8,9 +8,9 @@ infer  ipc_init real base images per class, plus one compensator per teacher per
        own class (docs/methods/infer.md). The set ships the teachers' mean logits of every image as static labels.
 
 Writes the set (<class>/<k>.png, lossless, k = IPC index) with card.json, and `--stats` (image-
-iterations; DELT's saving against SRe2L at the same iterations); wall time and rate go to the run log. Under torchrun each rank
-recovers its block of the batches (INFER: of the (teacher, base-set batch) jobs) into one temporary folder
-and rank 0 finishes the card and stats: the images are those of a single process.
+iterations; DELT's saving against SRe2L at the same iterations); wall time and rate go to the run log. Under
+torchrun each rank recovers its block of the batches (INFER: of the (teacher, base-set batch) jobs) into one
+temporary folder and rank 0 finishes the card and stats: the images are those of a single process.
 
 Interrupted runs resume (stages/synthesis/finished.py): every finished batch (INFER: (teacher, batch) job,
 with its compensator, the one thing that crosses jobs) is kept in `.<out>.resume/`, keyed by the method's
@@ -107,8 +107,9 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
         for r in synthesize(teachers.models[0], len(classes), size, todo, cfg, teachers.mean, teachers.std,
                             derive_seed(seed, method), init, span):
             pixels = to_uint8(r.images, teachers.mean, teachers.std)
-            finished.keep(f"batch{int(r.indices.min()):06d}", {"labels": r.labels, "indices": r.indices, "pixels": pixels,
-                                                           "image_iterations": r.image_iterations, "seconds": r.seconds})
+            finished.keep(f"batch{int(r.indices.min()):06d}",
+                          {"labels": r.labels, "indices": r.indices, "pixels": pixels,
+                           "image_iterations": r.image_iterations, "seconds": r.seconds})
             save_pixels(out, classes, r.labels, r.indices, pixels)
             work, seconds = work + r.image_iterations, seconds + r.seconds
             bar.update()

@@ -1,12 +1,14 @@
 """synthesize@<method>: D4M and VLCP images, img2img from each latent prototype with the shared pipeline.
 
 d4m   prompt = the class prompt; negative prompt, strength, guidance, steps from d4m.synthesis (docs/methods/d4m.md).
-vlcp  prompt = the cluster's text prototype (a member caption; long ones are encoded in windows, docs/methods/vlcp.md#prototypes).
+vlcp  prompt = the cluster's text prototype (a member caption; long ones are encoded in windows,
+      docs/methods/vlcp.md#prototypes).
 
 Each image has its own seeded generator (seed, method, class, index), so a batch's make-up never changes an
 image. Images are decoded, resized to the dataset's size and saved as <class>/<k>.png with card.json; the
-stats file records the work (images, denoising steps), the run log (stages/pipeline/runlog.py) the wall time. Under torchrun each rank generates its block of the images (on its own
-GPU) into one temporary folder; rank 0 writes the card and stats once all are done.
+stats file records the work (images, denoising steps), the run log (stages/pipeline/runlog.py) the wall time.
+Under torchrun each rank generates its block of the images (on its own GPU) into one temporary folder; rank 0
+writes the card and stats once all are done.
 """
 from __future__ import annotations
 
@@ -98,8 +100,10 @@ def main() -> None:
         if not world.main:
             return
         seconds = time.perf_counter() - began
-        synthesis = {"denoising_steps": denoising_steps(s.steps, s.strength), "scheduler": pipe.scheduler.__class__.__name__,
-                     "diffusion_unet_sha256": sha256_file(args.diffusion / "unet" / "diffusion_pytorch_model.safetensors"),
+        unet_weights = args.diffusion / "unet" / "diffusion_pytorch_model.safetensors"
+        synthesis = {"denoising_steps": denoising_steps(s.steps, s.strength),
+                     "scheduler": pipe.scheduler.__class__.__name__,
+                     "diffusion_unet_sha256": sha256_file(unet_weights),
                      "prototypes_sha256": sha256_file(args.prototypes.with_name(args.prototypes.name + ".safetensors")),
                      "prompts": {name: prompts[c] for c, name in enumerate(classes)}}
         write_card(tmp, method=args.method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=len(jobs),

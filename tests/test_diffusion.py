@@ -149,7 +149,8 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
     folder = workdir(prepared, "sd-project", {
         "ipc": 2,
         "diffusion": {"mode": "pretrained", "pretrained": str(sd_dir), "resolution": 32,
-                      "finetune": {"epochs": 1, "batch_size": 128, "ema_decay": 0.99}, "check": {"samples": 1, "steps": 3}},
+                      "finetune": {"epochs": 1, "batch_size": 128, "ema_decay": 0.99},
+                      "check": {"samples": 1, "steps": 3}},
         "d4m": {"synthesis": {"steps": 4, "strength": 0.5}},
         "vlcp": {"synthesis": {"steps": 4, "strength": 0.5}},
     })

@@ -62,7 +62,8 @@ def test_no_dangling_doc_references():
 
 def test_the_checker_sees_a_dangling_reference(tmp_path):
     bad = ROOT / "docs" / "_probe_dangling.md"
-    bad.write_text("# Probe\n\nSee research/sre2l_family.md, docs/nothing.md, [x](methods/sre2l.md#no-such) and [y](#probe).\n")
+    bad.write_text("# Probe\n\nSee research/sre2l_family.md, docs/nothing.md, [x](methods/sre2l.md#no-such) "
+                   "and [y](#probe).\n")
     try:
         found = problems_in(bad)
     finally:

@@ -175,7 +175,8 @@ PARAMS_FAULTS = [
                  "params.yaml: d4m.synthesis.strength = 1.5: Input should be less than or equal to 1",
                  id="img2img-strength-above-1"),
     pytest.param("poster", {"podd": {"window": 10, "totwindow": 4}},
-                 "params.yaml: podd.totwindow = 4: below minwindow + window = 0 + 10", id="podd-window-above-totwindow"),
+                 "params.yaml: podd.totwindow = 4: below minwindow + window = 0 + 10",
+                 id="podd-window-above-totwindow"),
     pytest.param("prepare", {"dataset": "cifar10"},
                  "params.yaml: prepare.root = None: dataset 'cifar10' needs a source folder", id="cifar-without-root"),
 ]
@@ -207,8 +208,8 @@ def test_unknown_method_is_one_params_line(tmp_path):
     argv, _ = stage("recover sre2l")
     argv[1] = "nosuch"
     refused(folder, argv, "artifacts/digits/ipc3/distilled/nosuch", "ParamsError",
-            "python -m stages.recover: argument method: invalid choice: 'nosuch' (choose from 'sre2l', 'delt', 'infer') "
-            "(--help lists the arguments)")
+            "python -m stages.recover: argument method: invalid choice: 'nosuch' "
+            "(choose from 'sre2l', 'delt', 'infer') (--help lists the arguments)")
 
 
 @pytest.mark.parametrize("name, override, message", [
@@ -274,7 +275,7 @@ DATA_FAULTS = [
                  "{src}/val/b/0.png)", id="skip-leaves-class-empty"),
     pytest.param(lambda src: put(src / "train" / "a" / "0.jpg", (3, 3, 3)), {}, "DataError",
                  "{src}/train/a/0.png: same name as {src}/train/a/0.jpg once written as PNG", id="same-stem-twice"),
-    pytest.param(lambda src: Image.fromarray(np.full((SIZE, SIZE), 0.5, np.float32)).save(src / "train" / "a" / "f.tif"),
+    pytest.param(lambda src: Image.fromarray(np.full((SIZE, SIZE), 0.5, np.float32)).save(src / "train/a/f.tif"),
                  {}, "DataError", "{src}/train/a/f.tif: floating-point pixels (mode F): no defined 8-bit scale",
                  id="float-pixels"),
     pytest.param(_link_outside_file, {}, "DataError",
@@ -284,7 +285,8 @@ DATA_FAULTS = [
                  "{src}/train/b: a symlink to {src}/../elsewhere, outside the dataset root {src}",
                  id="symlink-class-outside-root"),
     pytest.param(_tiny_imagenet_escape, {}, "DataError",
-                 "{src}/val/images/../../../secret.png: resolves to {src}/../secret.png, outside the dataset root {src}",
+                 "{src}/val/images/../../../secret.png: resolves to {src}/../secret.png, "
+                 "outside the dataset root {src}",
                  id="annotation-path-escapes-root"),
 ]
 

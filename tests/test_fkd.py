@@ -32,7 +32,8 @@ def test_plans_are_seeded_and_well_formed(mix):
     assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("order", "boxes", "flips", "partner", "lam"))
     assert sorted(a.order) == list(range(23))
     top, left, height, width = a.boxes.T
-    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 1 + 1e-6).all() and (left + width <= 1 + 1e-6).all()
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + height <= 1 + 1e-6).all() and (left + width <= 1 + 1e-6).all()
     assert [s.stop - s.start for s in a.batches()] == [10, 10, 3]
     for s in a.batches():
         assert sorted(a.partner[s]) == list(range(s.stop - s.start))  # partners are a permutation of the batch

@@ -14,7 +14,7 @@ import pytest
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import dvc, git
+from tests.conftest import dvc
 
 RECOVERED = ("sre2l", "delt", "infer")
 DIFFUSED = ("d4m", "vlcp")
@@ -60,7 +60,8 @@ def test_repro_outputs_and_noop(reproduced):
         teacher = art / "teachers" / arch
         meta = json.loads((teacher / "meta.json").read_text())
         assert meta["arch"] == arch and meta["num_classes"] == 10 and meta["image_size"] == 16
-        assert len(meta["mean"]) == 3 and meta["classes_sha256"] == json.loads((data / "meta.json").read_text())["classes_sha256"]
+        prepared = json.loads((data / "meta.json").read_text())
+        assert len(meta["mean"]) == 3 and meta["classes_sha256"] == prepared["classes_sha256"]
         assert (teacher / "model.safetensors").stat().st_size > 0
         assert 0.2 < json.loads((teacher / "metrics.json").read_text())["top1"] <= 1
         assert (teacher / "live" / "plots" / "metrics" / "val" / "top1.tsv").exists()

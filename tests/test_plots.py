@@ -148,8 +148,8 @@ def test_plots_page_renders_offline_in_chromium(plotted):
     page = plotted / "dvc_plots" / "index.html"
     html = page.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "the page fetches from the network"
-    expected = ["teacher validation top-1", "teacher training loss", "student validation top-1", "student training loss",
-                "accuracy vs IPC"]
+    expected = ["teacher validation top-1", "teacher training loss", "student validation top-1",
+                "student training loss", "accuracy vs IPC"]
     check = page.with_name("check.html")
     ids = re.findall(r"vegaEmbed\('#([^']+)'", html)  # DVC's per-plot script: vegaEmbed('#<id>', spec)
     assert len(ids) == len(expected), ids

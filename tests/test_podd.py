@@ -188,7 +188,8 @@ def _meta_gradient(net: nn.Module, sqrt, monkeypatch):
     g = Geometry(40, 16, (16, 16), (2, 1), (6, 1))
     run = rat_bptt.InnerRun(1e-3, window=3, minwindow=0, totwindow=3, batch_size=6, ops=["rotate"])
     loss, _ = rat_bptt.meta_loss(net, crops(poster, crop_index(g)), fixed_labels(g, np.array([[0, 1]])),
-                                 torch.randn(8, 3, 16, 16), torch.randint(2, (8,)), run, torch.Generator().manual_seed(0))
+                                 torch.randn(8, 3, 16, 16), torch.randint(2, (8,)), run,
+                                 torch.Generator().manual_seed(0))
     loss.backward()
     return poster.grad
 

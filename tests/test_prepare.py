@@ -3,7 +3,6 @@
 Bad sources (corrupt images, mismatched classes, links out of the root, ...) are in test_faults_input.py."""
 import json
 
-import numpy as np
 from PIL import Image
 
 from tests.conftest import TINY, run_stage, write_params

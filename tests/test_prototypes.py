@@ -183,7 +183,8 @@ def fake_project(root: Path) -> Path:
     """stages/, params, data/digits/classes.json and a latents folder + captions.jsonl for 3 classes."""
     root.mkdir()
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    write_params(root, {"ipc": 2, "vlcp": {"prototypes": {"contamination": 0.1, "tpk": 5}}, "d4m": {"prototypes": {"km_expand": 2}}})
+    write_params(root, {"ipc": 2, "vlcp": {"prototypes": {"contamination": 0.1, "tpk": 5}},
+                        "d4m": {"prototypes": {"km_expand": 2}}})
     (root / "data" / "digits").mkdir(parents=True)
     (root / "data" / "digits" / "classes.json").write_text(json.dumps(CLASSES))
     rng = np.random.default_rng(0)

@@ -136,7 +136,8 @@ def test_diffusion_training_resumes_mid_unet_after_sigkill(upstream, tmp_path):
     override = {"diffusion": {"caption_fraction": 0.0, "train": {"vae_steps": 5, "unet_steps": 20}}}
     check_resume(upstream, tmp_path, "diffusion", "diffusion", override,
                  saved("artifacts/digits/.diffusion.resume", "train_unet.pt"), signal.SIGKILL,
-                 ["artifacts/digits/diffusion", "artifacts/digits/diffusion.json"], "diffusion: resumed train_unet at step",
+                 ["artifacts/digits/diffusion", "artifacts/digits/diffusion.json"],
+                 "diffusion: resumed train_unet at step",
                  DDPIPE_CHECKPOINT_SECONDS="0")
 
 
@@ -152,7 +153,8 @@ def test_caption_resumes_after_sigterm(upstream, tmp_path):
                  ["artifacts/digits/captions.jsonl"], "resumed: ")
 
 
-@pytest.mark.slow  # the poster's resume is also tested in test_podd.py (SIGKILL, the same bytes); dvc's side by the others
+# the poster's resume is also tested in test_podd.py (SIGKILL, the same bytes); dvc's side by the others
+@pytest.mark.slow
 def test_poster_resumes_after_sigterm(upstream, tmp_path):
     override = {"podd": {"epochs": 2, "checkpoint_every": 2}}  # 2 x ceil(1437 / 256) = 12 outer steps
     check_resume(upstream, tmp_path, "poster", "poster", override,

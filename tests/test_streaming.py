@@ -35,7 +35,8 @@ def test_streamed_rows_equal_in_memory_rows(prepared):
                 index.numpy(), [0, n - 1, 0]):
         assert torch.equal(lazy.images[idx], memory.images[idx]), idx
     norm = ([0.2, 0.3, 0.4], [0.5, 0.6, 0.7])
-    whole = (memory.images.float() / 255 - torch.tensor(norm[0]).view(1, 3, 1, 1)) / torch.tensor(norm[1]).view(1, 3, 1, 1)
+    mean, std = torch.tensor(norm[0]).view(1, 3, 1, 1), torch.tensor(norm[1]).view(1, 3, 1, 1)
+    whole = (memory.images.float() / 255 - mean) / std
     assert torch.equal(lazy.normalised(*norm).tensor(batch_size=50), whole)  # batching changes no bit
     assert torch.equal(memory.normalised(*norm)[index], whole[index])
     assert torch.equal(lazy.normalised(*norm)[7], whole[7])

@@ -226,7 +226,9 @@ def test_shipped_labels_must_be_a_file_of_the_set(prepared, tmp_path):
     set_dir = folder / "random"
     run_stage(folder, "baseline", "random", "--data", "data/digits", "--out", str(set_dir))
     card, images = load_set(set_dir, folder / "data" / "digits")
-    for labels, message in [("../../labels.safetensors", "leaves its folder"), (str(tmp_path / "x"), "leaves its folder")]:  # absolute
+    # relative and absolute
+    for labels, message in [("../../labels.safetensors", "leaves its folder"),
+                            (str(tmp_path / "x"), "leaves its folder")]:
         with pytest.raises(ArtifactError, match=rf"{set_dir}/card.json: labels: path '{labels}' {message}"):
             read_labels(set_dir, card.model_copy(update={"labels": labels}), images)
 

@@ -20,7 +20,7 @@ from stages.generation.checkpoint import Batches, Phase
 from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume
 
-# SD-1.5's training schedule; DDIM must not clip x0 to [-1, 1]: latents live outside it (DESIGN.md).
+# SD-1.5's training schedule; DDIM must not clip x0 to [-1, 1]: latents live outside it.
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
 
@@ -47,7 +47,8 @@ def load_text_encoder(window: int):
 
     path = text.minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, model_max_length=window)
-    encoder = BertModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()  # (the pooler is unused)
+    # (the pooler is unused)
+    encoder = BertModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
     return tokenizer, encoder.requires_grad_(False)
 
 
@@ -77,7 +78,8 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch_size: 
 @torch.no_grad()
 def set_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 256) -> float:
     """SD's convention: latents x scaling_factor have unit std (SD-1.5: 0.18215 for its VAE)."""
-    means = torch.cat([vae.encode(images[i:i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)])
+    means = torch.cat([vae.encode(images[i:i + batch_size]).latent_dist.mean
+                       for i in range(0, len(images), batch_size)])
     factor = float(1 / means.std())
     vae.register_to_config(scaling_factor=factor)
     return factor

@@ -98,7 +98,8 @@ def write_sums(set_dir: Path) -> Content:
 
 def write_card(set_dir: Path, device: str = "cpu", **fields) -> Card:
     """Write the card last: it hashes the set's files as they are now. `device`: where the images were computed."""
-    card = Card(versions=versions(), reproducibility=reproducibility(device), content=write_sums(Path(set_dir)), **fields)
+    card = Card(versions=versions(), reproducibility=reproducibility(device), content=write_sums(Path(set_dir)),
+                **fields)
     write_json(set_dir / CARD, card.model_dump())
     return card
 

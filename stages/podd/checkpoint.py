@@ -11,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from stages.pipeline.outputs import atomic_dir

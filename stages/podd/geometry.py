@@ -81,7 +81,8 @@ class Geometry:
         return {"width": self.width, "height": self.height, "image": list(self.image),
                 "class_grid": list(self.class_grid), "patch_grid": list(self.patch_grid),
                 "pixels": self.pixels, "effective_ipc": round(self.ipc, 6), "crops": len(self.crop_starts()),
-                "crop_starts_xy": self.crop_starts().tolist(), "class_area_starts_xy": self.class_area_starts().tolist()}
+                "crop_starts_xy": self.crop_starts().tolist(),
+                "class_area_starts_xy": self.class_area_starts().tolist()}
 
 
 def crop_index(geometry: Geometry) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""PoCO: a class order for the poster's class grid, so that similar classes are neighbours (docs/methods/podd.md#poco-the-class-order).
+"""PoCO: a class order for the poster's class grid, so that similar classes are neighbours
+(docs/methods/podd.md#poco-the-class-order).
 
 Distances come from sentence embeddings of the class names (mean-pooled, L2-normalised; 1 - cosine).
 The reference embeds names with CLIP's text tower fetched from the hub; offline we use the MiniLM

@@ -41,7 +41,8 @@ class AdamState:
 
     @classmethod
     def zeros(cls, params: dict[str, torch.Tensor]) -> "AdamState":
-        return cls({k: torch.zeros_like(p) for k, p in params.items()}, {k: torch.zeros_like(p) for k, p in params.items()})
+        return cls({k: torch.zeros_like(p) for k, p in params.items()},
+                   {k: torch.zeros_like(p) for k, p in params.items()})
 
 
 def masked_sqrt(v: torch.Tensor) -> torch.Tensor:

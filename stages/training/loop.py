@@ -90,7 +90,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tu
 def eval_epochs(epochs: int, points: int) -> set[int]:
     """`points` evenly spaced validation epochs (1-based), always including the last."""
     step = max(1, epochs // points)
-    return {e for e in range(step, epochs + 1, step)} | {epochs}
+    return set(range(step, epochs + 1, step)) | {epochs}
 
 
 def make_optimizer(model: nn.Module, cfg: Optim) -> torch.optim.Optimizer:
