@@ -36,13 +36,14 @@ from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
 from stages.podd import labels as poddl
 from stages.podd import zca as zca_lib
 from stages.podd.checkpoint import Checkpoint
+from stages.podd.params import Podd
 from stages.podd.export import LABELS, export, image_range
 from stages.podd.geometry import Geometry, auto_class_grid, crop_index, crops, fixed_labels, initial_poster, poster_size
 from stages.podd.order import cosine_distances, embed, greedy_order
 from stages.podd.rat_bptt import InnerRun, NormClip, meta_loss, train_on_crops
 
 
-def geometry_from(cfg: params.Podd, classes: int, size: int) -> Geometry:
+def geometry_from(cfg: Podd, classes: int, size: int) -> Geometry:
     grid = (cfg.poster_class_num_x, cfg.poster_class_num_y) if cfg.poster_class_num_x else auto_class_grid(classes)
     if cfg.poster_width is None:
         width, height = poster_size(cfg.ipc, grid, (size, size))
@@ -59,7 +60,7 @@ def geometry_from(cfg: params.Podd, classes: int, size: int) -> Geometry:
     return geometry
 
 
-def class_order(cfg: params.Podd, names: list[str], grid: tuple[int, int], seed: int) -> dict:
+def class_order(cfg: Podd, names: list[str], grid: tuple[int, int], seed: int) -> dict:
     """PoCO's [rows, columns] class ids on the class grid, with the distances it used."""
     nx, ny = grid
     if cfg.order == "identity":

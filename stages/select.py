@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from stages.data.folder import read_classes
-from stages.data.paths import inside, relative
+from stages.pipeline.paths import inside, relative
 from stages.pipeline import cli, params
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir, write_json
-from stages.synthesis.schedules import select
+from stages.delt.selection import select
 
 COLUMNS = ["path", "class", "label", "score", "rank"]
 

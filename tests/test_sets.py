@@ -51,8 +51,8 @@ def test_a_set_whose_files_disagree_with_its_card_is_refused(prepared, tmp_path)
 
     added = shutil.copytree(source, tmp_path / "added")
     shutil.copyfile(victim, added / "3" / "extra.png")
-    added = r"not in SHA256SUMS were added after the set was made, e.g. \['3/extra.png'\]"
-    with pytest.raises(ArtifactError, match=added):
+    extra = r"not in SHA256SUMS were added after the set was made, e.g. \['3/extra.png'\]"
+    with pytest.raises(ArtifactError, match=extra):
         load_set(added, data)
 
     relisted = shutil.copytree(changed, tmp_path / "relisted")  # the list redone by hand to hide the change

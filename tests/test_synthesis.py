@@ -7,7 +7,8 @@ from torch.nn import functional as F
 
 from stages.models import build
 from stages.synthesis.bn_matching import BNStatisticsLoss
-from stages.synthesis.schedules import iterations_per_rank, join_rounds, medium_order, round_sizes, select
+from stages.delt.selection import medium_order, select
+from stages.synthesis.schedules import iterations_per_rank, join_rounds, round_sizes
 
 
 def test_bn_loss_is_zero_when_batch_statistics_equal_running_statistics():

@@ -17,7 +17,7 @@ import torch
 
 from stages.captions.jsonl import caption_line
 from stages.data.latents import write_latents
-from stages.data.paths import inside, relative
+from stages.pipeline.paths import inside, relative
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_bytes, sha256_file
 from stages.pipeline.resume import Resume

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stages.data.paths import relative
+from stages.pipeline.paths import relative
 from stages.pipeline.errors import ArtifactError
 
 FIELDS = ("path", "class", "caption", "captioner")

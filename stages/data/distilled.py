@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stages.data.folder import ImageSet, load_imagefolder, read_classes
-from stages.data.paths import inside, relative
+from stages.pipeline.paths import inside, relative
 from stages.pipeline.card import Card, read_card, verify_content
 from stages.pipeline.errors import ArtifactError
 

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from stages.data.paths import relative
+from stages.pipeline.paths import relative
 from stages.pipeline.errors import ArtifactError
 
 TENSORS, INDEX = "latents.safetensors", "index.csv"

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from stages.data.paths import inside
+from stages.pipeline.paths import inside
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_bytes, sha256_file, write_json
 

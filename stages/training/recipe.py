@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from stages.data.augment import Augment
-from stages.pipeline.params import Evaluate
+from stages.training.params import Evaluate
 
 
 def eval_batch_size(cfg: Evaluate, num_images: int, num_classes: int) -> int:

@@ -1,0 +1,70 @@
+"""The `teacher` and `evaluate` sections: the training loop's two recipes (the squeeze step, the students)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator
+
+from stages.models import OUR_ARCHS, is_registered
+from stages.pipeline.params import NonNegFloat, Positive, PositiveFloat, Section, check_scale
+
+ORDER = 30
+
+
+def _registered(arch: str) -> str:
+    if not is_registered(arch):
+        raise ValueError(f"arch {arch!r} is not registered (ours or a torchvision model name)")
+    return arch
+
+
+class Teacher(Section):
+    archs: Annotated[list[str], Field(min_length=1)]
+    epochs: Positive
+    batch_size: Positive
+    lr: PositiveFloat
+    momentum: NonNegFloat
+    weight_decay: NonNegFloat
+    crop_scale: list[float]
+    flip: bool
+
+    _scale = field_validator("crop_scale")(check_scale)
+    _archs = field_validator("archs")(lambda archs: [_registered(a) for a in archs])
+
+
+class Evaluate(Section):
+    student: str
+    teacher: str
+    protocols: Annotated[list[Literal["fkd", "teacher", "hard", "static"]], Field(min_length=1)]
+    seeds: Positive
+    epochs: Positive
+    full_epochs: Positive
+    batch_size: Union[Literal["auto"], Positive]
+    optimizer: Literal["adamw", "sgd"]
+    lr: PositiveFloat
+    weight_decay: NonNegFloat
+    temperature: PositiveFloat
+    crop_scale: list[float]
+    flip: bool
+    mix: Literal["cutmix", "mixup", "none"]
+    mix_alpha: PositiveFloat
+    eval_points: Positive
+
+    _scale = field_validator("crop_scale")(check_scale)
+    _student = field_validator("student")(_registered)
+
+
+SECTIONS = {"teacher": Teacher, "evaluate": Evaluate}
+
+
+def check(p) -> None:
+    for arch in [*p.teacher.archs, p.evaluate.student]:
+        if arch in OUR_ARCHS and arch not in p.models:
+            raise ValueError(f"models.{arch} = None: arch {arch!r} is used but has no config")
+    if p.evaluate.teacher not in p.teacher.archs:
+        raise ValueError(f"evaluate.teacher = {p.evaluate.teacher!r}: not one of teacher.archs {p.teacher.archs}")
+
+
+def teacher_arch(p, key: str, arch: str) -> None:
+    """Methods name their teachers by arch: each must be one teacher.archs trains."""
+    if arch not in p.teacher.archs:
+        raise ValueError(f"{key} = {arch!r}: not one of teacher.archs {p.teacher.archs}")
