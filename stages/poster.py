@@ -4,8 +4,9 @@ Recipe (docs/methods/podd.md): size the poster from `podd.ipc`, order the classe
 PoCO, start from cross-faded noise tiles, and optimise the poster (and, with `train_y`, the label
 grid) by RaT-BPTT on its overlapping image-sized crops. The poster lives in the dataset's normalised
 pixel space, so it is an image; with `zca` the crops and real images are whitened on the fly.
-Checkpoints go to a hidden folder beside the output every `checkpoint_every` outer steps; a rerun
-with the same settings resumes there and ends with the same bytes as an uninterrupted run.
+Checkpoints go to the resume folder beside the output (stages/pipeline/resume.py) every
+`checkpoint_every` outer steps; a rerun with the same settings resumes there and ends with the same bytes
+as an uninterrupted run.
 
 Output: poster.png, poster.safetensors (poster, labels, class order), the crops as an ImageFolder
 with labels.safetensors (their probability labels), geometry.json, class_order.json (with the
@@ -17,6 +18,8 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +30,16 @@ from torch.nn import functional as F
 from stages.data.folder import load_imagefolder, read_classes
 from stages.models.convnet import ConvNet
 from stages.pipeline import cli, params, runlog
+from stages.pipeline.params import Params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import DivergedError, ParamsError
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.progress import progress
+from stages.pipeline.resume import Resume, fresh
 from stages.pipeline.seeds import derive_seed
 from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
 from stages.podd import labels as poddl
 from stages.podd import zca as zca_lib
-from stages.podd.checkpoint import Checkpoint
 from stages.podd.params import Podd
 from stages.podd.export import LABELS, export, image_range
 from stages.podd.geometry import Geometry, auto_class_grid, crop_index, crops, fixed_labels, initial_poster, poster_size
@@ -112,23 +116,48 @@ def random_real(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor
                                                        replace=False) for c in range(int(labels.max()) + 1)]))
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", required=True, help="data/<dataset>")
-    parser.add_argument("--out", required=True, help="the poster set folder (…/podd<ipc>/distilled/podd)")
-    parser.add_argument("--stats", required=True, help="stats JSON (DVC metrics)")
-    args = parser.parse_args()
-    started = time.perf_counter()
-    # crops overlap, so their gather's backward accumulates into shared poster pixels; on CPU torch does
-    # that with threads racing unless deterministic algorithms are on (then it sorts first: bit-equal runs)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    p = params.load()
+@dataclass
+class Inputs:
+    """What the outer loop and the outputs read: the data, the geometry and the labels' wiring."""
+    p: Params
+    meta: dict
+    classes: list[str]
+    size: int
+    norm: tuple[list[float], list[float]]
+    geometry: Geometry
+    order: dict
+    device: torch.device
+    zca: torch.nn.Module | None
+    whiten: Callable[[torch.Tensor], torch.Tensor]
+    real_x: torch.Tensor
+    real_y: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor]
+    index: tuple[torch.Tensor, ...]
+    run: InnerRun
+    label_grid: tuple[int, int] | None
+    start_labels: torch.Tensor
+    crop_labels: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def cfg(self) -> Podd:
+        return self.p.podd
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.real_y) / self.cfg.batch_size)
+
+    @property
+    def total(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+
+def load_inputs(p: Params, data: Path) -> Inputs:
     cfg = p.podd
-    meta = json.loads((Path(args.data) / "meta.json").read_text())
-    classes, size = read_classes(args.data), meta["image_size"]
+    meta = json.loads((data / "meta.json").read_text())
+    classes, size = read_classes(data), meta["image_size"]
     norm = (meta["mean"], meta["std"])
-    train = load_imagefolder(Path(args.data) / "train", classes, size)
-    valset = load_imagefolder(Path(args.data) / "val", classes, size)
+    train = load_imagefolder(data / "train", classes, size)
+    valset = load_imagefolder(data / "val", classes, size)
     geometry = geometry_from(cfg, len(classes), size)
     order = class_order(cfg, p.class_names or classes, geometry.class_grid, p.seed)
     grid = np.array(order["grid"])
@@ -154,25 +183,27 @@ def main() -> None:
         label_grid, start_labels = None, fixed_labels(geometry, grid).to(device)
         def crop_labels(fixed):
             return fixed
+    return Inputs(p, meta, classes, size, norm, geometry, order, device, zca, whiten, real_x, real_y, val, index,
+                  run, label_grid, start_labels, crop_labels)
 
-    steps_per_epoch = math.ceil(len(real_y) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    settings = {"podd": cfg.model_dump(), "seed": p.seed, "classes_sha256": meta["classes_sha256"],
-                "train_counts": meta["train_counts"], "image_size": size, "order": order["grid"]}
-    ckpt = Checkpoint(Path(args.out), settings)
-    state = ckpt.load()
-    if state is None:
-        # the reference's unit-norm tiles, scaled to the data's per-pixel scale (normalised std 1): the inner net
-        # is scale-invariant (instance norm), so this is the reference's dynamics at lr x √(C·h·w), and the
-        # poster is a full-contrast image rather than a faint one lost to 8-bit PNG quantisation
-        noise = initial_poster(geometry, 3, torch.Generator().manual_seed(derive_seed(p.seed, "poster", "init")))
-        poster = image_range(noise.to(device) * math.sqrt(3 * size * size), norm)
-        state = {"step": 0, "poster": poster, "labels": start_labels, "adam": None, "clip_ema": None,
-                 "loss": [], "grad_norm": [], "warmup": [], "seconds": 0.0,
-                 "before": podd_accuracy({"before": (whiten(crops(poster, index)), crop_labels(start_labels))},
-                                         val, cfg, run, p.seed)["before"]}
-    else:
-        print(f"poster: resuming at outer step {state['step']} of {total} from {ckpt.folder}")
+
+def start_state(inp: Inputs) -> dict:
+    """Step 0: the reference's unit-norm tiles, scaled to the data's per-pixel scale (normalised std 1): the
+    inner net is scale-invariant (instance norm), so this is the reference's dynamics at lr x √(C·h·w), and
+    the poster is a full-contrast image rather than a faint one lost to 8-bit PNG quantisation."""
+    seed = inp.p.seed
+    noise = initial_poster(inp.geometry, 3, torch.Generator().manual_seed(derive_seed(seed, "poster", "init")))
+    poster = image_range(noise.to(inp.device) * math.sqrt(3 * inp.size * inp.size), inp.norm)
+    before = podd_accuracy({"before": (inp.whiten(crops(poster, inp.index)), inp.crop_labels(inp.start_labels))},
+                           inp.val, inp.cfg, inp.run, seed)["before"]
+    return {"step": 0, "poster": poster, "labels": inp.start_labels, "adam": None, "clip_ema": None,
+            "loss": [], "grad_norm": [], "warmup": [], "seconds": 0.0, "before": before}
+
+
+def distil(inp: Inputs, state: dict, ckpt: Resume, started: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RaT-BPTT's outer loop from `state` to the last step, checkpointing on the way; the poster and the
+    label parameter (`state`'s curves are appended in place)."""
+    cfg, seed, device, total = inp.cfg, inp.p.seed, inp.device, inp.total
     poster = torch.nn.Parameter(state["poster"].to(device))
     label_param = torch.nn.Parameter(state["labels"].to(device), requires_grad=cfg.train_y)
     groups = [{"params": [poster]}]
@@ -187,14 +218,14 @@ def main() -> None:
     bar = progress(range(state["step"], total), initial=state["step"], total=total, desc="poster RaT-BPTT",
                    unit="step")
     for step in bar:
-        epoch, slot = divmod(step, steps_per_epoch)
-        batch = torch.randperm(len(real_y), generator=torch.Generator().manual_seed(
-            derive_seed(p.seed, "poster", "epoch", epoch)))[slot * cfg.batch_size:(slot + 1) * cfg.batch_size]
-        torch.manual_seed(derive_seed(p.seed, "poster", "net", step))  # the fresh inner net's init
-        net = ConvNet(len(classes), size, cfg.inner.width, cfg.inner.depth, "instance").to(device)
-        generator = torch.Generator().manual_seed(derive_seed(p.seed, "poster", "step", step))
-        loss, warmup = meta_loss(net, whiten(crops(poster, index)), crop_labels(label_param), real_x[batch],
-                                 real_y[batch], run, generator)
+        epoch, slot = divmod(step, inp.steps_per_epoch)
+        batch = torch.randperm(len(inp.real_y), generator=torch.Generator().manual_seed(
+            derive_seed(seed, "poster", "epoch", epoch)))[slot * cfg.batch_size:(slot + 1) * cfg.batch_size]
+        torch.manual_seed(derive_seed(seed, "poster", "net", step))  # the fresh inner net's init
+        net = ConvNet(len(inp.classes), inp.size, cfg.inner.width, cfg.inner.depth, "instance").to(device)
+        generator = torch.Generator().manual_seed(derive_seed(seed, "poster", "step", step))
+        loss, warmup = meta_loss(net, inp.whiten(crops(poster, inp.index)), inp.crop_labels(label_param),
+                                 inp.real_x[batch], inp.real_y[batch], inp.run, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if not torch.isfinite(loss) or not torch.isfinite(poster.grad).all():
@@ -203,7 +234,7 @@ def main() -> None:
         state["grad_norm"].append(round(clip(poster.grad), 6))
         optimizer.step()
         with torch.no_grad():  # keep the poster an image: every pixel within [0, 1] once denormalised
-            poster.copy_(image_range(poster, norm))
+            poster.copy_(image_range(poster, inp.norm))
         if cfg.train_y:
             with torch.no_grad():
                 label_param.clamp_(min=0)
@@ -211,40 +242,74 @@ def main() -> None:
         state["warmup"].append(warmup)
         bar.set_postfix(loss=f"{state['loss'][-1]:.3f}", c=warmup)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            ckpt.save({**state, "step": step + 1, "seconds": state["seconds"] + time.perf_counter() - started,
-                       "poster": poster.detach(), "labels": label_param.detach(),
-                       "adam": optimizer.state_dict(), "clip_ema": clip.ema})
+            ckpt.save("state", {**state, "step": step + 1,
+                                "seconds": state["seconds"] + time.perf_counter() - started,
+                                "poster": poster.detach().cpu(), "labels": label_param.detach().cpu(),
+                                "adam": optimizer.state_dict(), "clip_ema": clip.ema})
+    return poster.detach(), label_param.detach()
 
-    real = random_real(real_y, math.ceil(cfg.ipc), p.seed)  # more pixels than the poster: ceil(ipc) per class
-    accuracy = podd_accuracy({"after": (whiten(crops(poster.detach(), index)), crop_labels(label_param.detach())),
-                              "random_real": (real_x[real], F.one_hot(real_y[real], len(classes)).float())},
-                             val, cfg, run, p.seed)
+
+def run(p: Params, data: Path, out: Path, stats: Path) -> dict:
+    """The poster stage: distil (resuming from a checkpoint when there is one), measure PoDD's protocol,
+    write the set and the stats. Returns the stats."""
+    started = time.perf_counter()
+    # crops overlap, so their gather's backward accumulates into shared poster pixels; on CPU torch does
+    # that with threads racing unless deterministic algorithms are on (then it sorts first: bit-equal runs)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    inp = load_inputs(p, data)
+    cfg, meta, classes, total = inp.cfg, inp.meta, inp.classes, inp.total
+    settings = {"podd": cfg.model_dump(), "seed": p.seed, "classes_sha256": meta["classes_sha256"],
+                "train_counts": meta["train_counts"], "image_size": inp.size, "order": inp.order["grid"]}
+    ckpt = Resume(out, settings)
+    state = ckpt.load("state")
+    if state is None:
+        state = start_state(inp)
+    else:
+        state = fresh(state)
+        print(f"poster: resuming at outer step {state['step']} of {total} from {ckpt.folder}")
+    poster, labels = distil(inp, state, ckpt, started)
+
+    real = random_real(inp.real_y, math.ceil(cfg.ipc), p.seed)  # more pixels than the poster: ceil(ipc) per class
+    accuracy = podd_accuracy({"after": (inp.whiten(crops(poster, inp.index)), inp.crop_labels(labels)),
+                              "random_real": (inp.real_x[real], F.one_hot(inp.real_y[real], len(classes)).float())},
+                             inp.val, cfg, inp.run, p.seed)
     after, reference = accuracy["after"], accuracy["random_real"]
-    final, final_labels = poster.detach().cpu(), crop_labels(label_param.detach()).cpu()
-    index = crop_index(geometry)
+    final, final_labels = poster.cpu(), inp.crop_labels(labels).cpu()
+    geometry = inp.geometry
     seconds = round(state["seconds"] + time.perf_counter() - started, 2)
     synthesis = {"pixels": geometry.pixels, "poster": [geometry.width, geometry.height],
                  "effective_ipc": round(geometry.ipc, 6), "crops": len(final_labels),
-                 "label_vectors": int(np.prod(label_grid)) if cfg.train_y else len(final_labels),
+                 "label_vectors": int(np.prod(inp.label_grid)) if cfg.train_y else len(final_labels),
                  "outer_steps": total,
                  "podd_protocol": {"before": state["before"], "after": after,
                                    f"random_real_ipc{math.ceil(cfg.ipc)}": reference}}
-    with atomic_dir(args.out) as tmp:
-        export(tmp, final, label_param.detach().cpu(), final_labels, index, norm, classes, zca)
-        write_json(tmp / "geometry.json", {**geometry.to_json(), "label_grid": label_grid})
-        write_json(tmp / "class_order.json", {**order, "classes": classes})
+    with atomic_dir(out) as tmp:
+        export(tmp, final, labels.cpu(), final_labels, crop_index(geometry), inp.norm, classes, inp.zca)
+        write_json(tmp / "geometry.json", {**geometry.to_json(), "label_grid": inp.label_grid})
+        write_json(tmp / "class_order.json", {**inp.order, "classes": classes})
         pd.DataFrame({"step": range(total), "meta_loss": state["loss"], "grad_norm": state["grad_norm"],
                       "warmup_steps": state["warmup"]}).to_csv(tmp / "training.csv", index=False)
         write_card(tmp, method="podd", dataset=p.dataset, ipc=round(geometry.ipc, 4), classes=classes,
                    num_images=len(final_labels), labels=LABELS, synthesis=synthesis,
                    params={"seed": p.seed, "class_names": p.class_names, "podd": cfg.model_dump()},
-                   teacher=None, evaluation=EVALUATION_NOTE, device=device)
-    write_json(args.stats, {"method": "podd", **synthesis})
+                   teacher=None, evaluation=EVALUATION_NOTE, device=inp.device)
+    stats_json = {"method": "podd", **synthesis}
+    write_json(stats, stats_json)
     ckpt.clear()
-    runlog.record("poster", args.out, seconds, outer_steps=total, pixels=geometry.pixels)
+    runlog.record("poster", str(out), seconds, outer_steps=total, pixels=geometry.pixels)
     print(f"poster: {geometry.width}x{geometry.height} ({geometry.ipc:.3f} IPC, {geometry.pixels} px), "
           f"{len(final_labels)} crops; PoDD protocol top-1 {state['before']['top1']:.3f} → {after['top1']:.3f} "
-          f"(random real, {math.ceil(cfg.ipc)} per class: {reference['top1']:.3f}) in {seconds:.0f} s → {args.out}")
+          f"(random real, {math.ceil(cfg.ipc)} per class: {reference['top1']:.3f}) in {seconds:.0f} s → {out}")
+    return stats_json
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--out", required=True, type=Path, help="the poster set folder (…/podd<ipc>/distilled/podd)")
+    parser.add_argument("--stats", required=True, type=Path, help="stats JSON (DVC metrics)")
+    args = parser.parse_args()
+    run(params.load(), args.data, args.out, args.stats)
 
 
 if __name__ == "__main__":

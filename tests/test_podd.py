@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,7 +277,7 @@ def test_poster_stage_writes_a_complete_shareable_set(prepared):
     assert stats["podd_protocol"]["after"]["top1"] > 0 and "PoDD protocol top-1" in log
     assert len(stats["podd_protocol"]["random_real_ipc1"]["per_run"]) == 2  # the real-data reference, 10 images
     assert len((out / "training.csv").read_text().splitlines()) == 13
-    assert not (out.parent / ".podd.checkpoint").exists()  # cleared once the set is written
+    assert not (out.parent / ".podd.resume").exists()  # cleared once the set is written
 
 
 def test_poster_with_learnable_labels_and_zca(prepared):
@@ -300,14 +301,14 @@ def test_poster_resumes_after_sigkill_to_the_same_bytes(prepared):
     killed = workdir(prepared, "podd_killed", settings)
     proc = subprocess.Popen([sys.executable, "-m", "stages.poster", *poster_args()], cwd=killed, env=stage_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "out" / "poster" / ".podd.checkpoint" / "state.json"
+    state = killed / "out" / "poster" / ".podd.resume" / "state.pt"
     deadline = time.monotonic() + 120
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert state.exists(), "no checkpoint appeared before the run ended"
-    step = json.loads(state.read_text())["step"]
+    step = torch.load(state, weights_only=True)["step"]
     assert 0 < step < 24
     log = run_stage(killed, "poster", *poster_args()).stdout
     assert f"resuming at outer step {step}" in log
@@ -330,3 +331,17 @@ def test_poster_rejects_bad_params(prepared, override, message):
     result = run_stage(folder, "poster", *poster_args(), check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (folder / "out").exists()
+
+
+@pytest.mark.slow  # a whole (tiny) poster in this process: ~1 min on 2 shared cores; the stage's CLI is tested above
+def test_poster_run_is_a_typed_function_tests_call_in_process(prepared, monkeypatch):
+    from stages import poster
+    from stages.pipeline import params
+
+    folder = workdir(prepared, "podd_in_process", TINY_PODD)
+    monkeypatch.chdir(folder)
+    p = params.load(folder / "params.yaml", folder / "data")
+    stats = poster.run(p, Path("data/digits"), Path("out/poster/podd"), Path("out/poster/podd.json"))
+    assert stats == json.loads((folder / "out" / "poster" / "podd.json").read_text())
+    assert stats["outer_steps"] == 12 and stats["crops"] == 96
+    assert (folder / "out" / "poster" / "podd" / "card.json").exists()

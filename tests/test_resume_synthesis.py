@@ -158,7 +158,7 @@ def test_caption_resumes_after_sigterm(upstream, tmp_path):
 def test_poster_resumes_after_sigterm(upstream, tmp_path):
     override = {"podd": {"epochs": 2, "checkpoint_every": 2}}  # 2 x ceil(1437 / 256) = 12 outer steps
     check_resume(upstream, tmp_path, "poster", "poster", override,
-                 saved("artifacts/digits/podd0.9/distilled/.podd.checkpoint", "state.json"), signal.SIGTERM,
+                 saved("artifacts/digits/podd0.9/distilled/.podd.resume", "state.pt"), signal.SIGTERM,
                  ["artifacts/digits/podd0.9/distilled/podd", "artifacts/digits/podd0.9/synthesis/podd.json"],
                  "poster: resuming at outer step")
 

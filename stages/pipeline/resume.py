@@ -102,6 +102,19 @@ class Resume:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def fresh(obj):
+    """Fresh (aligned) copies of every tensor in `obj`: tensors read from a file can sit at odd offsets and
+    take vector kernels' unaligned paths, which round differently in the last bit, and an optimizer keeps
+    loaded moments as they are, so they must be copies (bit-equality with an uninterrupted run)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: fresh(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(fresh(v) for v in obj)
+    return obj
+
+
 def _replace(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)

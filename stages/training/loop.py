@@ -18,7 +18,7 @@ from stages.models import as_input, predict
 from stages.pipeline.distributed import World
 from stages.pipeline.errors import ArtifactError, DivergedError, PipelineError
 from stages.pipeline.progress import progress
-from stages.pipeline.resume import Resume
+from stages.pipeline.resume import Resume, fresh
 
 # A checkpoint is saved after an epoch once the time since the last one is at least this many times what
 # saving costs: the overhead stays near 1/SAVE_COST_RATIO of the run whatever the epoch length (every epoch
@@ -212,19 +212,6 @@ def restore(saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer, sch
     if saved["cuda_rng"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(saved["cuda_rng"], device)
     return saved["epoch"], History(**saved["history"])
-
-
-def fresh(obj):
-    """Fresh (aligned) copies of every tensor in `obj`: tensors read from a file can sit at odd offsets and
-    take vector kernels' unaligned paths, which round differently in the last bit (stages/podd/checkpoint.py);
-    the optimizer keeps loaded moments as they are, so they must be copies."""
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: fresh(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(fresh(v) for v in obj)
-    return obj
 
 
 def diverged(desc: str, epoch: int, step_losses: list[torch.Tensor], summed: torch.Tensor) -> str:
