@@ -40,6 +40,7 @@ from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.finished import FinishedBatches, save_pixels, to_uint8
+from stages.synthesis.movement import assert_moved
 from stages.synthesis.recover import RecoverConfig, batch_teacher, plan_groups, recover_compensators, synthesize
 from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
 
@@ -107,6 +108,8 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
         for r in synthesize(teachers.models[0], len(classes), size, todo, cfg, teachers.mean, teachers.std,
                             derive_seed(seed, method), init, span):
             pixels = to_uint8(r.images, teachers.mean, teachers.std)
+            assert_moved(method, to_uint8(r.start, teachers.mean, teachers.std), pixels,
+                         [f"class {classes[y]}" for y in r.labels.tolist()], r.indices.tolist(), r.optimised)
             finished.keep(f"batch{int(r.indices.min()):06d}", {"labels": r.labels, "indices": r.indices, "pixels": pixels,
                                                            "image_iterations": r.image_iterations, "seconds": r.seconds})
             save_pixels(out, classes, r.labels, r.indices, pixels)
@@ -132,13 +135,16 @@ def delt_init(init_dir: Path, classes: list[str], ipc: int, size: int, mean, std
 
 
 def delt_span(p, num_classes: int):
-    """span(labels, indices) → EarlyLate (join, stop) iterations of each image."""
+    """span(labels, indices) → EarlyLate (join, stop) iterations of each image.
+
+    A class runs its own R_c rounds (R_c = R unless min_iterations draws fewer) and its IPC is spread over
+    those R_c rounds, as the reference does: every rank joins before its class stops."""
     d, total = p.delt, p.delt.recover.iterations
-    rounds = total // d.round_iterations
-    joins = torch.tensor(join_rounds(p.ipc, rounds)) * d.round_iterations
     rng = np.random.default_rng(derive_seed(p.seed, "delt", "min_iterations"))
-    stops = torch.tensor(class_rounds(num_classes, total, d.round_iterations, d.min_iterations or total, rng))
-    return lambda labels, indices: (joins[indices], stops[labels] * d.round_iterations)
+    rounds = class_rounds(num_classes, total, d.round_iterations, d.min_iterations or total, rng)
+    joins = torch.tensor([join_rounds(p.ipc, r) for r in rounds]) * d.round_iterations  # [class, rank]
+    stops = torch.tensor(rounds) * d.round_iterations
+    return lambda labels, indices: (joins[labels, indices], stops[labels])
 
 
 def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: int, out: Path,
@@ -177,8 +183,12 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
                                                  where=f"teacher {arch}, base sets [{group.start}, {group.stop})")
             except DivergedError as e:
                 raise diverged("infer", e) from None
+            # the compensator is what moved: its base set's composed images, together, against the bases
+            pixels, sets = to_uint8(images.flatten(0, 1), teachers.mean, teachers.std), list(range(group.start, group.stop))
+            assert_moved("infer", to_uint8(batch.flatten(0, 1), teachers.mean, teachers.std).view(len(sets), -1),
+                         pixels.view(len(sets), -1), [f"teacher {arch}"] * len(sets), sets, what="base set")
             job = finished.keep(names[m, group], {
-                "compensators": u, "pixels": to_uint8(images.flatten(0, 1), teachers.mean, teachers.std),
+                "compensators": u, "pixels": pixels,
                 "image_iterations": cfg.iterations * images.shape[0] * C, "seconds": time.perf_counter() - began})
         seconds += job["seconds"]
         work += job["image_iterations"]

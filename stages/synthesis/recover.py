@@ -15,8 +15,10 @@ with the host every iteration; it raises DivergedError and the batch's pixels ar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -27,11 +29,14 @@ from torch.nn import functional as F
 
 from stages.data.augment import crop_resize, sample_boxes
 from stages.data.folder import normalise
-from stages.pipeline.errors import DivergedError, PipelineError
+from stages.pipeline.errors import DivergedError, NotOptimisedError, PipelineError
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.bn_matching import BNStatisticsLoss
 
 CHECK_EVERY = 50  # iterations between host-side checks for a non-finite loss (bounds the work wasted after one)
+# PyTorch's warning when a backward passes through an op with no autograd kernel: the gradient behind it is
+# silently missing (how a crop once left DELT's late ranks unoptimised), so the engine treats it as an error
+NO_AUTOGRAD = ".*an autograd kernel was not registered"
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,8 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
     optimizer = torch.optim.Adam([param], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
     never = cfg.iterations  # "no bad iteration yet"; kept on the device so the loop never waits for the host
     first_bad, bad_loss = torch.tensor(never, device=param.device), torch.zeros((), device=param.device)
-    with BNStatisticsLoss(teacher, cfg.first_bn_multiplier, cfg.r_var) as bn:
+    with BNStatisticsLoss(teacher, cfg.first_bn_multiplier, cfg.r_var) as bn, warnings.catch_warnings():
+        warnings.filterwarnings("error", message=NO_AUTOGRAD, category=UserWarning)
         for t in range(cfg.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * t / cfg.iterations))
@@ -92,7 +98,10 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
                 first_bad = torch.where(first, t, first_bad)
                 bad_loss = torch.where(first, loss.detach(), bad_loss)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                try:
+                    loss.backward()
+                except UserWarning as e:
+                    raise NotOptimisedError(f"{where}: no gradient reaches the pixels ({str(e).split('. ')[0]})") from None
                 optimizer.step()
                 after_step()
             if (t + 1) % CHECK_EVERY == 0 or t + 1 == cfg.iterations:
@@ -225,6 +234,8 @@ class GroupResult:
     images: torch.Tensor  # normalised
     image_iterations: int
     seconds: float
+    start: torch.Tensor  # the initialisation, normalised (the stage checks every image moved from it)
+    optimised: torch.Tensor  # bool: the image ran at least one iteration (its [join, stop) is not empty)
 
 
 def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: list[Group], cfg: RecoverConfig,
@@ -243,9 +254,12 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
                                                                    generator=gen)
         join, stop = span(labels, indices) if span else (torch.zeros(len(labels), dtype=torch.long),
                                                          torch.full((len(labels),), cfg.iterations))
+        # a batch whose classes all stop early runs only as long as its last one (DELT drops the empty
+        # rounds): the learning-rate and crop schedules span the iterations that are run
+        run = dataclasses.replace(cfg, iterations=max(1, min(cfg.iterations, int(stop.max()))))
         began = time.perf_counter()
-        model = batch_teacher(teacher, start, labels, cfg, rng)
-        images = recover_batch(model, start, labels, join, cfg, mean, std, rng, stop,
+        model = batch_teacher(teacher, start, labels, run, rng)
+        images = recover_batch(model, start, labels, join, run, mean, std, rng, stop,
                                where=f"batch of IPC indices [{group.start}, {group.stop})")
-        work = int((stop.clamp(max=cfg.iterations) - join).clamp(min=0).sum())
-        yield GroupResult(labels, indices, images, work, time.perf_counter() - began)
+        steps = (stop.clamp(max=run.iterations) - join).clamp(min=0)
+        yield GroupResult(labels, indices, images, int(steps.sum()), time.perf_counter() - began, start, steps > 0)
