@@ -167,10 +167,13 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
     assert not torch.equal(fine_tuned.unet.conv_in.weight, original.unet.conv_in.weight)  # the UNet learned
     assert torch.equal(fine_tuned.vae.encoder.conv_in.weight, original.vae.encoder.conv_in.weight)  # frozen
 
-    run_stage(folder, "diffusion_check", "--diffusion", f"{art}/diffusion", "--teacher", f"{art}/teachers/convnet",
-              "--data", "data/digits", "--out", f"{art}/diffusion_check")
+    log = run_stage(folder, "diffusion_check", "--diffusion", f"{art}/diffusion", "--teacher",
+                    f"{art}/teachers/convnet", "--data", "data/digits", "--out", f"{art}/diffusion_check").stderr
     check = json.loads((folder / art / "diffusion_check" / "metrics.json").read_text())
     assert check["samples"] == 10 and 0 <= check["teacher_fidelity"] <= 1
+    # flags.noise_factor 2 x chance (10 classes): a model drawing noise says so, in metrics.json and as a warning
+    assert check["noise_threshold"] == 0.2 and check["noise"] == (check["teacher_fidelity"] < 0.2)
+    assert ("warning: diffusion_check:" in log) == check["noise"]
     with Image.open(folder / art / "diffusion_check" / "samples.png") as grid:
         assert grid.size == (16 * 4, 10 * 16 * 4)
 

@@ -134,3 +134,27 @@ def test_delt_spreads_the_ipc_over_each_classs_own_rounds():
     assert (join.view(20, 10)[three] // 100).tolist() == join_rounds(10, 3) == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
     full = int(torch.nonzero(stops == 5)[0])  # a class running every round keeps DELT's usual schedule
     assert (join.view(20, 10)[full] // 100).tolist() == join_rounds(10, 5)
+
+
+def test_the_report_marks_noise_and_near_copy_sets_and_says_why():
+    import pandas as pd
+
+    from stages.report import flag_sets, markdown
+
+    rows = [("random", 10, 1.0, 0.38), ("sre2l", 10, 1.0, 0.68), ("delt", 10, 0.97, 0.50),
+            ("vlcp", 10, 0.12, 0.45), ("podd", 0.89, 0.5, 0.99), ("full", "all", 1.0, 0.40)]
+    table = pd.DataFrame([{"method": m, "protocol": "fkd", "ipc": ipc, "top1": 0.5, "top1_std": 0.01,
+                           "top1_best": 0.5, "top1_best_std": 0.01, "top5": 0.9, "seeds": 2, "images": 100,
+                           "pixels": 1, "bytes": 1, "student": "convnet", "epochs": 30, "teacher_fidelity": fid,
+                           "intra_class_cosine": cos, "gain_vs_random": 0.0} for m, ipc, fid, cos in rows])
+    table["flag"] = flag_sets(table, 10, noise_factor=2.0, copies_margin=0.2)
+    flags = dict(zip(table.method, table.flag))
+    assert flags["random"] == flags["delt"] == flags["full"] == ""  # 0.50 is within 0.2 of random's 0.38
+    assert flags["sre2l"] == "near-copies: intra-class cosine 0.680, more than 0.2 above real images' 0.380"
+    assert flags["vlcp"] == "noise: the teacher reads 12.0 % of its images as their class, under 2 x chance (10.0 %)"
+    assert flags["podd"].startswith("near-copies: intra-class cosine 0.990") and "real images' 0.400" in flags["podd"]
+    text = markdown(table, "t")
+    assert "| ⚠ sre2l (flagged) | fkd |" in text and "| delt | fkd |" in text
+    assert "- ⚠ vlcp (IPC 10): noise: the teacher reads 12.0 %" in text
+    table["flag"] = flag_sets(table, 10, noise_factor=1.0, copies_margin=0.6)  # looser: nothing flagged
+    assert not table.flag.any() and "Flagged sets" not in markdown(table, "t")

@@ -309,6 +309,12 @@ class Podd(Section):
         return self
 
 
+class Flags(Section):
+    """When the report and diffusion_check say a set is not a distilled dataset (docs/faithfulness.md)."""
+    noise_factor: PositiveFloat  # flagged as noise: teacher fidelity below noise_factor x chance (1 / classes)
+    copies_margin: NonNegFloat  # flagged as near-copies: intra-class cosine above the real images' + margin
+
+
 class Params(Section):
     launcher: Annotated[str, Field(pattern=r"\S")]  # read by dvc.yaml only: `${launcher} -m stages.<stage>`
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
@@ -329,6 +335,7 @@ class Params(Section):
     d4m: D4m
     vlcp: Vlcp
     podd: Podd
+    flags: Flags
 
     _name = field_validator("class_prompt")(lambda p: _placeholder(p, "name", "the class name"))
 
