@@ -158,3 +158,19 @@ def test_the_report_marks_noise_and_near_copy_sets_and_says_why():
     assert "- ⚠ vlcp (IPC 10): noise: the teacher reads 12.0 %" in text
     table["flag"] = flag_sets(table, 10, noise_factor=1.0, copies_margin=0.6)  # looser: nothing flagged
     assert not table.flag.any() and "Flagged sets" not in markdown(table, "t")
+
+
+@pytest.mark.parametrize("roll, shifts", [("symmetric", set(range(-2, 3))), ("positive", {0, 1, 2})])
+def test_the_roll_range_is_a_param(roll, shifts):
+    """ddpipe rolls by [-jitter, jitter]; the references' torch.roll by randint(0, jitter) is `positive`."""
+    x = torch.zeros(1, 3, 9, 9)
+    x[..., 4, 4] = 1  # one lit pixel: where it lands is the shift
+    seen = set()
+    for seed in range(60):
+        y, xx = torch.nonzero(augment(x, config(jitter=2, roll=roll), 0, np.random.default_rng(seed))[0, 0])[0]
+        seen |= {int(y) - 4, int(xx) - 4}
+    assert seen == shifts
+    # the default draws what it drew before the param existed: numpy's integers(-j, j + 1) for (dx, dy)
+    rng = np.random.default_rng(5)
+    dx, dy = rng.integers(-2, 3, size=2).tolist()
+    assert torch.equal(augment(x, config(jitter=2), 0, np.random.default_rng(5)), torch.roll(x, (dx, dy), (2, 3)))

@@ -105,6 +105,7 @@ class Recover(Section):
     first_bn_multiplier: NonNegFloat
     r_var: NonNegFloat
     jitter: NonNegInt
+    roll: Literal["symmetric", "positive"]  # shifts in [-jitter, jitter], or [0, jitter] (the references)
     crop_min_scale: Annotated[float, Field(gt=0, le=1)]
     crop_schedule: Literal["fixed", "cosine"]
     flip: bool
@@ -280,6 +281,7 @@ class Podd(Section):
     window: Positive
     minwindow: NonNegInt
     totwindow: Positive
+    warmup_draw: Literal["step", "epoch"]  # warm-up length c redrawn every outer step, or once per epoch
     distill_batch_size: Positive
     batch_size: Positive
     epochs: Positive

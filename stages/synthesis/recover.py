@@ -52,6 +52,7 @@ class RecoverConfig:
     flip: bool
     dwa_steps: int = 0  # DWA: gradient-ascent steps on a teacher copy per batch (0 = off)
     dwa_rho: float = 0.0  # DWA: total weight displacement (L2)
+    roll: str = "symmetric"  # roll offsets in [-jitter, jitter]; "positive": [0, jitter] (the references)
 
 
 def crop_min(cfg: RecoverConfig, t: int) -> float:
@@ -69,7 +70,8 @@ def augment(x: torch.Tensor, cfg: RecoverConfig, t: int, rng: np.random.Generato
     if cfg.flip and rng.uniform() < 0.5:
         x = x.flip(3)
     if cfg.jitter:
-        dx, dy = rng.integers(-cfg.jitter, cfg.jitter + 1, size=2).tolist()
+        low = 0 if cfg.roll == "positive" else -cfg.jitter
+        dx, dy = rng.integers(low, cfg.jitter + 1, size=2).tolist()
         x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
     return x
 
