@@ -41,7 +41,8 @@ from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.finished import FinishedBatches, save_pixels, to_uint8
 from stages.synthesis.movement import assert_moved
-from stages.synthesis.recover import RecoverConfig, batch_teacher, plan_groups, recover_compensators, synthesize
+from stages.synthesis.recover import (RecoverConfig, batch_teacher, plan_class_groups, plan_groups,
+                                      recover_compensators, synthesize)
 from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
 
 LABELS = "labels.safetensors"
@@ -98,12 +99,14 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
     """Synthesise this rank's groups of the IPC range (those not finished by an earlier run) with a
     progress bar; returns the world's (image-iterations, seconds) summed over ranks."""
     start, end = ipc_range(method, section, ipc)
-    groups = world.shard(plan_groups(start, end, section.recover.ipc_per_batch))
-    saved = finished.load([f"batch{g.start:06d}" for g in groups], f"recover {method}")
+    per_batch = section.recover.ipc_per_batch
+    groups = world.shard(plan_class_groups(len(classes), ipc, per_batch) if getattr(section, "batch_order", "ipc")
+                         == "class" else plan_groups(start, end, per_batch))
+    saved = finished.load([g.name for g in groups], f"recover {method}")
     for batch in saved.values():
         save_pixels(out, classes, batch["labels"], batch["indices"], batch["pixels"])
     work, seconds = sum(b["image_iterations"] for b in saved.values()), sum(b["seconds"] for b in saved.values())
-    todo = [g for g in groups if f"batch{g.start:06d}" not in saved]
+    todo = [g for g in groups if g.name not in saved]
     bar = progress(total=len(groups), initial=len(saved), desc=f"recover {method}", unit="batch")
     try:
         for r in synthesize(teachers.models[0], len(classes), size, todo, cfg, teachers.mean, teachers.std,
@@ -111,8 +114,8 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
             pixels = to_uint8(r.images, teachers.mean, teachers.std)
             assert_moved(method, to_uint8(r.start, teachers.mean, teachers.std), pixels,
                          [f"class {classes[y]}" for y in r.labels.tolist()], r.indices.tolist(), r.optimised)
-            finished.keep(f"batch{int(r.indices.min()):06d}", {"labels": r.labels, "indices": r.indices, "pixels": pixels,
-                                                           "image_iterations": r.image_iterations, "seconds": r.seconds})
+            finished.keep(r.group.name, {"labels": r.labels, "indices": r.indices, "pixels": pixels,
+                                         "image_iterations": r.image_iterations, "seconds": r.seconds})
             save_pixels(out, classes, r.labels, r.indices, pixels)
             work, seconds = work + r.image_iterations, seconds + r.seconds
             bar.update()

@@ -174,3 +174,34 @@ def test_the_roll_range_is_a_param(roll, shifts):
     rng = np.random.default_rng(5)
     dx, dy = rng.integers(-2, 3, size=2).tolist()
     assert torch.equal(augment(x, config(jitter=2), 0, np.random.default_rng(5)), torch.roll(x, (dx, dy), (2, 3)))
+
+
+def test_delts_class_major_batches_hold_whole_classes():
+    from stages.synthesis.recover import Group, group_members, plan_class_groups, plan_groups, synthesize
+    from tests.test_synthesis import tiny_teacher
+
+    # IPC 6, ipc_per_batch 2, 3 classes: 6 images a batch, i.e. one whole class (DELT's loader at IPC 50, batch 100)
+    groups = plan_class_groups(3, 6, 2)
+    assert groups == [Group(0, 6, (0, 1)), Group(0, 6, (1, 2)), Group(0, 6, (2, 3))]
+    labels, indices = group_members(groups[1], 3)
+    assert labels.tolist() == [1] * 6 and indices.tolist() == list(range(6))
+    assert len({g.name for g in groups}) == len({g.seed(0) for g in groups}) == 3
+    assert plan_class_groups(3, 4, 4) == plan_groups(0, 4, 4)  # IPC within one batch: the same batch either way
+    cfg = config(iterations=3)
+    made = {(int(y), int(i)) for r in synthesize(tiny_teacher(), 3, 8, groups, cfg, [0, 0, 0], [1, 1, 1], seed=1)
+            for y, i in zip(r.labels, r.indices)}
+    assert made == {(y, i) for y in range(3) for i in range(6)}
+
+
+def test_class_major_delt_cannot_be_sharded_by_ipc_range():
+    from stages.pipeline.params import Delt
+
+    base = {"ranker": "convnet", "criterion": "medium", "teacher": "convnet", "round_iterations": 5,
+            "min_iterations": None, "batch_order": "class",
+            "recover": {"iterations": 20, "lr": 0.25, "r_bn": 0.01, "first_bn_multiplier": 10.0, "r_var": 1.0,
+                        "jitter": 0, "roll": "symmetric", "crop_min_scale": 0.5, "crop_schedule": "cosine",
+                        "flip": False, "ipc_per_batch": 2, "ipc_start": 0, "ipc_end": None, "dwa_steps": 0,
+                        "dwa_rho": 0.015}}
+    assert Delt.model_validate(base).batch_order == "class"
+    with pytest.raises(ValueError, match="batch_order = 'class': batches are whole classes"):
+        Delt.model_validate({**base, "recover": {**base["recover"], "ipc_start": 2}})

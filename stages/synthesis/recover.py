@@ -202,10 +202,24 @@ def batch_teacher(teacher: nn.Module, start: torch.Tensor, labels: torch.Tensor,
 
 @dataclass(frozen=True)
 class Group:
-    """One optimisation batch: every class, IPC indices [start, stop)."""
+    """One optimisation batch: every class (or classes [c0, c1) when class-major), IPC indices [start, stop)."""
 
     start: int
     stop: int
+    classes: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        """The batch's key in the resume folder, and the tail of its seed."""
+        return f"batch{self.start:06d}" if self.classes is None else f"classes{self.classes[0]:06d}"
+
+    def seed(self, seed: int) -> int:
+        return derive_seed(seed, "recover", self.start) if self.classes is None else \
+            derive_seed(seed, "recover", "classes", self.classes[0])
+
+    def describe(self) -> str:
+        where = f"batch of IPC indices [{self.start}, {self.stop})"
+        return where if self.classes is None else f"{where}, classes [{self.classes[0]}, {self.classes[1]})"
 
 
 def plan_groups(ipc_start: int, ipc_end: int, ipc_per_batch: int) -> list[Group]:
@@ -222,11 +236,22 @@ def plan_groups(ipc_start: int, ipc_end: int, ipc_per_batch: int) -> list[Group]
     return [Group(s, min(s + ipc_per_batch, ipc_end)) for s in range(ipc_start, ipc_end, ipc_per_batch)]
 
 
+def plan_class_groups(num_classes: int, ipc: int, ipc_per_batch: int) -> list[Group]:
+    """DELT's reference batches: class-major, ipc_per_batch x classes images each, so a batch holds whole
+    classes (all IPC indices of ⌊ipc_per_batch · C / ipc⌋ classes, at least one). Where that is every class
+    (ipc <= ipc_per_batch) the batches are plan_groups' own."""
+    per_batch = max(1, ipc_per_batch * num_classes // ipc)
+    if per_batch >= num_classes:
+        return plan_groups(0, ipc, ipc_per_batch)
+    return [Group(0, ipc, (c, min(c + per_batch, num_classes))) for c in range(0, num_classes, per_batch)]
+
+
 def group_members(group: Group, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels, IPC indices) of a group's images, class-major."""
+    first, last = group.classes or (0, num_classes)
     indices = torch.arange(group.start, group.stop)
-    labels = torch.arange(num_classes).repeat_interleave(len(indices))
-    return labels, indices.repeat(num_classes)
+    labels = torch.arange(first, last).repeat_interleave(len(indices))
+    return labels, indices.repeat(last - first)
 
 
 @dataclass
@@ -238,6 +263,7 @@ class GroupResult:
     seconds: float
     start: torch.Tensor  # the initialisation, normalised (the stage checks every image moved from it)
     optimised: torch.Tensor  # bool: the image ran at least one iteration (its [join, stop) is not empty)
+    group: Group
 
 
 def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: list[Group], cfg: RecoverConfig,
@@ -249,7 +275,7 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
     noise in normalised space); `span(labels, indices)` each image's (join, stop) iterations (default:
     the whole run). With `cfg.dwa_steps`, each group runs against its own DWA-perturbed teacher copy."""
     for group in groups:
-        group_seed = derive_seed(seed, "recover", group.start)
+        group_seed = group.seed(seed)
         gen, rng = torch.Generator().manual_seed(group_seed), np.random.default_rng(group_seed)
         labels, indices = group_members(group, num_classes)
         start = init(labels, indices, gen) if init else torch.randn(len(labels), 3, image_size, image_size,
@@ -262,6 +288,7 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
         began = time.perf_counter()
         model = batch_teacher(teacher, start, labels, run, rng)
         images = recover_batch(model, start, labels, join, run, mean, std, rng, stop,
-                               where=f"batch of IPC indices [{group.start}, {group.stop})")
+                               where=group.describe())
         steps = (stop.clamp(max=run.iterations) - join).clamp(min=0)
-        yield GroupResult(labels, indices, images, int(steps.sum()), time.perf_counter() - began, start, steps > 0)
+        yield GroupResult(labels, indices, images, int(steps.sum()), time.perf_counter() - began, start, steps > 0,
+                          group)
