@@ -94,16 +94,17 @@ def markdown(table: pd.DataFrame, title: str) -> str:
              "artifacts/runs.jsonl.",
              "Pixels: the budget (images x h x w; PoDD: its poster's pixels, so PoDD is listed at its own IPC).",
              "Protocol `static` learns the labels a set ships (INFER's logits, PoDD's own learned labels).", "",
+             "Flag: ⚠ marks a set that is not a distilled dataset (noise or near-copies; why: below the table).", "",
              "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | fidelity % "
-             "| intra-class cos | images | pixels | bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| intra-class cos | images | pixels | bytes | flag |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
         cosine = "–" if np.isnan(r.intra_class_cosine) else f"{r.intra_class_cosine:.3f}"
-        method = f"⚠ {r.method} (flagged)" if getattr(r, "flag", "") else r.method
-        lines.append(f"| {method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
+        flag = " & ".join(f"⚠ {why.split(':')[0]}" for why in getattr(r, "flag", "").split("; ") if why)
+        lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
                      f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {pct(r.teacher_fidelity)} | "
-                     f"{cosine} | {r.images} | {r.pixels} | {r.bytes} |")
+                     f"{cosine} | {r.images} | {r.pixels} | {r.bytes} | {flag} |")
     first = table.iloc[0]
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
               + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."]
