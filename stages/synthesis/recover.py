@@ -210,7 +210,7 @@ class Group:
 
     @property
     def name(self) -> str:
-        """The batch's key in the resume folder, and the tail of its seed."""
+        """The batch's key in the resume folder."""
         return f"batch{self.start:06d}" if self.classes is None else f"classes{self.classes[0]:06d}"
 
     def seed(self, seed: int) -> int:
