@@ -2,7 +2,9 @@
 
 Captioners (params `caption.captioner`):
 attributes  offline and deterministic: colours, brightness, size, position and shape words
-            measured from the pixels (stages/captions/attributes.py)
+            measured from the pixels (stages/captions/attributes.py). Made for digits (ink strokes on a
+            background: stroke width, closed loops, slant); on any other dataset it warns, since its
+            words would describe a photo as strokes and loops: photos need `llava`
 llava       LLaVA-1.5 through transformers, greedy decoding (stages/captions/llava.py)
 
 Lines follow the train folder's order. The stage resumes: progress goes to a hidden partial file
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from stages.captions import attributes
@@ -35,6 +38,14 @@ def settings(p: params.Params, subjects: list[str]) -> dict:
     # LLaVA pads each batch to its longest prompt, so the batch size is part of what the captions depend on.
     return {"captioner": f"llava:{c.llava.model}", "subjects": subjects, "question": c.llava.question,
             "batch_size": c.llava.batch_size, "max_new_tokens": c.llava.max_new_tokens}
+
+
+def misfit(captioner: str, dataset: str) -> str | None:
+    """The warning when the captioner's words do not fit the dataset's kind of image."""
+    if captioner == "attributes" and dataset != "digits":
+        return (f"warning: caption: the attributes captioner describes digits (strokes, loops, slant); on dataset "
+                f"{dataset!r} its captions will not fit the images - use caption.captioner: llava")
+    return None
 
 
 def open_captioner(p: params.Params):
@@ -98,6 +109,8 @@ def main() -> None:
     items = list_images(train, classes)
     paths = [path.relative_to(train).as_posix() for path, _ in items]
     config = settings(p, subjects)
+    if warning := misfit(p.caption.captioner, p.dataset):
+        print(warning, file=sys.stderr)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial, sidecar = progress_files(args.out)

@@ -2,12 +2,15 @@
 the stock StableDiffusionPipeline over the same components; the evaluate teacher classifies the samples.
 
 Writes <out>/samples.png (one row per class) and <out>/metrics.json (teacher fidelity overall and per class).
+A model whose samples the teacher reads below `flags.noise_factor` x chance draws noise, not the classes (a
+model sized for digits does that on photos): metrics.json says `"noise": true` and the stage warns.
 Kept apart from the diffusion stage so a retrained teacher re-checks the model without retraining it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -67,14 +70,21 @@ def main() -> None:
     labels = torch.arange(len(classes)).repeat_interleave(c.samples)
     x = normalise(images.permute(0, 3, 1, 2).float() / 255, teacher_meta["mean"], teacher_meta["std"])
     hits = (predict(teacher, x).argmax(1) == labels).float()
+    threshold = p.flags.noise_factor / len(classes)
+    noise = hits.mean().item() < threshold
     with atomic_dir(args.out) as tmp:
         grid(images, len(classes), tmp / "samples.png")
         write_json(tmp / "metrics.json", {
             "samples": len(labels), "guidance": c.guidance, "steps": c.steps, "prompts": prompts,
             "teacher": teacher_meta["arch"], "teacher_fidelity": round(hits.mean().item(), 4),
+            "noise_threshold": round(threshold, 4), "noise": noise,
             "per_class": {name: round(v, 3) for name, v in zip(classes, hits.view(len(classes), -1).mean(1).tolist())}})
     print(f"diffusion_check: the {teacher_meta['arch']} teacher reads {100 * hits.mean():.1f} % of "
           f"{len(labels)} text-to-image samples as their class → {args.out}")
+    if noise:
+        print(f"warning: diffusion_check: {100 * hits.mean():.1f} % is under {p.flags.noise_factor:g} x chance "
+              f"({100 / len(classes):.1f} %): the model draws noise, not the classes, and D4M and VLCP sets made with "
+              f"it will be noise too (a bigger model: diffusion.train, or diffusion.mode: pretrained)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from stages.podd.params import Podd
 from stages.podd.export import LABELS, export, image_range
 from stages.podd.geometry import Geometry, auto_class_grid, crop_index, crops, fixed_labels, initial_poster, poster_size
 from stages.podd.order import cosine_distances, embed, greedy_order
-from stages.podd.rat_bptt import InnerRun, NormClip, meta_loss, train_on_crops
+from stages.podd.rat_bptt import InnerRun, NormClip, draw_warmup, meta_loss, train_on_crops
 
 
 def geometry_from(cfg: Podd, classes: int, size: int) -> Geometry:
@@ -224,8 +224,11 @@ def distil(inp: Inputs, state: dict, ckpt: Resume, started: float) -> tuple[torc
         torch.manual_seed(derive_seed(seed, "poster", "net", step))  # the fresh inner net's init
         net = ConvNet(len(inp.classes), inp.size, cfg.inner.width, cfg.inner.depth, "instance").to(device)
         generator = torch.Generator().manual_seed(derive_seed(seed, "poster", "step", step))
+        # PoDD's code draws c once per epoch (shared by the epoch's outer steps); RaT-BPTT's complete_random per step
+        c = draw_warmup(inp.run, torch.Generator().manual_seed(derive_seed(seed, "poster", "warmup", epoch))) \
+            if cfg.warmup_draw == "epoch" else None
         loss, warmup = meta_loss(net, inp.whiten(crops(poster, inp.index)), inp.crop_labels(label_param),
-                                 inp.real_x[batch], inp.real_y[batch], inp.run, generator)
+                                 inp.real_x[batch], inp.real_y[batch], inp.run, generator, c)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if not torch.isfinite(loss) or not torch.isfinite(poster.grad).all():

@@ -40,7 +40,9 @@ from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.finished import FinishedBatches, save_pixels, to_uint8
-from stages.synthesis.recover import RecoverConfig, batch_teacher, plan_groups, recover_compensators, synthesize
+from stages.synthesis.movement import assert_moved
+from stages.synthesis.recover import (RecoverConfig, batch_teacher, plan_class_groups, plan_groups,
+                                      recover_compensators, synthesize)
 from stages.synthesis.schedules import class_rounds, infer_budget, join_rounds
 
 LABELS = "labels.safetensors"
@@ -51,7 +53,8 @@ def engine_config(section) -> RecoverConfig:
     r = section.recover
     return RecoverConfig(iterations=r.iterations, lr=r.lr, r_bn=r.r_bn, first_bn_multiplier=r.first_bn_multiplier,
                          r_var=r.r_var, jitter=r.jitter, crop_min_scale=r.crop_min_scale,
-                         crop_schedule=r.crop_schedule, flip=r.flip, dwa_steps=r.dwa_steps, dwa_rho=r.dwa_rho)
+                         crop_schedule=r.crop_schedule, flip=r.flip, dwa_steps=r.dwa_steps, dwa_rho=r.dwa_rho,
+                         roll=r.roll)
 
 
 class Teachers:
@@ -96,20 +99,23 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
     """Synthesise this rank's groups of the IPC range (those not finished by an earlier run) with a
     progress bar; returns the world's (image-iterations, seconds) summed over ranks."""
     start, end = ipc_range(method, section, ipc)
-    groups = world.shard(plan_groups(start, end, section.recover.ipc_per_batch))
-    saved = finished.load([f"batch{g.start:06d}" for g in groups], f"recover {method}")
+    per_batch = section.recover.ipc_per_batch
+    groups = world.shard(plan_class_groups(len(classes), ipc, per_batch) if getattr(section, "batch_order", "ipc")
+                         == "class" else plan_groups(start, end, per_batch))
+    saved = finished.load([g.name for g in groups], f"recover {method}")
     for batch in saved.values():
         save_pixels(out, classes, batch["labels"], batch["indices"], batch["pixels"])
     work, seconds = sum(b["image_iterations"] for b in saved.values()), sum(b["seconds"] for b in saved.values())
-    todo = [g for g in groups if f"batch{g.start:06d}" not in saved]
+    todo = [g for g in groups if g.name not in saved]
     bar = progress(total=len(groups), initial=len(saved), desc=f"recover {method}", unit="batch")
     try:
         for r in synthesize(teachers.models[0], len(classes), size, todo, cfg, teachers.mean, teachers.std,
                             derive_seed(seed, method), init, span):
             pixels = to_uint8(r.images, teachers.mean, teachers.std)
-            finished.keep(f"batch{int(r.indices.min()):06d}",
-                          {"labels": r.labels, "indices": r.indices, "pixels": pixels,
-                           "image_iterations": r.image_iterations, "seconds": r.seconds})
+            assert_moved(method, to_uint8(r.start, teachers.mean, teachers.std), pixels,
+                         [f"class {classes[y]}" for y in r.labels.tolist()], r.indices.tolist(), r.optimised)
+            finished.keep(r.group.name, {"labels": r.labels, "indices": r.indices, "pixels": pixels,
+                                         "image_iterations": r.image_iterations, "seconds": r.seconds})
             save_pixels(out, classes, r.labels, r.indices, pixels)
             work, seconds = work + r.image_iterations, seconds + r.seconds
             bar.update()
@@ -133,13 +139,16 @@ def delt_init(init_dir: Path, classes: list[str], ipc: int, size: int, mean, std
 
 
 def delt_span(p, num_classes: int):
-    """span(labels, indices) → EarlyLate (join, stop) iterations of each image."""
+    """span(labels, indices) → EarlyLate (join, stop) iterations of each image.
+
+    A class runs its own R_c rounds (R_c = R unless min_iterations draws fewer) and its IPC is spread over
+    those R_c rounds, as the reference does: every rank joins before its class stops."""
     d, total = p.delt, p.delt.recover.iterations
-    rounds = total // d.round_iterations
-    joins = torch.tensor(join_rounds(p.ipc, rounds)) * d.round_iterations
     rng = np.random.default_rng(derive_seed(p.seed, "delt", "min_iterations"))
-    stops = torch.tensor(class_rounds(num_classes, total, d.round_iterations, d.min_iterations or total, rng))
-    return lambda labels, indices: (joins[indices], stops[labels] * d.round_iterations)
+    rounds = class_rounds(num_classes, total, d.round_iterations, d.min_iterations or total, rng)
+    joins = torch.tensor([join_rounds(p.ipc, r) for r in rounds]) * d.round_iterations  # [class, rank]
+    stops = torch.tensor(rounds) * d.round_iterations
+    return lambda labels, indices: (joins[labels, indices], stops[labels])
 
 
 def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: int, out: Path,
@@ -178,8 +187,13 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
                                                  where=f"teacher {arch}, base sets [{group.start}, {group.stop})")
             except DivergedError as e:
                 raise diverged("infer", e) from None
+            # the compensator is what moved: its base set's composed images, together, against the bases
+            pixels = to_uint8(images.flatten(0, 1), teachers.mean, teachers.std)
+            sets = list(range(group.start, group.stop))
+            assert_moved("infer", to_uint8(batch.flatten(0, 1), teachers.mean, teachers.std).view(len(sets), -1),
+                         pixels.view(len(sets), -1), [f"teacher {arch}"] * len(sets), sets, what="base set")
             job = finished.keep(names[m, group], {
-                "compensators": u, "pixels": to_uint8(images.flatten(0, 1), teachers.mean, teachers.std),
+                "compensators": u, "pixels": pixels,
                 "image_iterations": cfg.iterations * images.shape[0] * C, "seconds": time.perf_counter() - began})
         seconds += job["seconds"]
         work += job["image_iterations"]

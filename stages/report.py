@@ -2,12 +2,15 @@
 an image grid per distilled set, and summary.json (the numbers `dvc exp show` lists).
 
 Gain is measured against `random` under the same protocol. A method that loses to random shows a
-negative gain; nothing is hidden.
+negative gain; nothing is hidden. A set that is not a distilled dataset is marked and the reason given
+(params `flags`): the teacher reads it near chance (noise), or its images of a class are near-copies of
+each other (intra-class cosine far above real images').
 """
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +22,7 @@ import pandas as pd  # noqa: E402
 
 from stages.data.distilled import images_root  # noqa: E402
 from stages.data.folder import decode_rgb, list_images, read_classes  # noqa: E402
-from stages.pipeline import cli  # noqa: E402
+from stages.pipeline import cli, params  # noqa: E402
 from stages.pipeline.card import read_card  # noqa: E402
 from stages.pipeline.errors import DataError  # noqa: E402
 from stages.pipeline.outputs import atomic_dir, atomic_file, write_json  # noqa: E402
@@ -54,6 +57,30 @@ def collect(metric_dirs: list[Path]) -> pd.DataFrame:
     return table.sort_values(["_order", "method", "protocol"]).drop(columns="_order").reset_index(drop=True)
 
 
+def flag_sets(table: pd.DataFrame, num_classes: int, noise_factor: float, copies_margin: float) -> list[str]:
+    """Per row, why its set is not a distilled dataset ('' if it is one).
+
+    Noise: teacher fidelity below noise_factor x chance. Near-copies: intra-class cosine above that of
+    random real images at the same IPC (else the full train set) by more than copies_margin."""
+    chance = 1 / num_classes
+    real = {row.ipc: row.intra_class_cosine for row in table[table.method.isin(["random", "full"])].itertuples()
+            if not np.isnan(row.intra_class_cosine)}
+    reasons = []
+    for row in table.itertuples():
+        why = []
+        if row.teacher_fidelity < noise_factor * chance:
+            why.append(f"noise: the teacher reads {pct(row.teacher_fidelity)} % of its images as their class, under "
+                       f"{noise_factor:g} x chance ({pct(chance)} %)")
+        reference = real.get(row.ipc, real.get("all"))
+        if row.method not in ("random", "full") and reference is not None and \
+                row.intra_class_cosine > reference + copies_margin:
+            why.append(f"near-copies: intra-class cosine {row.intra_class_cosine:.3f}, "
+                       f"more than {copies_margin:g} above "
+                       f"real images' {reference:.3f}")
+        reasons.append("; ".join(why))
+    return reasons
+
+
 def pct(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
@@ -68,18 +95,24 @@ def markdown(table: pd.DataFrame, title: str) -> str:
              "artifacts/runs.jsonl.",
              "Pixels: the budget (images x h x w; PoDD: its poster's pixels, so PoDD is listed at its own IPC).",
              "Protocol `static` learns the labels a set ships (INFER's logits, PoDD's own learned labels).", "",
+             "Flag: ⚠ marks a set that is not a distilled dataset (noise or near-copies; why: below the table).", "",
              "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | fidelity % "
-             "| intra-class cos | images | pixels | bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| intra-class cos | images | pixels | bytes | flag |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
         cosine = "–" if np.isnan(r.intra_class_cosine) else f"{r.intra_class_cosine:.3f}"
+        flag = " & ".join(f"⚠ {why.split(':')[0]}" for why in getattr(r, "flag", "").split("; ") if why)
         lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
                      f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {pct(r.teacher_fidelity)} | "
-                     f"{cosine} | {r.images} | {r.pixels} | {r.bytes} |")
+                     f"{cosine} | {r.images} | {r.pixels} | {r.bytes} | {flag} |")
     first = table.iloc[0]
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
               + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."]
+    flagged = table[table.flag != ""].drop_duplicates(["method", "ipc"]) if "flag" in table else table.iloc[:0]
+    if len(flagged):  # its numbers stay in the table, but it is not read like the others
+        lines += ["", "**Flagged sets** (not distilled datasets; params `flags`):", ""]
+        lines += [f"- ⚠ {r.method} (IPC {r.ipc}): {r.flag}" for r in flagged.itertuples()]
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +174,10 @@ def main() -> None:
     args = parser.parse_args()
     classes = read_classes(args.data)
     table = collect(args.metrics)
+    f = params.load().flags
+    table["flag"] = flag_sets(table, len(classes), f.noise_factor, f.copies_margin)
+    for r in table[table.flag != ""].drop_duplicates(["method", "ipc"]).itertuples():
+        print(f"warning: report: {r.method} (IPC {r.ipc}) is flagged - {r.flag}", file=sys.stderr)
     ipc = next((i for i in table.ipc if i != "all" and float(i).is_integer()), "all")  # not a poster's own IPC
     title = f"{Path(args.data).name}, IPC {ipc}"
 
@@ -161,7 +198,7 @@ def main() -> None:
             f"image-sized crop of it (`grids/{name}.png`).\n" for name in posters))
     summary = {"ipc": ipc}
     for r in table.drop_duplicates("method").itertuples():
-        summary[r.method] = {"teacher_fidelity": r.teacher_fidelity,
+        summary[r.method] = {"teacher_fidelity": r.teacher_fidelity, **({"flag": r.flag} if r.flag else {}),
                              **({} if np.isnan(r.intra_class_cosine) else {"intra_class_cosine": r.intra_class_cosine})}
     for r in table.itertuples():
         summary.setdefault(r.method, {})[r.protocol] = {

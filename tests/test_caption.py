@@ -56,7 +56,9 @@ def test_attribute_words_follow_the_pixels():
 
 def test_attribute_captions_are_deterministic_varied_and_complete(prepared):
     folder = workdir(prepared, "caption-attributes")
-    log = caption(folder).stdout
+    result = caption(folder)
+    log = result.stdout
+    assert "warning" not in result.stderr  # the attributes captioner is made for digits
     out = folder / OUT
     assert f"caption: {len(train_paths(folder))} images by {VERSION}" in log
     assert sorted(p.name for p in out.parent.iterdir()) == ["captions.jsonl"]  # no progress files left
@@ -240,3 +242,11 @@ def test_llava_without_a_usable_model_is_a_clear_error(prepared, tmp_path, offli
     result = caption(folder, check=False)
     assert result.returncode == 2
     assert f"caption.llava.model = '{empty}': cannot load a LLaVA checkpoint" in result.stderr
+
+
+def test_the_attributes_captioner_warns_outside_digits():
+    from stages.caption import misfit
+
+    assert misfit("attributes", "digits") is None and misfit("llava", "cifar10") is None
+    for dataset in ("cifar10", "cifar100", "imagefolder"):
+        assert misfit("attributes", dataset).startswith("warning: caption: the attributes captioner describes digits")

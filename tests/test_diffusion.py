@@ -116,7 +116,7 @@ def test_same_generator_same_image_whatever_the_batch(pipe):
 def test_a_short_prompt_is_encoded_exactly_as_the_plain_encoder(pipe):
     prompt = "a bold handwritten digit three"
     assert text.token_count(pipe.tokenizer, prompt) <= WINDOW
-    ours, negative = text.encode(pipe, [prompt], "")
+    [(ours, negative)] = text.encode(pipe, [prompt], "")
     ids = pipe.tokenizer([prompt], padding="max_length", max_length=WINDOW, truncation=True,
                          return_tensors="pt").input_ids
     with torch.no_grad():
@@ -129,7 +129,7 @@ def test_a_long_prompt_is_encoded_window_by_window_and_concatenated(pipe):
     long = "the handwritten digit three is bold, slanted to the right, drawn with thick strokes, " * 3
     length = text.token_count(pipe.tokenizer, long)
     assert length > 2 * WINDOW
-    embeds, negative = text.encode(pipe, [long], "cartoon")
+    [(embeds, negative)] = text.encode(pipe, [long], "cartoon")
     assert embeds.shape == negative.shape == (1, length, 32)
     ids = pipe.tokenizer([long], truncation=False, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -140,6 +140,25 @@ def test_a_long_prompt_is_encoded_window_by_window_and_concatenated(pipe):
     # the UNet takes any sequence length: a long prompt generates
     image = img2img.generate(pipe, torch.zeros(1, 4, 16, 16), [long], "cartoon", 0.5, 4.0, 4, [torch.Generator()])
     assert image.shape == (1, 3, 32, 32)
+
+
+def test_a_short_prompt_beside_a_long_one_is_encoded_and_drawn_as_alone(pipe):
+    """Batch make-up never changes an image: a short caption is not padded to its long batch mate's windows."""
+    short, other = "a bold handwritten digit three", "a thin digit seven"
+    long = "the handwritten digit three is bold, slanted to the right, drawn with thick strokes, " * 3
+    prompts = [short, long, other]
+    mixed = text.encode(pipe, prompts, "cartoon")
+    assert [e.shape[1] for e, _ in mixed] == [WINDOW, text.token_count(pipe.tokenizer, long), WINDOW]
+    for prompt, (embeds, negative) in zip(prompts, mixed):
+        [(alone, alone_negative)] = text.encode(pipe, [prompt], "cartoon")
+        assert embeds.shape == alone.shape == negative.shape
+        assert torch.allclose(embeds, alone, atol=1e-6) and torch.allclose(negative, alone_negative, atol=1e-6)
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    gens = lambda: [torch.Generator().manual_seed(20 + i) for i in range(3)]
+    batch = img2img.generate(pipe, latents, prompts, "cartoon", 0.6, 4.0, 6, gens())
+    for i in range(3):
+        alone = img2img.generate(pipe, latents[i:i + 1], prompts[i:i + 1], "cartoon", 0.6, 4.0, 6, gens()[i:i + 1])
+        assert torch.allclose(batch[i], alone[0], atol=1e-5), prompts[i]
 
 
 # --- the pretrained path, end to end through the stages ----------------------------------------------------
@@ -168,10 +187,13 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
     assert not torch.equal(fine_tuned.unet.conv_in.weight, original.unet.conv_in.weight)  # the UNet learned
     assert torch.equal(fine_tuned.vae.encoder.conv_in.weight, original.vae.encoder.conv_in.weight)  # frozen
 
-    run_stage(folder, "diffusion_check", "--diffusion", f"{art}/diffusion", "--teacher", f"{art}/teachers/convnet",
-              "--data", "data/digits", "--out", f"{art}/diffusion_check")
+    log = run_stage(folder, "diffusion_check", "--diffusion", f"{art}/diffusion", "--teacher",
+                    f"{art}/teachers/convnet", "--data", "data/digits", "--out", f"{art}/diffusion_check").stderr
     check = json.loads((folder / art / "diffusion_check" / "metrics.json").read_text())
     assert check["samples"] == 10 and 0 <= check["teacher_fidelity"] <= 1
+    # flags.noise_factor 2 x chance (10 classes): a model drawing noise says so, in metrics.json and as a warning
+    assert check["noise_threshold"] == 0.2 and check["noise"] == (check["teacher_fidelity"] < 0.2)
+    assert ("warning: diffusion_check:" in log) == check["noise"]
     with Image.open(folder / art / "diffusion_check" / "samples.png") as grid:
         assert grid.size == (16 * 4, 10 * 16 * 4)
 

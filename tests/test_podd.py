@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -278,15 +279,20 @@ def test_poster_stage_writes_a_complete_shareable_set(prepared):
     assert len(stats["podd_protocol"]["random_real_ipc1"]["per_run"]) == 2  # the real-data reference, 10 images
     assert len((out / "training.csv").read_text().splitlines()) == 13
     assert not (out.parent / ".podd.resume").exists()  # cleared once the set is written
+    warmups = pd.read_csv(out / "training.csv").warmup_steps.tolist()  # warmup_draw step: c redrawn every step
+    assert len(set(warmups[:6])) > 1 and set(warmups) <= {0, 1, 2}  # U[minwindow 0, totwindow 4 - window 2]
 
 
 def test_poster_with_learnable_labels_and_zca(prepared):
     from stages.data.distilled import load_set, read_labels
 
     folder = workdir(prepared, "podd_poddl", {**TINY_PODD, "podd": {**TINY_PODD["podd"], "train_y": True,
-                                                                      "zca": True, "order": "identity"}})
+                                                                      "zca": True, "order": "identity",
+                                                                      "warmup_draw": "epoch"}})
     run_stage(folder, "poster", *poster_args())
     out = folder / "out" / "poster" / "podd"
+    warmups = pd.read_csv(out / "training.csv").warmup_steps.tolist()  # PoDD's code: one c per epoch of 6 steps
+    assert len(warmups) == 12 and len(set(warmups[:6])) == 1 and len(set(warmups[6:])) == 1
     card, images = load_set(out, folder / "data" / "digits")
     labels, _ = read_labels(out, card, images)
     assert card.synthesis["label_vectors"] == 10  # (2, 5) label grid: one cell per class at comp_ipc 1

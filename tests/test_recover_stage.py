@@ -124,3 +124,18 @@ def test_infer_twice_writes_the_same_bytes(prepared):
         runs.append({p.relative_to(folder / "out").as_posix(): p.read_bytes()
                      for p in sorted((folder / "out").rglob("*")) if p.is_file()})
     assert "compensators.safetensors" in runs[0] and runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("method, init, message", [
+    ("sre2l", "noise", r"recover sre2l: 30 of 30 images meant to be optimised did not move from their "
+                       r"initialisation .* - class 0: rank 0 \(0\.000\), 1 \(0\.000\), 2 \(0\.000\); class 1:"),
+    ("infer", "data/digits/train", r"recover infer: 2 of 2 images meant to be optimised did not move .* - "
+                                   r"teacher convnet: base set 0 \(0\.000\), 1 \(0\.000\);"),
+])
+def test_a_recover_that_returns_its_input_fails_loudly(prepared, method, init, message):
+    """A learning rate too small to change one uint8 level: the stage's own check on its output refuses."""
+    from tests.conftest import assert_nothing_left, assert_refused
+
+    folder = workdir(prepared, f"still_{method}", {method: {"recover": {"lr": 1e-12, "iterations": 2}}})
+    assert_refused(recover(folder, method, init, "out", check=False), "NotOptimisedError", message)
+    assert_nothing_left(folder / "out")

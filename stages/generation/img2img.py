@@ -37,12 +37,19 @@ def generate(pipe, latents: torch.Tensor, prompts: list[str], negative: str, str
     """One image per (latent, prompt, generator); returns N x 3 x H x W in [0, 1] on the CPU."""
     if denoising_steps(steps, strength) == 0:
         return decode(pipe, latents)
-    embeds, negative_embeds = text.encode(pipe, prompts, negative)
+    encoded = text.encode(pipe, prompts, negative)
     device, dtype = pipe.unet.device, pipeline_dtype(pipe)
-    out = pipe(image=latents.to(device, dtype), prompt_embeds=embeds.to(device, dtype),
-               negative_prompt_embeds=negative_embeds.to(device, dtype), strength=strength,
-               guidance_scale=guidance, num_inference_steps=steps, generator=generators, output_type="pt")
-    return out.images.float().clamp(0, 1).cpu()
+    images: list = [None] * len(prompts)
+    for length in sorted({embeds.shape[1] for embeds, _ in encoded}):  # one pipeline call per prompt length
+        group = [i for i, (embeds, _) in enumerate(encoded) if embeds.shape[1] == length]
+        out = pipe(image=latents[group].to(device, dtype),
+                   prompt_embeds=torch.cat([encoded[i][0] for i in group]).to(device, dtype),
+                   negative_prompt_embeds=torch.cat([encoded[i][1] for i in group]).to(device, dtype),
+                   strength=strength, guidance_scale=guidance, num_inference_steps=steps,
+                   generator=[generators[i] for i in group], output_type="pt")
+        for i, image in zip(group, out.images.float().clamp(0, 1).cpu()):
+            images[i] = image
+    return torch.stack(images)
 
 
 def from_uint8(images: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -5,6 +5,11 @@ to the window and encoded once. A longer one (VLCP's member captions often are) 
 cut into consecutive windows, each encoded on its own, and the hidden states concatenated; the
 negative prompt is padded to the same length (docs/methods/vlcp.md#prototypes). Only the first window
 carries the start token and only the last the end token, as in VLCP.
+
+Every prompt is encoded at its own length, never padded to a longer batch mate's: a short caption beside a
+long one keeps its window-length embedding, so the make-up of a batch never changes an image (img2img runs
+each length as its own group). VLCP's reference differs in one place: it encodes a short prompt at its own
+token count without padding it to the window; here it is padded as in the stock pipeline and in training.
 """
 from __future__ import annotations
 
@@ -41,11 +46,19 @@ def token_count(tokenizer, prompt: str) -> int:
     return len(tokenizer(prompt, truncation=False).input_ids)
 
 
-def encode(pipe, prompts: list[str], negative: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prompt embeddings, negative embeddings) of equal shape for classifier-free guidance."""
+def encode(pipe, prompts: list[str], negative: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per prompt, (embeddings, negative embeddings) of equal shape [1, L, D] for classifier-free guidance, L
+    the prompt's own length: the window for a prompt (and negative) within it, else their token count."""
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    longest = max(token_count(tokenizer, p) for p in [*prompts, negative])
-    if longest <= tokenizer.model_max_length:
-        return plain(tokenizer, encoder, prompts), plain(tokenizer, encoder, [negative] * len(prompts))
-    both = windowed(tokenizer, encoder, [*prompts, *[negative] * len(prompts)])
-    return both[:len(prompts)], both[len(prompts):]
+    negative_length = token_count(tokenizer, negative)
+    fits = [max(token_count(tokenizer, p), negative_length) <= tokenizer.model_max_length for p in prompts]
+    out: list = [None] * len(prompts)
+    # one encoder call per prompt: even the float rounding of its embedding is that of the prompt alone
+    negative_plain = plain(tokenizer, encoder, [negative]) if any(fits) else None
+    for i, (prompt, fit) in enumerate(zip(prompts, fits)):
+        if fit:  # padded to the window, as the stock pipeline does
+            out[i] = plain(tokenizer, encoder, [prompt]), negative_plain
+        else:  # windows of its own token count; the negative padded to the same
+            both = windowed(tokenizer, encoder, [prompt, negative])
+            out[i] = both[:1], both[1:]
+    return out

@@ -44,3 +44,7 @@ class ResourceError(PipelineError):
 
 class DivergedError(PipelineError):
     """Non-finite loss or values during optimisation; nothing is saved."""
+
+
+class NotOptimisedError(PipelineError):
+    """An optimisation returned (some of) its input unchanged: images meant to move from their start did not."""

@@ -36,6 +36,7 @@ class Podd(Section):
     window: Positive
     minwindow: NonNegInt
     totwindow: Positive
+    warmup_draw: Literal["step", "epoch"]  # warm-up length c redrawn every outer step, or once per epoch
     distill_batch_size: Positive
     batch_size: Positive
     epochs: Positive

@@ -2,7 +2,8 @@
 
 One outer step: a fresh inner ConvNet and a fresh Adam; `c` warm-up steps on the crops with no
 meta-gradient (c uniform in [minwindow, totwindow - window], redrawn every step: RaT-BPTT's
-`complete_random`); then `window` differentiable Adam steps that carry the warm-up's moments over;
+`complete_random`; or given, drawn once per epoch as PoDD's code does: params `podd.warmup_draw`);
+then `window` differentiable Adam steps that carry the warm-up's moments over;
 then the meta-loss, cross-entropy of the final weights on an augmented real batch with hard labels.
 
 The differentiable Adam masks second moments that are exactly zero: √v has an infinite derivative at
@@ -70,13 +71,20 @@ def sample(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:size].sort().values
 
 
+def draw_warmup(run: InnerRun, generator: torch.Generator) -> int:
+    """c uniform in [minwindow, totwindow - window] (RaT-BPTT's cctype 2)."""
+    return int(torch.randint(run.minwindow, run.totwindow - run.window + 1, (), generator=generator))
+
+
 def meta_loss(net: nn.Module, crops: torch.Tensor, labels: torch.Tensor, real_x: torch.Tensor,
-              real_y: torch.Tensor, run: InnerRun, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+              real_y: torch.Tensor, run: InnerRun, generator: torch.Generator,
+              warmup: int | None = None) -> tuple[torch.Tensor, int]:
     """Unroll a fresh `net` on the crops ([P, C, h, w], probability labels [P, K]); the real batch's loss
-    is differentiable in `crops` and `labels` through the last `window` steps. Returns (loss, c)."""
+    is differentiable in `crops` and `labels` through the last `window` steps. Returns (loss, c).
+    `warmup`: the warm-up length c, or None to draw it here from `generator`."""
     params = {k: p.detach() for k, p in net.named_parameters()}
     state = AdamState.zeros(params)
-    c = int(torch.randint(run.minwindow, run.totwindow - run.window + 1, (), generator=generator))
+    c = draw_warmup(run, generator) if warmup is None else warmup
     frozen_crops, frozen_labels = crops.detach(), labels.detach()
     for _ in range(c):  # warm-up: ordinary training, nothing flows back to the poster
         idx = sample(len(crops), run.batch_size, generator)

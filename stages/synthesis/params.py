@@ -21,6 +21,7 @@ class Recover(Section):
     first_bn_multiplier: NonNegFloat
     r_var: NonNegFloat
     jitter: NonNegInt
+    roll: Literal["symmetric", "positive"]  # shifts in [-jitter, jitter], or [0, jitter] (the references)
     crop_min_scale: Annotated[float, Field(gt=0, le=1)]
     crop_schedule: Literal["fixed", "cosine"]
     flip: bool
@@ -51,10 +52,15 @@ class Delt(Section):
     teacher: str
     round_iterations: Positive
     min_iterations: Optional[Positive]
+    # IPC above ipc_per_batch: batches of IPC indices x every class, or whole classes
+    batch_order: Literal["ipc", "class"]
     recover: Recover
 
     @model_validator(mode="after")
     def _rounds(self) -> "Delt":
+        if self.batch_order == "class" and (self.recover.ipc_start or self.recover.ipc_end is not None):
+            raise ValueError("batch_order = 'class': batches are whole classes, so the run cannot be sharded by "
+                             "recover.ipc_start / ipc_end (leave them 0 / null)")
         total = self.recover.iterations
         if total % self.round_iterations:
             raise ValueError(f"round_iterations = {self.round_iterations}: must divide recover.iterations = {total}")

@@ -15,8 +15,10 @@ with the host every iteration; it raises DivergedError and the batch's pixels ar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -27,11 +29,14 @@ from torch.nn import functional as F
 
 from stages.data.augment import crop_resize, sample_boxes
 from stages.data.folder import normalise
-from stages.pipeline.errors import DivergedError, PipelineError
+from stages.pipeline.errors import DivergedError, NotOptimisedError, PipelineError
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.bn_matching import BNStatisticsLoss
 
 CHECK_EVERY = 50  # iterations between host-side checks for a non-finite loss (bounds the work wasted after one)
+# PyTorch's warning when a backward passes through an op with no autograd kernel: the gradient behind it is
+# silently missing (how a crop once left DELT's late ranks unoptimised), so the engine treats it as an error
+NO_AUTOGRAD = ".*an autograd kernel was not registered"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class RecoverConfig:
     flip: bool
     dwa_steps: int = 0  # DWA: gradient-ascent steps on a teacher copy per batch (0 = off)
     dwa_rho: float = 0.0  # DWA: total weight displacement (L2)
+    roll: str = "symmetric"  # roll offsets in [-jitter, jitter]; "positive": [0, jitter] (the references)
 
 
 def crop_min(cfg: RecoverConfig, t: int) -> float:
@@ -64,7 +70,8 @@ def augment(x: torch.Tensor, cfg: RecoverConfig, t: int, rng: np.random.Generato
     if cfg.flip and rng.uniform() < 0.5:
         x = x.flip(3)
     if cfg.jitter:
-        dx, dy = rng.integers(-cfg.jitter, cfg.jitter + 1, size=2).tolist()
+        low = 0 if cfg.roll == "positive" else -cfg.jitter
+        dx, dy = rng.integers(low, cfg.jitter + 1, size=2).tolist()
         x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
     return x
 
@@ -80,7 +87,8 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
     optimizer = torch.optim.Adam([param], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
     never = cfg.iterations  # "no bad iteration yet"; kept on the device so the loop never waits for the host
     first_bad, bad_loss = torch.tensor(never, device=param.device), torch.zeros((), device=param.device)
-    with BNStatisticsLoss(teacher, cfg.first_bn_multiplier, cfg.r_var) as bn:
+    with BNStatisticsLoss(teacher, cfg.first_bn_multiplier, cfg.r_var) as bn, warnings.catch_warnings():
+        warnings.filterwarnings("error", message=NO_AUTOGRAD, category=UserWarning)
         for t in range(cfg.iterations):
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * t / cfg.iterations))
@@ -92,7 +100,11 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
                 first_bad = torch.where(first, t, first_bad)
                 bad_loss = torch.where(first, loss.detach(), bad_loss)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                try:
+                    loss.backward()
+                except UserWarning as e:
+                    reason = str(e).split('. ')[0]
+                    raise NotOptimisedError(f"{where}: no gradient reaches the pixels ({reason})") from None
                 optimizer.step()
                 after_step()
             if (t + 1) % CHECK_EVERY == 0 or t + 1 == cfg.iterations:
@@ -191,10 +203,24 @@ def batch_teacher(teacher: nn.Module, start: torch.Tensor, labels: torch.Tensor,
 
 @dataclass(frozen=True)
 class Group:
-    """One optimisation batch: every class, IPC indices [start, stop)."""
+    """One optimisation batch: every class (or classes [c0, c1) when class-major), IPC indices [start, stop)."""
 
     start: int
     stop: int
+    classes: tuple[int, int] | None = None
+
+    @property
+    def name(self) -> str:
+        """The batch's key in the resume folder."""
+        return f"batch{self.start:06d}" if self.classes is None else f"classes{self.classes[0]:06d}"
+
+    def seed(self, seed: int) -> int:
+        return derive_seed(seed, "recover", self.start) if self.classes is None else \
+            derive_seed(seed, "recover", "classes", self.classes[0])
+
+    def describe(self) -> str:
+        where = f"batch of IPC indices [{self.start}, {self.stop})"
+        return where if self.classes is None else f"{where}, classes [{self.classes[0]}, {self.classes[1]})"
 
 
 def plan_groups(ipc_start: int, ipc_end: int, ipc_per_batch: int) -> list[Group]:
@@ -211,11 +237,22 @@ def plan_groups(ipc_start: int, ipc_end: int, ipc_per_batch: int) -> list[Group]
     return [Group(s, min(s + ipc_per_batch, ipc_end)) for s in range(ipc_start, ipc_end, ipc_per_batch)]
 
 
+def plan_class_groups(num_classes: int, ipc: int, ipc_per_batch: int) -> list[Group]:
+    """DELT's reference batches: class-major, ipc_per_batch x classes images each, so a batch holds whole
+    classes (all IPC indices of ⌊ipc_per_batch · C / ipc⌋ classes, at least one). Where that is every class
+    (ipc <= ipc_per_batch) the batches are plan_groups' own."""
+    per_batch = max(1, ipc_per_batch * num_classes // ipc)
+    if per_batch >= num_classes:
+        return plan_groups(0, ipc, ipc_per_batch)
+    return [Group(0, ipc, (c, min(c + per_batch, num_classes))) for c in range(0, num_classes, per_batch)]
+
+
 def group_members(group: Group, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(labels, IPC indices) of a group's images, class-major."""
+    first, last = group.classes or (0, num_classes)
     indices = torch.arange(group.start, group.stop)
-    labels = torch.arange(num_classes).repeat_interleave(len(indices))
-    return labels, indices.repeat(num_classes)
+    labels = torch.arange(first, last).repeat_interleave(len(indices))
+    return labels, indices.repeat(last - first)
 
 
 @dataclass
@@ -225,6 +262,9 @@ class GroupResult:
     images: torch.Tensor  # normalised
     image_iterations: int
     seconds: float
+    start: torch.Tensor  # the initialisation, normalised (the stage checks every image moved from it)
+    optimised: torch.Tensor  # bool: the image ran at least one iteration (its [join, stop) is not empty)
+    group: Group
 
 
 def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: list[Group], cfg: RecoverConfig,
@@ -236,16 +276,20 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
     noise in normalised space); `span(labels, indices)` each image's (join, stop) iterations (default:
     the whole run). With `cfg.dwa_steps`, each group runs against its own DWA-perturbed teacher copy."""
     for group in groups:
-        group_seed = derive_seed(seed, "recover", group.start)
+        group_seed = group.seed(seed)
         gen, rng = torch.Generator().manual_seed(group_seed), np.random.default_rng(group_seed)
         labels, indices = group_members(group, num_classes)
         start = init(labels, indices, gen) if init else torch.randn(len(labels), 3, image_size, image_size,
                                                                    generator=gen)
         join, stop = span(labels, indices) if span else (torch.zeros(len(labels), dtype=torch.long),
                                                          torch.full((len(labels),), cfg.iterations))
+        # a batch whose classes all stop early runs only as long as its last one (DELT drops the empty
+        # rounds): the learning-rate and crop schedules span the iterations that are run
+        run = dataclasses.replace(cfg, iterations=max(1, min(cfg.iterations, int(stop.max()))))
         began = time.perf_counter()
-        model = batch_teacher(teacher, start, labels, cfg, rng)
-        images = recover_batch(model, start, labels, join, cfg, mean, std, rng, stop,
-                               where=f"batch of IPC indices [{group.start}, {group.stop})")
-        work = int((stop.clamp(max=cfg.iterations) - join).clamp(min=0).sum())
-        yield GroupResult(labels, indices, images, work, time.perf_counter() - began)
+        model = batch_teacher(teacher, start, labels, run, rng)
+        images = recover_batch(model, start, labels, join, run, mean, std, rng, stop,
+                               where=group.describe())
+        steps = (stop.clamp(max=run.iterations) - join).clamp(min=0)
+        yield GroupResult(labels, indices, images, int(steps.sum()), time.perf_counter() - began, start, steps > 0,
+                          group)

@@ -53,7 +53,13 @@ class Evaluate(Section):
     _student = field_validator("student")(_registered)
 
 
-SECTIONS = {"teacher": Teacher, "evaluate": Evaluate}
+class Flags(Section):
+    """When the report and diffusion_check say a set is not a distilled dataset (docs/faithfulness.md)."""
+    noise_factor: PositiveFloat  # flagged as noise: teacher fidelity below noise_factor x chance (1 / classes)
+    copies_margin: NonNegFloat  # flagged as near-copies: intra-class cosine above the real images' + margin
+
+
+SECTIONS = {"teacher": Teacher, "evaluate": Evaluate, "flags": Flags}
 
 
 def check(p) -> None:
