@@ -6,6 +6,7 @@ An unknown key, a wrong type or an impossible value stops with one message namin
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
@@ -309,6 +310,27 @@ class Podd(Section):
         return self
 
 
+class Rded(Section):
+    """RDED (Sun et al., CVPR 2024): real crops scored by an observer teacher, stitched factor x factor."""
+    observer: str  # the teacher whose cross-entropy on the true class scores each crop
+    candidates: Positive  # real images drawn per class (RDED's --mipc); capped at the class size
+    crops: Positive  # random crops per candidate image, the best one kept (--num-crop)
+    factor: Positive  # patches per side of a distilled image (--factor)
+    crop_scale: list[float]  # RandomResizedCrop area range of the candidate crops (square)
+
+    _scale = field_validator("crop_scale")(_check_scale)
+
+
+# Sets that dvc.yaml's relabel/evaluate already list: an external set may not reuse their names or outputs.
+BUILTIN_SETS = ("random", "full", "sre2l", "delt", "infer", "d4m", "vlcp", "podd", "rded")
+
+
+class ExternalSet(Section):
+    """A distilled set made elsewhere (an ImageFolder or a Hub export) that import_set@<name> brings in."""
+    path: Annotated[str, Field(min_length=1)]  # its folder (class sub-folders of images, or an export's)
+    method: Optional[str]  # the method name on its card and in the report; null = the entry's name
+
+
 class Params(Section):
     launcher: Annotated[str, Field(pattern=r"\S")]  # read by dvc.yaml only: `${launcher} -m stages.<stage>`
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
@@ -329,6 +351,8 @@ class Params(Section):
     d4m: D4m
     vlcp: Vlcp
     podd: Podd
+    rded: Rded
+    external: dict[str, ExternalSet]
 
     _name = field_validator("class_prompt")(lambda p: _placeholder(p, "name", "the class name"))
 
@@ -350,6 +374,18 @@ class Params(Section):
                           *((f"infer.teachers[{i}]", a) for i, a in enumerate(self.infer.teachers))]:
             if arch not in self.teacher.archs:
                 raise ValueError(f"{key} = {arch!r}: not one of teacher.archs {self.teacher.archs}")
+        if self.rded.observer not in self.teacher.archs:
+            raise ValueError(f"rded.observer = {self.rded.observer!r}: not one of teacher.archs {self.teacher.archs}")
+        methods = set(BUILTIN_SETS)
+        for name, entry in self.external.items():
+            method = entry.method or name
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in BUILTIN_SETS:
+                raise ValueError(f"external.{name}: the name must be letters, digits, '_', '.', '-' and not one "
+                                 f"of the built-in sets {list(BUILTIN_SETS)}")
+            if method in methods:
+                raise ValueError(f"external.{name}.method = {method!r}: already names another evaluated set; "
+                                 f"pick another (e.g. '{method}-external'), report rows are keyed by method")
+            methods.add(method)
         if len(set(self.infer.teachers)) != len(self.infer.teachers):
             raise ValueError(f"infer.teachers = {self.infer.teachers}: lists a teacher twice")
         for key, section in [("sre2l", self.sre2l), ("delt", self.delt)]:
