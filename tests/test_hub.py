@@ -137,7 +137,7 @@ def test_import_maps_an_imagefolder_of_another_class_order_and_names_a_missing_c
         (theirs / name).mkdir(parents=True)
         for i in range(IPC):
             Image.open(set_dir / name / f"{i}.png").convert("L").save(theirs / name / f"img{k}{i}.png")
-    import_project(tmp_path, monkeypatch, {"folder": {"path": "theirs", "method": None}})
+    import_project(tmp_path, monkeypatch, {"folder": {"path": "theirs"}})  # method: the name
     out = tmp_path / "artifacts/digits/ipc2/distilled/folder"
     run_main(import_set, monkeypatch, "folder", "--data", "data/digits", "--out", str(out))
     card, images = load_set(out, data)

@@ -328,7 +328,9 @@ BUILTIN_SETS = ("random", "full", "sre2l", "delt", "infer", "d4m", "vlcp", "podd
 class ExternalSet(Section):
     """A distilled set made elsewhere (an ImageFolder or a Hub export) that import_set@<name> brings in."""
     path: Annotated[str, Field(min_length=1)]  # its folder (class sub-folders of images, or an export's)
-    method: Optional[str]  # the method name on its card and in the report; null = the entry's name
+    # the method name on its card and in the report; absent or null = the entry's name (an entry is the user's
+    # own data, not a knob with a default in params.yaml, so this one key may be left out)
+    method: Optional[str] = None
 
 
 class Params(Section):
