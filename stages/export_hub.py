@@ -126,7 +126,10 @@ def card_text(card, metrics: dict | None, fkd_epochs: int, label_kind: str | Non
     )
     teacher = "none (the images were not shaped by a teacher)" if card.teacher is None else \
         ", ".join(f"`{a}`" for a in card.teacher.get("archs", [card.teacher.get("arch")])) + " (hashes in card.json)"
-    load = f'load_dataset("{repo_id or "<this folder>"}")'
+    where = repo_id or "<this folder>"
+    load = f'load_dataset("{where}")'
+    fkd_line = f'\nfkd = load_dataset("{where}", "{FKD_CONFIG}")   # one row per augmented slot and epoch' \
+        if fkd_epochs else ""
     body = f"""
 # {title(card)}
 
@@ -144,9 +147,7 @@ for the `{card.dataset}` training set, {card.ipc} per class.
 
 ```python
 from datasets import load_dataset
-images = {load}                      # image, label (class names in the source's order), path
-{f'fkd = load_dataset("{repo_id or "<this folder>"}", "{FKD_CONFIG}")   # one row per augmented slot and epoch'
- if fkd_epochs else ""}
+images = {load}                      # image, label (class names in the source's order), path{fkd_line}
 ```
 
 ## Results
