@@ -121,13 +121,15 @@ def main() -> None:
             raise ParamsError(f"params.yaml: rded: ipc x factor² = {p.ipc} x {cfg.factor}² = {need} patches per "
                               f"class, but class {classes[label]!r} gives {min(count, cfg.candidates)} candidates "
                               f"(rded.candidates = {cfg.candidates}, {count} train images)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # scoring only: the crops stay on the CPU
+    observer = teachers.models[0].to(device)
     width = max(3, len(str(p.ipc - 1)))
     kept = []
     with atomic_dir(args.out) as tmp:
         for label, name in enumerate(classes):
             rng = np.random.default_rng(derive_seed(p.seed, "rded", name))
             members = torch.nonzero(train.labels == label).flatten()
-            pixels, info = distil_class(teachers.models[0], train.images[members], label, cfg, p.ipc, size,
+            pixels, info = distil_class(observer, train.images[members], label, cfg, p.ipc, size,
                                         teachers.mean, teachers.std, rng)
             kept.append(info["kept_loss_mean"])
             for i, image in enumerate(pixels):
@@ -137,7 +139,7 @@ def main() -> None:
                      "observer_loss_kept": round(float(np.mean(kept)), 6)}
         write_card(tmp, method="rded", dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=p.ipc * len(classes),
                    params={"ipc": p.ipc, "seed": p.seed, "rded": cfg.model_dump()}, teacher=teachers.card(),
-                   evaluation=EVALUATION_NOTE, synthesis=synthesis)
+                   evaluation=EVALUATION_NOTE, synthesis=synthesis, device=device)
     seconds = time.perf_counter() - started
     runlog.record("rded", args.out, seconds, patches_scored=scored)
     print(f"rded: {p.ipc} x {len(classes)} images from {need} of {scored // len(classes)} patches per class "
