@@ -108,7 +108,7 @@ def results_table(metrics: dict | None) -> str:
 
 
 def card_text(card, metrics: dict | None, fkd_epochs: int, label_kind: str | None, storage: dict,
-              license_id: str, repo_id: str | None) -> str:
+              license_id: str, repo_id: str | None, recipe: dict | None = None) -> str:
     from huggingface_hub import DatasetCard, DatasetCardData
 
     configs = [{"config_name": "default", "data_files": [{"split": "train", "path": TRAIN_FILE}], "default": True}]
@@ -153,13 +153,13 @@ images = {load}                      # image, label (class names in the source's
 ## Results
 
 {results_table(metrics)}
-Evaluation recipe: {card.evaluation.get("recipe", "")}. Protocols:
+Evaluation recipe: {card.evaluation.get("recipe", "")}{recipe_text(recipe)}. Protocols:
 {chr(10).join(f"- `{k}`: {v}" for k, v in card.evaluation.get("protocols", {}).items())}
 
 ## Storage
 
 {storage["images"]} images, {storage["image_bytes"]} bytes of PNG; {storage["pixels"]} pixels
-({storage["height"]} x {storage["width"]} each). Folder total {storage["folder_bytes"]} bytes.
+({storage["height"]} x {storage["width"]} each). Folder total {storage["folder_bytes"]} bytes before this card.
 
 ## Parameters
 
@@ -172,6 +172,24 @@ The parameters the set was made with (`card.json`, which also pins every file's 
 License: `{license_id}` (the distilled images derive from `{card.dataset}`; its own terms apply too).
 """
     return DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body).content
+
+
+def read_recipe(path: Path) -> dict | None:
+    """The `evaluate` section of the project's params.yaml at export time (None outside a project)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()).get("evaluate")
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def recipe_text(recipe: dict | None) -> str:
+    if not recipe:
+        return ""
+    keys = ("student", "teacher", "epochs", "optimizer", "lr", "weight_decay", "batch_size", "temperature",
+            "crop_scale", "flip", "mix", "mix_alpha", "seeds")
+    return "; at export: " + ", ".join(f"{k} {recipe[k]}" for k in keys if k in recipe)
 
 
 def title(card) -> str:
@@ -219,7 +237,8 @@ def export(set_dir: Path, out: Path, data_dir: Path | None, metrics_path: Path |
                                                        list_images(images_root(set_dir, card), card.classes)),
                    "pixels": count * width * height, "height": height, "width": width}
         storage["folder_bytes"] = dir_bytes(tmp)
-        (tmp / "README.md").write_text(card_text(card, metrics, fkd_epochs, kind, storage, license_id, repo_id))
+        (tmp / "README.md").write_text(card_text(card, metrics, fkd_epochs, kind, storage, license_id, repo_id,
+                                                     read_recipe(Path("params.yaml"))))
     return {"images": count, "fkd_epochs": fkd_epochs, "labels": kind, "metrics": metrics is not None}
 
 
