@@ -40,7 +40,7 @@ from stages.pipeline import cli, runlog
 from stages.pipeline.errors import ArtifactError, ParamsError, PipelineError
 
 DVC = [sys.executable, "-m", "dvc"]
-ORDER = ["random", "sre2l", "delt", "infer", "d4m", "vlcp", "podd"]  # docs/results.md order; others after, then full
+ORDER = ["random", "sre2l", "delt", "infer", "d4m", "vlcp", "rded", "podd"]  # docs/results.md order; others, full
 SHARED_DIFFUSION = {"d4m", "vlcp"}  # their sets also need the `diffusion` stage's model, trained once
 MACHINE = ("host", "cpu_count", "threads", "device", "world_size")
 
@@ -285,7 +285,7 @@ def table(args: argparse.Namespace) -> None:
     notes_md = ["Top-1 after the last epoch on the real validation set. Gain: top-1 minus random's under the same "
                 "protocol at the same IPC (PoDD: at the smallest random IPC with at least its pixels). Diversity: "
                 "mean cosine of same-class teacher features (lower = more diverse; – where a class has one image). "
-                "Synthesis wall time: the run-log line of the stage that wrote the set (recover, synthesize, "
+                "Synthesis wall time: the run-log line of the stage that wrote the set (recover, synthesize, rded, "
                 "poster); `baseline` does not log, so random and full say 'not in log'."]
     diffusion = runs.get(f"artifacts/{p['dataset']}/diffusion")
     if diffusion and set(rows.method) & SHARED_DIFFUSION:

@@ -18,9 +18,10 @@ from tests.conftest import dvc
 
 RECOVERED = ("sre2l", "delt", "infer")
 DIFFUSED = ("d4m", "vlcp")
-METHODS = (*RECOVERED, *DIFFUSED)
+SELECTED = ("rded",)  # real crops picked by a teacher: the stage is named after the method
+METHODS = (*RECOVERED, *DIFFUSED, *SELECTED)
 ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "select",
-              "baseline@random", "baseline@full", *(f"recover@{m}" for m in RECOVERED),
+              "baseline@random", "baseline@full", *(f"recover@{m}" for m in RECOVERED), *SELECTED,
               "caption", "diffusion", "diffusion_check", "latents",
               *(f"{s}@{m}" for s in ("prototypes", "synthesize") for m in DIFFUSED), "poster",
               *(f"{s}@{m}" for s in ("relabel", "evaluate") for m in ("random", "full", "podd", *METHODS)),

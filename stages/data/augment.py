@@ -47,10 +47,12 @@ class EpochPlan:
         return [slice(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
 
 
-def sample_boxes(n: int, rng: np.random.Generator, scale: tuple[float, float]) -> np.ndarray:
-    """RandomResizedCrop boxes (top, left, height, width) as fractions: area in `scale`, ratio 3/4..4/3."""
+def sample_boxes(n: int, rng: np.random.Generator, scale: tuple[float, float],
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """RandomResizedCrop boxes (top, left, height, width) as fractions: area in `scale`, aspect in `ratio`
+    (RDED's patches are square: ratio (1, 1), which draws the same random numbers)."""
     area = rng.uniform(*scale, size=n)
-    ratio = np.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3), size=n))
+    ratio = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=n))
     width = np.minimum(np.sqrt(area * ratio), 1.0)
     height = np.minimum(np.sqrt(area / ratio), 1.0)
     top = rng.uniform(size=n) * (1 - height)

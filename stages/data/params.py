@@ -1,7 +1,10 @@
 """The `prepare` section: where the dataset comes from and how it is written to data/<ds>."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+import re
+from typing import Annotated, Literal, Optional
+
+from pydantic import Field
 
 from stages.pipeline.params import Fraction, Positive, Section
 
@@ -17,9 +20,31 @@ class Prepare(Section):
     on_corrupt: Literal["fail", "skip"]
 
 
-SECTIONS = {"prepare": Prepare}
+# Sets that dvc.yaml's relabel/evaluate already list: an external set may not reuse their names or outputs.
+BUILTIN_SETS = ("random", "full", "sre2l", "delt", "infer", "d4m", "vlcp", "podd", "rded")
+
+
+class ExternalSet(Section):
+    """A distilled set made elsewhere (an ImageFolder or a Hub export) that import_set@<name> brings in."""
+    path: Annotated[str, Field(min_length=1)]  # its folder (class sub-folders of images, or an export's)
+    # the method name on its card and in the report; absent or null = the entry's name (an entry is the user's
+    # own data, not a knob with a default in params.yaml, so this one key may be left out)
+    method: Optional[str] = None
+
+
+SECTIONS = {"prepare": Prepare, "external": dict[str, ExternalSet]}
 
 
 def check(p) -> None:
     if p.dataset in ("cifar10", "cifar100", "imagefolder") and p.prepare.root is None:
         raise ValueError(f"prepare.root = None: dataset {p.dataset!r} needs a source folder")
+    methods = set(BUILTIN_SETS)
+    for name, entry in p.external.items():
+        method = entry.method or name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in BUILTIN_SETS:
+            raise ValueError(f"external.{name}: the name must be letters, digits, '_', '.', '-' and not one "
+                             f"of the built-in sets {list(BUILTIN_SETS)}")
+        if method in methods:
+            raise ValueError(f"external.{name}.method = {method!r}: already names another evaluated set; "
+                             f"pick another (e.g. '{method}-external'), report rows are keyed by method")
+        methods.add(method)
