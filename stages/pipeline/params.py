@@ -70,9 +70,9 @@ class Teacher(Section):
 
 
 class Evaluate(Section):
-    student: str
+    students: Annotated[list[str], Field(min_length=1)]
     teacher: str
-    protocols: Annotated[list[Literal["fkd", "teacher", "hard", "static"]], Field(min_length=1)]
+    protocols: Annotated[list[Literal["fkd", "teacher", "hard", "static", "noaug"]], Field(min_length=1)]
     seeds: Positive
     epochs: Positive
     full_epochs: Positive
@@ -81,6 +81,7 @@ class Evaluate(Section):
     lr: PositiveFloat
     weight_decay: NonNegFloat
     temperature: PositiveFloat
+    static_temperature: PositiveFloat
     crop_scale: list[float]
     flip: bool
     mix: Literal["cutmix", "mixup", "none"]
@@ -89,12 +90,20 @@ class Evaluate(Section):
 
     _scale = field_validator("crop_scale")(_check_scale)
 
-    @field_validator("student")
+    @field_validator("students")
     @classmethod
-    def _registered(cls, arch: str) -> str:
-        if not is_registered(arch):
-            raise ValueError(f"arch {arch!r} is not registered (ours or a torchvision model name)")
-        return arch
+    def _registered(cls, archs: list[str]) -> list[str]:
+        for arch in archs:
+            if not is_registered(arch):
+                raise ValueError(f"arch {arch!r} is not registered (ours or a torchvision model name)")
+        if len(set(archs)) != len(archs):
+            raise ValueError("lists a student twice")
+        return archs
+
+
+class Report(Section):
+    lrs_weight: Annotated[float, Field(ge=0, le=1)]
+    ars_weight: Annotated[float, Field(ge=0, le=1)]
 
 
 class Recover(Section):
@@ -320,6 +329,7 @@ class Params(Section):
     models: dict[str, ArchConfig]
     teacher: Teacher
     evaluate: Evaluate
+    report: Report
     sre2l: Sre2l
     delt: Delt
     infer: Infer
@@ -338,7 +348,7 @@ class Params(Section):
             if name not in OUR_ARCHS:
                 raise ValueError(f"models.{name} = {config.model_dump()}: not one of our architectures "
                                  f"{sorted(OUR_ARCHS)} (torchvision archs take no config)")
-        for arch in [*self.teacher.archs, self.evaluate.student]:
+        for arch in [*self.teacher.archs, *self.evaluate.students]:
             if arch in OUR_ARCHS and arch not in self.models:
                 raise ValueError(f"models.{arch} = None: arch {arch!r} is used but has no config")
         if self.evaluate.teacher not in self.teacher.archs:
