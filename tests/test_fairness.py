@@ -125,3 +125,35 @@ def test_lrs_and_ars_equal_ddrankings_own(tmp_path, monkeypatch):
                         raising=False)
     theirs = ars.compute_metrics(image_path="syn", ars_lambda=0.5)
     assert theirs["augmentation_robust_score_mean"] == pytest.approx(table.loc["sre2l", "fkd"].ars)
+
+
+@pytest.mark.slow
+def test_random_draws_students_and_noaug_end_to_end(prepared):
+    """baseline@random writes one draw per seed (same class balance, different images), relabel labels each draw,
+    evaluate trains seed k on draw k with every student and the noaug protocol, and counts label bytes."""
+    from tests.conftest import run_stage, workdir
+
+    folder = workdir(prepared, "fairness", {"evaluate": {"students": ["convnet", "resnetap10"], "epochs": 4,
+                                                         "protocols": ["fkd", "hard", "noaug"]},
+                                            "models": {"resnetap10": {"width": 8, "norm": "instance"}}})
+    out = "artifacts/digits/ipc3"
+    run_stage(folder, "baseline", "random", "--data", "data/digits", "--out", f"{out}/distilled/random")
+    card = json.loads((folder / out / "distilled/random/card.json").read_text())
+    assert card["draws"] == 2 and card["num_images"] == 30
+    draws = [sorted(p.relative_to(folder / out / f"distilled/random/draw{k}").as_posix()
+                    for p in (folder / out / f"distilled/random/draw{k}").rglob("*.png")) for k in range(2)]
+    assert [len(d) for d in draws] == [30, 30] and draws[0] != draws[1]
+    assert {p.split("/")[0] for p in draws[0]} == {p.split("/")[0] for p in draws[1]}
+    teacher = str(prepared / "artifacts/digits/teachers/convnet")
+    run_stage(folder, "relabel", "--set", f"{out}/distilled/random", "--teacher", teacher, "--data", "data/digits",
+              "--epochs", "4", "--out", f"{out}/soft_labels/random")
+    labelled = [json.loads((folder / out / f"soft_labels/random/draw{k}/fkd.json").read_text()) for k in range(2)]
+    assert [f["set"]["draw"] for f in labelled] == [0, 1] and [f["num_images"] for f in labelled] == [30, 30]
+    assert labelled[0]["set"]["paths"] != labelled[1]["set"]["paths"]
+    run_stage(folder, "evaluate", "--set", f"{out}/distilled/random", "--labels", f"{out}/soft_labels/random",
+              "--teacher", teacher, "--data", "data/digits", "--epochs", "4", "--out", f"{out}/metrics/random.json")
+    m = json.loads((folder / out / "metrics/random.json").read_text())
+    assert set(m["students"]) == {"convnet", "resnetap10"} and m["protocols"] == m["students"]["convnet"]
+    assert set(m["protocols"]) == {"fkd", "hard", "noaug"} and m["draws"] == 2
+    assert m["label_bytes"]["hard"] == 0 and m["label_bytes"]["noaug"] == 30 * 10 * 4
+    assert m["label_bytes"]["fkd"] > 0 and m["train_bytes"] > m["bytes"] > 0
