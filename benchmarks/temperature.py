@@ -59,7 +59,8 @@ def table(args: argparse.Namespace) -> str:
         ipc, t = path.parent.parent.name[3:], float(path.parent.name[1:])
         m = json.loads(path.read_text())
         for protocol, r in m["protocols"].items():
-            cells[(protocol, ipc, m["method"], t)] = r
+            if protocol in args.protocols:
+                cells[(protocol, ipc, m["method"], t)] = r
     temperatures = sorted({k[3] for k in cells})
     lines = []
     for protocol in sorted({k[0] for k in cells}):
@@ -97,6 +98,7 @@ def main() -> None:
     r.add_argument("--runs", default="temperature-runs", help="folder the metrics are copied to")
     t = sub.add_parser("table")
     t.add_argument("--runs", default="temperature-runs")
+    t.add_argument("--protocols", nargs="+", default=["fkd", "static"], help="the ones that read a temperature")
     t.add_argument("--out")
     args = parser.parse_args()
     (run if args.command == "run" else table)(args)
