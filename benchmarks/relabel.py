@@ -141,7 +141,8 @@ class Bench:
     def end_to_end(self, side: str, epochs: int, p, classes: int, val) -> dict:
         """evaluate's training loop (stages.training.loop.train) on one protocol from a fixed student init."""
         cfg, temperature = self.cfg, self.cfg.temperature
-        config = p.models[cfg.student].model_dump() if cfg.student in p.models else None
+        arch = cfg.students[0]
+        config = p.models[arch].model_dump() if arch in p.models else None
         if side == "fkd":
             plans = fkd_plans(self.folder, epochs, self.batch_size, len(self.images))
             loss = lambda logits, batch: kd_loss(logits, batch.soft, temperature)  # noqa: E731 (evaluate's stored_kd)
@@ -151,7 +152,7 @@ class Bench:
             loss = lambda logits, batch: kd_loss(logits, predict(self.teacher, renormalise(  # noqa: E731 (online_kd)
                 batch.x, self.norm, self.t_norm)), temperature)
         torch.manual_seed(0)
-        student = build(cfg.student, classes, self.size, config)
+        student = build(arch, classes, self.size, config)
         history = train(student, self.images, self.norm, epochs, self.batch_size, plans, loss,
                         Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, 1, desc=f"{side} {self.name}")
         assert history.images_seen == epochs * len(self.images)
@@ -211,7 +212,7 @@ def main() -> None:
         print(f"machine: {torch.get_num_threads()} threads of {os.cpu_count()} cores, device cpu, torch "
               f"{torch.__version__}; evaluate recipe from params.yaml: batch {p.evaluate.batch_size}, crop "
               f"{p.evaluate.crop_scale}, mix {p.evaluate.mix}, T {p.evaluate.temperature}, "
-              f"student {p.evaluate.student}")
+              f"student {p.evaluate.students[0]}")
         print("\nbytes per stored epoch (Parquet, zstd: plan + fp16 logits) vs raw (float32 logits + plan arrays)")
         for b in benches:
             stored, raw, split = b.relabel(max(epochs[b.name], 1) if b in replayed else 1)

@@ -1,6 +1,7 @@
 """baseline@random and baseline@full: the two reference points every method is compared with.
 
-random: a seeded random real subset of `ipc` images per class, written as a distilled set.
+random: `evaluate.seeds` independent seeded random real subsets of `ipc` images per class (draw<k>/, one set
+        with one card): evaluate's student seed k trains on draw k, so random's std includes the luck of the draw.
 full:   the whole prepared train set, by reference (card.json only; images stay in data/<ds>/train).
 """
 from __future__ import annotations
@@ -35,14 +36,16 @@ def main() -> None:
             write_card(tmp, ipc=None, num_images=len(files), images_from=train_dir.as_posix(), params={},
                        **common)
         else:
-            rng = np.random.default_rng(derive_seed(p.seed, "baseline", "random"))
-            for label, name in enumerate(classes):
-                members = [path for path, y in files if y == label]
-                for i in sorted(rng.choice(len(members), size=p.ipc, replace=False)):
-                    (tmp / name).mkdir(exist_ok=True)
-                    shutil.copyfile(members[i], tmp / name / members[i].name)
-            write_card(tmp, ipc=p.ipc, num_images=p.ipc * len(classes), params={"ipc": p.ipc, "seed": p.seed},
-                       **common)
+            draws = p.evaluate.seeds
+            for k in range(draws):  # draw 0 is the one subset this stage drew before there were draws
+                rng = np.random.default_rng(derive_seed(p.seed, "baseline", "random", *([k] if k else [])))
+                for label, name in enumerate(classes):
+                    members = [path for path, y in files if y == label]
+                    for i in sorted(rng.choice(len(members), size=p.ipc, replace=False)):
+                        (tmp / f"draw{k}" / name).mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(members[i], tmp / f"draw{k}" / name / members[i].name)
+            write_card(tmp, ipc=p.ipc, num_images=p.ipc * len(classes), draws=draws,
+                       params={"ipc": p.ipc, "seed": p.seed, "draws": draws}, **common)
     print(f"baseline@{args.kind}: {json.loads((Path(args.out) / 'card.json').read_text())['num_images']} images "
           f"→ {args.out}")
 

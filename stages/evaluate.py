@@ -3,9 +3,13 @@
 Protocols (evaluate.protocols): `fkd` replays relabel's stored crops and soft labels, `teacher`
 distils the teacher online, `hard` is cross-entropy on each image's own label, `static` learns the
 labels the set ships, mixed with the same λ as the images (skipped for a set that ships none):
-logits by KD at evaluate.temperature (INFER), probabilities as soft cross-entropy targets (PoDD's
-learned labels). Every protocol trains
-`evaluate.seeds` students; metrics hold final and best (labelled) top-1/top-5 as mean ± std.
+logits by KD at evaluate.static_temperature (INFER's), probabilities as soft cross-entropy targets (PoDD's
+learned labels); `noaug` distils the teacher's logits of each whole image with no crop, flip or mix (the
+no-augmentation half of DD-Ranking's ARS). Every student architecture of `evaluate.students` trains
+`evaluate.seeds` students per protocol, on the same plans and labels; metrics hold final and best top-1/top-5
+as mean ± std. For baseline@random's draws, seed k trains on draw k with draw k's FKD labels.
+Storage: the images' bytes, the bytes of the labels each protocol needs (FKD files as stored, shipped labels,
+noaug's whole-image logits as float32, the teacher for online KD) and the full train set's bytes.
 On the CPU the (protocol, seed) students train side by side, one per core on one thread each
 (stages/pipeline/side_by_side.py); under torchrun they are split over the ranks and rank 0 writes the
 metrics: the same file as one process makes. Wall time goes to the run log
@@ -25,8 +29,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from stages.data.augment import EpochPlan, plan_epoch
+from stages.data.augment import EpochPlan, plain_epoch, plan_epoch, render
 from stages.data.distilled import images_root, load_set, read_labels
+from stages.data.paths import inside
 from stages.data.folder import load_imagefolder, read_classes, renormalise
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
@@ -89,9 +94,13 @@ def main() -> None:
     val = (valset.normalised(*norm), valset.labels)
     teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
     teacher_norm = (t_meta["mean"], t_meta["std"])  # a teacher sees images in its own normalisation
+    draws = [images] + [load_set(args.set, args.data, k)[1] for k in range(1, card.draws or 1)]
     batch_size = eval_batch_size(cfg, len(images), len(classes))
     augment = eval_augment(cfg, size)
-    student_config = p.models[cfg.student].model_dump() if cfg.student in p.models else None
+    student_configs = {a: p.models[a].model_dump() if a in p.models else None for a in cfg.students}
+
+    def labels_dir(s: int) -> Path:  # a set of draws keeps each draw's FKD files in draw<k>/
+        return Path(args.labels) / f"draw{s % card.draws}" if card.draws else Path(args.labels)
 
     def online_kd(logits, batch):
         return kd_loss(logits, predict(teacher, renormalise(batch.x, norm, teacher_norm)), cfg.temperature)
@@ -99,46 +108,59 @@ def main() -> None:
     def stored_kd(logits, batch):
         return kd_loss(logits, batch.soft, cfg.temperature)
 
+    def static_kd(logits, batch):
+        return kd_loss(logits, batch.soft, cfg.static_temperature)
+
     def soft_targets(logits, batch):
         return F.cross_entropy(logits, batch.soft)
 
     shipped, kind = read_labels(args.set, card, images) if card.labels else (None, None)
-    losses = {"fkd": stored_kd, "static": soft_targets if kind == "probabilities" else stored_kd,
-              "teacher": online_kd, "hard": hard_loss}
+    losses = {"fkd": stored_kd, "static": soft_targets if kind == "probabilities" else static_kd,
+              "teacher": online_kd, "hard": hard_loss, "noaug": stored_kd}
     if "static" in cfg.protocols and shipped is None:
         print(f"evaluate {card.method}: protocol static skipped (the set ships no labels)")
     protocols = [pr for pr in cfg.protocols if pr != "static" or shipped is not None]
-    jobs = [(protocol, s) for protocol in protocols for s in range(cfg.seeds)]
+    jobs = [(student, protocol, s) for student in cfg.students for protocol in protocols for s in range(cfg.seeds)]
+    label_bytes = {"fkd": dir_bytes(labels_dir(0)) if "fkd" in protocols else None, "hard": 0,
+                   "noaug": len(images) * len(classes) * 4,  # whole-image logits, float32 as sets ship labels
+                   "teacher": (Path(args.teacher) / "model.safetensors").stat().st_size,
+                   "static": inside(args.set, card.labels, "card labels").stat().st_size if card.labels else None}
 
     # keyed by what decides a student: the params this stage reads, its arguments and its inputs
     settings = {"seed": p.seed, "evaluate": cfg.model_dump(exclude={"teacher", "protocols", "seeds", "epochs",
-                                                                         "full_epochs"}),
-                "student_config": student_config, "epochs": args.epochs}
+                                                                         "full_epochs", "students"}),
+                "student_configs": student_configs, "epochs": args.epochs}
     inputs = [args.set, args.labels, args.teacher, args.data]
 
     initialising = threading.Lock()
+    whole_logits = {}  # noaug: the teacher's logits of each whole image, per draw
 
-    def student_run(protocol: str, s: int, device: torch.device, resume: Resume) -> dict:
-        name = f"{protocol}-seed{s}"
+    def student_run(arch: str, protocol: str, s: int, device: torch.device, resume: Resume) -> dict:
+        # the first student keeps the names (and resume files) a single-student run has
+        name = f"{protocol}-seed{s}" if arch == cfg.students[0] else f"{arch}-{protocol}-seed{s}"
+        desc = f"{card.method} [{protocol} seed {s}" + ("]" if arch == cfg.students[0] else f" {arch}]")
         if resume.done(f"{name}.json"):
-            print(f"evaluate {card.method} [{protocol} seed {s}]: finished before the interruption; resumed")
+            print(f"evaluate {desc}: finished before the interruption; resumed")
             return json.loads(resume.path(f"{name}.json").read_text())
         with initialising:  # the initial weights come from torch's global generator, shared by the threads
             torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
-            student = build(cfg.student, len(classes), size, student_config).to(device)
-        rng = None
+            student = build(arch, len(classes), size, student_configs[arch]).to(device)
+        rng, data = None, draws[s % len(draws)]
         if protocol == "fkd":
-            plans = fkd_plans(Path(args.labels), args.epochs, batch_size, len(images))
+            plans = fkd_plans(labels_dir(s), args.epochs, batch_size, len(data))
         else:
             rng = np.random.default_rng(derive_seed(p.seed, "evaluate", protocol, s, "augment"))
             def plans(epoch, rng=rng, static=protocol == "static"):
-                plan = plan_epoch(len(images), batch_size, rng, augment)
+                if protocol == "noaug":
+                    plan = plain_epoch(rng.permutation(len(data)), batch_size)
+                    return plan, static_labels(plan, whole_logits[s % len(draws)])
+                plan = plan_epoch(len(data), batch_size, rng, augment)
                 return plan, static_labels(plan, shipped) if static else None
-        history = train(student, images, norm, args.epochs, batch_size, plans, losses[protocol],
+        history = train(student, data, norm, args.epochs, batch_size, plans, losses[protocol],
                         Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
-                        desc=f"evaluate {card.method} {protocol} seed {s}", resume=resume, state=name, rng=rng)
+                        desc=f"evaluate {desc}", resume=resume, state=name, rng=rng)
         summary = history.summary()
-        print(f"evaluate {card.method} [{protocol} seed {s}]: top-1 {summary['top1']:.4f} "
+        print(f"evaluate {desc}: top-1 {summary['top1']:.4f} "
               f"(best {summary['top1_best']:.4f}), {summary['images_per_second']:.0f} img/s")
         curve = [{"method": card.method, "protocol": protocol, "seed": s, "epoch": e, "top1": round(t1, 6),
                   "top5": round(t5, 6), "loss": round(loss, 6)}
@@ -152,28 +174,39 @@ def main() -> None:
         world.barrier()
         resume = resume or Resume(args.out, settings, inputs)
         teacher.to(world.device)
+        if "noaug" in protocols:
+            for k, data in enumerate(draws):
+                whole = plain_epoch(np.arange(len(data)), batch_size)
+                whole_logits[k] = torch.cat([predict(teacher, render(data.images, whole, b, *teacher_norm, size)).cpu()
+                                             for b in whole.batches()])
         share = world.shard(jobs)
         mine = map_side_by_side(lambda job: student_run(*job, world.device, resume), share,
                                 jobs_at_once(world.device, len(share)))
         done = dict(zip(jobs, (run for share in world.gather(mine) for run in share)))
     if not world.main:
         return
-    results = {}
-    curves = [row for job in jobs for row in done[job]["curve"]]
-    for protocol in protocols:
-        runs = [done[protocol, s]["summary"] for s in range(cfg.seeds)]
-        results[protocol] = {
-            **{k: mean_std([r[k] for r in runs]) for k in ("top1", "top5", "top1_best", "top5_best")},
-            "per_seed_top1": [round(r["top1"], 6) for r in runs],
-        }
+    results = {arch: {} for arch in cfg.students}
+    # the curves plot draws one line per set and protocol: the first student's
+    curves = [row for job in jobs if job[0] == cfg.students[0] for row in done[job]["curve"]]
+    for arch in cfg.students:
+        for protocol in protocols:
+            runs = [done[arch, protocol, s]["summary"] for s in range(cfg.seeds)]
+            results[arch][protocol] = {
+                **{k: mean_std([r[k] for r in runs]) for k in ("top1", "top5", "top1_best", "top5_best")},
+                "per_seed_top1": [round(r["top1"], 6) for r in runs],
+            }
     write_json(args.out, {
         **teacher_view(teacher.cpu(), images.normalised(*teacher_norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
-        "bytes": dir_bytes(images_root(Path(args.set), card)),
-        "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.student,
-        "epochs": args.epochs,
-        "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results,
-        "note": "top1/top5 are after the last epoch; *_best are the max over validation points (optimistic); "
+        "bytes": dir_bytes(images_root(Path(args.set), card)), "draws": card.draws,
+        "label_bytes": {pr: label_bytes[pr] for pr in protocols},
+        "train_bytes": dir_bytes(Path(args.data) / "train"),
+        "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.students[0],
+        "epochs": args.epochs, "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results[cfg.students[0]],
+        "students": results,
+        "note": "top1/top5 are after the last epoch; *_best are the max of each over validation points (optimistic); "
+                "protocols: the first student's (students: every student's); bytes: one draw's images; "
+                "label_bytes: what each protocol needs besides the images; train_bytes: the full train set; "
                 "pixels: the budget per channel (images x h x w, or a poster's own pixel count); "
                 "teacher_fidelity: the teacher's top-1 on the set's own images; intra_class_cosine: mean "
                 "cosine similarity of same-class teacher penultimate features (lower = more diverse)",
@@ -185,7 +218,8 @@ def main() -> None:
     if args.curves:
         write_csv(args.curves, curves)
     resume.clear()
-    print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in results.items()))
+    first = results[cfg.students[0]]
+    print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in first.items()))
 
 
 if __name__ == "__main__":

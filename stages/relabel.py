@@ -45,7 +45,6 @@ def main() -> None:
     classes = read_classes(args.data)
     batch_size = eval_batch_size(p.evaluate, len(images), len(classes))
     augment = eval_augment(p.evaluate, size)
-    rng = np.random.default_rng(derive_seed(p.seed, "relabel"))
 
     # keyed by what decides the labels: the params this stage reads and its inputs (an epoch's file does not
     # depend on --epochs: a run asked for more epochs reuses the ones it has)
@@ -59,30 +58,41 @@ def main() -> None:
         resume = resume or Resume(args.out, settings, inputs)
         teacher.to(world.device)
         mine = set(world.shard(range(args.epochs)))
-        kept = [e for e in sorted(mine) if resume.done(epoch_file(Path(), e).name)]
-        if kept:
-            print(f"relabel {card.method}: resumed - {len(kept)} of {len(mine)} epochs kept in {resume.folder}")
-        for epoch in progress(range(args.epochs), desc=f"relabel {card.method}", unit="epoch"):
-            plan = plan_epoch(len(images), batch_size, rng, augment)  # drawn by every rank: one stream
-            if epoch not in mine:
-                continue
-            out = epoch_file(tmp, epoch)
-            if epoch in kept:
-                shutil.copyfile(resume.path(out.name), out)
-                continue
-            logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size)) for s in plan.batches()])
-            write_epoch(out, plan, logits)
-            resume.write_bytes(out.name, out.read_bytes())  # atomically: a kill leaves whole epochs only
+        # baseline@random's draws: each its own labels in draw<k>/ (draw 0 keeps the stream a single set has)
+        for draw in range(card.draws) if card.draws else [None]:
+            if draw is not None:
+                _, images = load_set(args.set, args.data, draw)
+            folder, prefix, key = (tmp, "", ()) if draw is None else \
+                (tmp / f"draw{draw}", f"draw{draw}-", (draw,) * (draw > 0))
+            folder.mkdir(exist_ok=True)
+            rng = np.random.default_rng(derive_seed(p.seed, "relabel", *key))
+            kept = [e for e in sorted(mine) if resume.done(prefix + epoch_file(Path(), e).name)]
+            if kept:
+                print(f"relabel {card.method}: resumed - {len(kept)} of {len(mine)} epochs kept in {resume.folder}")
+            for epoch in progress(range(args.epochs), desc=f"relabel {card.method}", unit="epoch"):
+                plan = plan_epoch(len(images), batch_size, rng, augment)  # drawn by every rank: one stream
+                if epoch not in mine:
+                    continue
+                out = epoch_file(folder, epoch)
+                if epoch in kept:
+                    shutil.copyfile(resume.path(prefix + out.name), out)
+                    continue
+                logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size))
+                                    for s in plan.batches()])
+                write_epoch(out, plan, logits)
+                resume.write_bytes(prefix + out.name, out.read_bytes())  # atomically: a kill leaves whole epochs only
+            if world.main:
+                write_json(folder / "fkd.json", {
+                    "epochs": args.epochs, "batch_size": batch_size, "num_images": len(images),
+                    "augment": {"crop_scale": list(augment.crop_scale), "flip": augment.flip, "mix": augment.mix,
+                                "mix_alpha": augment.mix_alpha, "image_size": size},
+                    "teacher": {"arch": t_meta["arch"],
+                                "sha256": sha256_file(Path(args.teacher) / "model.safetensors")},
+                    "set": {"method": card.method, "paths": images.paths, **({} if draw is None else {"draw": draw})},
+                    "seed": derive_seed(p.seed, "relabel", *key), "logits": "raw teacher logits, fp16",
+                })
         if not world.main:
             return
-        write_json(tmp / "fkd.json", {
-            "epochs": args.epochs, "batch_size": batch_size, "num_images": len(images),
-            "augment": {"crop_scale": list(augment.crop_scale), "flip": augment.flip, "mix": augment.mix,
-                        "mix_alpha": augment.mix_alpha, "image_size": size},
-            "teacher": {"arch": t_meta["arch"], "sha256": sha256_file(Path(args.teacher) / "model.safetensors")},
-            "set": {"method": card.method, "paths": images.paths},
-            "seed": derive_seed(p.seed, "relabel"), "logits": "raw teacher logits, fp16",
-        })
     resume.clear()
     print(f"relabel {card.method}: {args.epochs} epochs x {len(images)} images (batch {batch_size}) → {args.out}")
 

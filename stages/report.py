@@ -2,7 +2,12 @@
 an image grid per distilled set, and summary.json (the numbers `dvc exp show` lists).
 
 Gain is measured against `random` under the same protocol. A method that loses to random shows a
-negative gain; nothing is hidden. A set that is not a distilled dataset is marked and the reason given
+negative gain; nothing is hidden. DD-Ranking's scores (docs/evaluation-fairness.md), from the per-seed
+top-1 (seed k of a set against seed k of random, i.e. random's draw k, and of full): HLR = full's `hard`
+top-1 minus the set's, IOR = the set's top-1 minus random's under the same protocol (the gain), LRS =
+(e^α − e^−1)/(e − e^−1) with α = w·IOR − (1 − w)·HLR, ARS the same with β = w·IOR(with augmentation)
++ (1 − w)·IOR(`noaug`), for the augmented protocols that label with the teacher (fkd, teacher).
+A set that is not a distilled dataset is marked and the reason given
 (params `flags`): the teacher reads it near chance (noise), or its images of a class are near-copies of
 each other (intra-class cosine far above real images').
 """
@@ -30,13 +35,42 @@ from stages.pipeline.outputs import atomic_dir, atomic_file, write_json  # noqa:
 GRID_COLUMNS = 10
 
 
-def collect(metric_dirs: list[Path]) -> pd.DataFrame:
+AUGMENTED = ("fkd", "teacher")  # protocols whose no-augmentation twin is `noaug` (ARS)
+
+
+def normalised_exp(x: np.ndarray) -> np.ndarray:
+    """DD-Ranking's map of a score in [-1, 1] onto [0, 1]: (e^x − e^−1) / (e − e^−1)."""
+    return (np.exp(x) - np.exp(-1)) / (np.exp(1) - np.exp(-1))
+
+
+def lrs(ior: np.ndarray, hlr: np.ndarray, weight: float) -> np.ndarray:
+    return normalised_exp(weight * ior - (1 - weight) * hlr)
+
+
+def ars(ior_aug: np.ndarray, ior_noaug: np.ndarray, weight: float) -> np.ndarray:
+    return normalised_exp(weight * ior_aug + (1 - weight) * ior_noaug)
+
+
+def seed_mean_std(values: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def collect(metric_dirs: list[Path], lrs_weight: float = 0.5, ars_weight: float = 0.5) -> pd.DataFrame:
     rows = []
     for folder in metric_dirs:
         for path in sorted(folder.glob("*.json")):
             m = json.loads(path.read_text())
+            students = m.get("students") or {m["student"]: m["protocols"]}
             for protocol, r in m["protocols"].items():
+                label_bytes = (m.get("label_bytes") or {}).get(protocol)
+                per_arch = {f"student_{arch}": res[protocol]["top1"]["mean"] for arch, res in students.items()}
                 rows.append({
+                    **per_arch, **({"top1_arch_mean": float(np.mean(list(per_arch.values())))}
+                                   if len(students) > 1 else {}),
+                    "per_seed": np.array(r["per_seed_top1"]), "draws": m.get("draws"),
+                    "label_bytes": np.nan if label_bytes is None else label_bytes,
+                    "total_bytes": np.nan if label_bytes is None else m["bytes"] + label_bytes,
+                    "budget_fraction": np.nan if label_bytes is None else (m["bytes"] + label_bytes) / m["train_bytes"],
                     "method": m["method"], "protocol": protocol, "ipc": m["ipc"] if m["ipc"] is not None else "all",
                     "top1": r["top1"]["mean"], "top1_std": r["top1"]["std"],
                     "top1_best": r["top1_best"]["mean"], "top1_best_std": r["top1_best"]["std"],
@@ -52,6 +86,8 @@ def collect(metric_dirs: list[Path]) -> pd.DataFrame:
     random = table[table.method == "random"].set_index("protocol")["top1"]
     table["gain_vs_random"] = [row.top1 - random[row.protocol] if row.protocol in random.index else np.nan
                                for row in table.itertuples()]
+    scores(table, lrs_weight, ars_weight)
+    table = table.drop(columns="per_seed")
     rank = {"random": 0, "full": 2}
     table["_order"] = [rank.get(m, 1) for m in table.method]
     return table.sort_values(["_order", "method", "protocol"]).drop(columns="_order").reset_index(drop=True)
@@ -81,6 +117,30 @@ def flag_sets(table: pd.DataFrame, num_classes: int, noise_factor: float, copies
     return reasons
 
 
+def scores(table: pd.DataFrame, lrs_weight: float, ars_weight: float) -> None:
+    """HLR, LRS and ARS columns (mean and std over seeds), in place; NaN where an input is missing."""
+    seeds = {(r.method, r.protocol): r.per_seed for r in table.itertuples()}
+
+    def ior(method: str, protocol: str):
+        own, rnd = seeds.get((method, protocol)), seeds.get(("random", protocol))
+        return None if own is None or rnd is None or len(own) != len(rnd) else own - rnd
+
+    out = {k: [] for k in ("hlr", "hlr_std", "lrs", "lrs_std", "ars", "ars_std")}
+    for r in table.itertuples():
+        hard, full = seeds.get((r.method, "hard")), seeds.get(("full", "hard"))
+        gain = ior(r.method, r.protocol)
+        hlr = None if hard is None or full is None or len(hard) != len(full) else full - hard
+        noaug = ior(r.method, "noaug") if r.protocol in AUGMENTED else None
+        values = {"hlr": hlr, "lrs": None if gain is None or hlr is None else lrs(gain, hlr, lrs_weight),
+                  "ars": None if gain is None or noaug is None else ars(gain, noaug, ars_weight)}
+        for key, v in values.items():
+            mean, std = (np.nan, np.nan) if v is None else seed_mean_std(v)
+            out[key].append(mean)
+            out[f"{key}_std"].append(std)
+    for key, column in out.items():
+        table[key] = column
+
+
 def pct(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}"
 
@@ -94,21 +154,47 @@ def markdown(table: pd.DataFrame, title: str) -> str:
              "Wall times are not here (outputs hold no timings, so reruns give the same bytes): see the run log,",
              "artifacts/runs.jsonl.",
              "Pixels: the budget (images x h x w; PoDD: its poster's pixels, so PoDD is listed at its own IPC).",
-             "Protocol `static` learns the labels a set ships (INFER's logits, PoDD's own learned labels).", "",
+             "Protocol `static` learns the labels a set ships (INFER's logits, PoDD's own learned labels); `noaug`",
+             "learns the teacher's logits of each whole image with no crop, flip or mix.",
+             "DD-Ranking's scores (per seed, then mean ± std): IOR = the gain; HLR = full's `hard` top-1 minus the",
+             "set's; LRS = (e^α − e^−1)/(e − e^−1), α = w·IOR − (1 − w)·HLR; ARS the same map of",
+             "w·IOR + (1 − w)·IOR(`noaug`) (rows fkd, teacher). Storage: one set's images plus the labels the",
+             "protocol needs (FKD files, shipped labels, noaug's float32 logits, the teacher for online KD), as a",
+             "fraction of the full train set's bytes.",
              "Flag: ⚠ marks a set that is not a distilled dataset (noise or near-copies; why: below the table).", "",
-             "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | gain vs random (pts) | fidelity % "
-             "| intra-class cos | images | pixels | bytes | flag |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | protocol | IPC | top-1 % | best top-1 % | top-5 % | IOR: gain vs random (pts) | HLR (pts) "
+             "| LRS % | ARS % | fidelity % | intra-class cos | images | pixels | image bytes | label bytes "
+             "| storage % of train set | flag |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(value: float, std: float | None = None, signed: bool = False) -> str:
+        if np.isnan(value):
+            return "–"
+        return f"{100 * value:+.1f}" if signed else pct(value, std)
+
     for r in table.itertuples():
-        gain = "" if np.isnan(r.gain_vs_random) else f"{100 * r.gain_vs_random:+.1f}"
         cosine = "–" if np.isnan(r.intra_class_cosine) else f"{r.intra_class_cosine:.3f}"
+        labels = "–" if np.isnan(r.label_bytes) else f"{int(r.label_bytes)}"
+        share = "–" if np.isnan(r.budget_fraction) else f"{100 * r.budget_fraction:.2f}"
         flag = " & ".join(f"⚠ {why.split(':')[0]}" for why in getattr(r, "flag", "").split("; ") if why)
         lines.append(f"| {r.method} | {r.protocol} | {r.ipc} | {pct(r.top1, r.top1_std)} | "
-                     f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {gain} | {pct(r.teacher_fidelity)} | "
-                     f"{cosine} | {r.images} | {r.pixels} | {r.bytes} | {flag} |")
+                     f"{pct(r.top1_best, r.top1_best_std)} | {pct(r.top5)} | {cell(r.gain_vs_random, signed=True)} | "
+                     f"{cell(r.hlr, r.hlr_std)} | {cell(r.lrs, r.lrs_std)} | {cell(r.ars, r.ars_std)} | "
+                     f"{pct(r.teacher_fidelity)} | {cosine} | {r.images} | {r.pixels} | {r.bytes} | {labels} | {share} "
+                     f"| {flag} |")
     first = table.iloc[0]
+    draws = table[table.method == "random"].draws.dropna()
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
-              + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."]
+              + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."
+              + (f" `random`: mean ± std over {int(draws.iloc[0])} independent draws (seed k trains on draw k)."
+                 if len(draws) else "")]
+    archs = [c[len("student_"):] for c in table.columns if c.startswith("student_")]
+    if len(archs) > 1:
+        lines += ["", "## Students across architectures", "",
+                  "Top-1 % (mean over seeds) of each student architecture on the same set, labels and plans.", "",
+                  "| method | protocol | " + " | ".join(archs) + " | mean |", "|---|---|" + "---|" * (len(archs) + 1)]
+        lines += [f"| {r.method} | {r.protocol} | " + " | ".join(pct(getattr(r, f"student_{a}")) for a in archs)
+                  + f" | {pct(r.top1_arch_mean)} |" for r in table.itertuples()]
     flagged = table[table.flag != ""].drop_duplicates(["method", "ipc"]) if "flag" in table else table.iloc[:0]
     if len(flagged):  # its numbers stay in the table, but it is not read like the others
         lines += ["", "**Flagged sets** (not distilled datasets; params `flags`):", ""]
@@ -173,7 +259,8 @@ def main() -> None:
                                         "plot's files across experiments by path (the accuracy-vs-IPC plot)")
     args = parser.parse_args()
     classes = read_classes(args.data)
-    table = collect(args.metrics)
+    weights = params.load().report
+    table = collect(args.metrics, weights.lrs_weight, weights.ars_weight)
     f = params.load().flags
     table["flag"] = flag_sets(table, len(classes), f.noise_factor, f.copies_margin)
     for r in table[table.flag != ""].drop_duplicates(["method", "ipc"]).itertuples():
@@ -201,9 +288,12 @@ def main() -> None:
         summary[r.method] = {"teacher_fidelity": r.teacher_fidelity, **({"flag": r.flag} if r.flag else {}),
                              **({} if np.isnan(r.intra_class_cosine) else {"intra_class_cosine": r.intra_class_cosine})}
     for r in table.itertuples():
-        summary.setdefault(r.method, {})[r.protocol] = {
-            "top1": round(r.top1, 4), "top1_std": round(r.top1_std, 4),
-            **({} if np.isnan(r.gain_vs_random) else {"gain": round(r.gain_vs_random, 4)})}
+        extra = {key: round(getattr(r, column), 4) for key, column in
+                 (("ior", "gain_vs_random"), ("hlr", "hlr"), ("lrs", "lrs"), ("ars", "ars"),
+                  ("top1_arch_mean", "top1_arch_mean"), ("storage_fraction", "budget_fraction"))
+                 if hasattr(r, column) and not np.isnan(getattr(r, column))}
+        summary.setdefault(r.method, {})[r.protocol] = {"top1": round(r.top1, 4), "top1_std": round(r.top1_std, 4),
+                                                        **extra}
     write_json(args.summary, summary)
     if args.table:
         with atomic_file(args.table) as tmp:

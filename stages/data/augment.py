@@ -124,6 +124,13 @@ def plan_epoch(n: int, batch_size: int, rng: np.random.Generator, aug: Augment) 
     return EpochPlan(batch_size, aug.mix, order, boxes, flips, partner, lam, cut)
 
 
+def plain_epoch(order: np.ndarray, batch_size: int) -> EpochPlan:
+    """An epoch without augmentation: every image whole, unflipped and unmixed, in `order`."""
+    n = len(order)
+    return EpochPlan(batch_size, "none", order, np.tile(np.array([0, 0, 1, 1], np.float32), (n, 1)),
+                     np.zeros(n, bool), np.arange(n) % batch_size, np.ones(n, np.float32), np.zeros((n, 4), np.int64))
+
+
 def render(images, plan: EpochPlan, batch: slice, mean, std, size: int) -> torch.Tensor:
     """The normalised, cropped, flipped and mixed float batch for one slice of a plan.
 

@@ -14,8 +14,11 @@ from stages.pipeline.card import Card, read_card, verify_content
 from stages.pipeline.errors import ArtifactError
 
 
-def images_root(set_dir: Path, card: Card) -> Path:
-    """The set's own folder, or (baseline@full) a folder under data/<dataset>/ named by the card."""
+def images_root(set_dir: Path, card: Card, draw: int = 0) -> Path:
+    """The set's own folder, its draw<k>/ (baseline@random's draws, k = draw modulo their number), or
+    (baseline@full) a folder under data/<dataset>/ named by the card."""
+    if card.draws is not None:
+        return Path(set_dir) / f"draw{draw % card.draws}"
     if card.images_from is None:
         return set_dir
     where = f"{set_dir / 'card.json'}: images_from"
@@ -39,11 +42,12 @@ def open_set(set_dir: str | Path, data_dir: str | Path) -> Card:
     return card
 
 
-def load_set(set_dir: str | Path, data_dir: str | Path) -> tuple[Card, ImageSet]:
+def load_set(set_dir: str | Path, data_dir: str | Path, draw: int = 0) -> tuple[Card, ImageSet]:
+    """The set's card and images; for a set of draws, those of draw `draw` (modulo their number)."""
     set_dir = Path(set_dir)
     card = open_set(set_dir, data_dir)
     classes = card.classes
-    images = load_imagefolder(images_root(set_dir, card), classes, desc=f"load {set_dir.name}")
+    images = load_imagefolder(images_root(set_dir, card, draw), classes, desc=f"load {set_dir.name}")
     if len(images) != card.num_images:
         raise ArtifactError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")
     return card, images

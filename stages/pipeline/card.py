@@ -28,7 +28,8 @@ EVALUATION_NOTE = {
                   "teacher": "student learns the teacher's logits online",
                   "hard": "cross-entropy on each image's own label",
                   "static": "student learns the labels the set ships (card `labels`), mixed like the images: "
-                            "logits by KD, probabilities as soft cross-entropy targets"},
+                            "logits by KD, probabilities as soft cross-entropy targets",
+                  "noaug": "student learns the teacher's logits of each whole image: no crop, flip or mix"},
     "recipe": "the `evaluate` section of params.yaml at the commit that made this set",
 }
 
@@ -50,6 +51,8 @@ class Card(BaseModel):
     num_images: int
     images_from: Optional[str] = None  # project-relative folder holding the images, if not this one
     labels: Optional[str] = None  # soft labels shipped with the set (a safetensors file in it), if any
+    draws: Optional[int] = None  # baseline@random: this many independent draws, in draw<k>/ (student seed k trains
+                                 # on draw k); num_images counts one draw
     synthesis: Optional[dict] = None  # how the images were made: work done, derived counts
     params: dict
     teacher: Optional[dict]  # {"arch", "sha256"} of the teacher that shaped the images, if any

@@ -59,9 +59,11 @@ class History:
     images_seen: int = 0
 
     def summary(self) -> dict:
+        """Final and best values; each *_best is the max of its own metric over the validation points (top-5 at
+        top-1's best point could sit below the final top-5); best_epoch is where top-1 peaked."""
         best = max(range(len(self.top1)), key=self.top1.__getitem__)
         return {"top1": self.top1[-1], "top5": self.top5[-1], "top1_best": self.top1[best],
-                "top5_best": self.top5[best], "best_epoch": self.epochs[best], "train_seconds": self.seconds,
+                "top5_best": max(self.top5), "best_epoch": self.epochs[best], "train_seconds": self.seconds,
                 "images_per_second": self.images_seen / max(self.seconds, 1e-9)}
 
 

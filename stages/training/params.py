@@ -32,9 +32,9 @@ class Teacher(Section):
 
 
 class Evaluate(Section):
-    student: str
+    students: Annotated[list[str], Field(min_length=1)]
     teacher: str
-    protocols: Annotated[list[Literal["fkd", "teacher", "hard", "static"]], Field(min_length=1)]
+    protocols: Annotated[list[Literal["fkd", "teacher", "hard", "static", "noaug"]], Field(min_length=1)]
     seeds: Positive
     epochs: Positive
     full_epochs: Positive
@@ -43,6 +43,7 @@ class Evaluate(Section):
     lr: PositiveFloat
     weight_decay: NonNegFloat
     temperature: PositiveFloat
+    static_temperature: PositiveFloat
     crop_scale: list[float]
     flip: bool
     mix: Literal["cutmix", "mixup", "none"]
@@ -50,7 +51,20 @@ class Evaluate(Section):
     eval_points: Positive
 
     _scale = field_validator("crop_scale")(check_scale)
-    _student = field_validator("student")(_registered)
+
+    @field_validator("students")
+    @classmethod
+    def _students(cls, archs: list[str]) -> list[str]:
+        archs = [_registered(a) for a in archs]
+        if len(set(archs)) != len(archs):
+            raise ValueError("lists a student twice")
+        return archs
+
+
+class Report(Section):
+    """DD-Ranking's score weights (docs/evaluation-fairness.md)."""
+    lrs_weight: Annotated[float, Field(ge=0, le=1)]
+    ars_weight: Annotated[float, Field(ge=0, le=1)]
 
 
 class Flags(Section):
@@ -59,11 +73,11 @@ class Flags(Section):
     copies_margin: NonNegFloat  # flagged as near-copies: intra-class cosine above the real images' + margin
 
 
-SECTIONS = {"teacher": Teacher, "evaluate": Evaluate, "flags": Flags}
+SECTIONS = {"teacher": Teacher, "evaluate": Evaluate, "report": Report, "flags": Flags}
 
 
 def check(p) -> None:
-    for arch in [*p.teacher.archs, p.evaluate.student]:
+    for arch in [*p.teacher.archs, *p.evaluate.students]:
         if arch in OUR_ARCHS and arch not in p.models:
             raise ValueError(f"models.{arch} = None: arch {arch!r} is used but has no config")
     if p.evaluate.teacher not in p.teacher.archs:
