@@ -146,7 +146,9 @@ def test_the_report_marks_noise_and_near_copy_sets_and_says_why():
     table = pd.DataFrame([{"method": m, "protocol": "fkd", "ipc": ipc, "top1": 0.5, "top1_std": 0.01,
                            "top1_best": 0.5, "top1_best_std": 0.01, "top5": 0.9, "seeds": 2, "images": 100,
                            "pixels": 1, "bytes": 1, "student": "convnet", "epochs": 30, "teacher_fidelity": fid,
-                           "intra_class_cosine": cos, "gain_vs_random": 0.0} for m, ipc, fid, cos in rows])
+                           "intra_class_cosine": cos, "gain_vs_random": 0.0, "hlr": 0.0, "hlr_std": 0.0, "lrs": 0.5,
+                           "lrs_std": 0.0, "ars": 0.5, "ars_std": 0.0, "label_bytes": 1, "budget_fraction": 0.01,
+                           "draws": 2 if m == "random" else None} for m, ipc, fid, cos in rows])
     table["flag"] = flag_sets(table, 10, noise_factor=2.0, copies_margin=0.2)
     flags = dict(zip(table.method, table.flag))
     assert flags["random"] == flags["delt"] == flags["full"] == ""  # 0.50 is within 0.2 of random's 0.38
