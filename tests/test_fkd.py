@@ -9,7 +9,7 @@ from stages.data.augment import Augment, plan_epoch, render
 from stages.data.distilled import load_set
 from stages.models import load_checkpoint, predict
 from stages.training.soft_labels import epoch_file, read_epoch
-from tests.conftest import run_stage
+from tests.conftest import assert_refused, run_stage, workdir
 
 SET = "artifacts/digits/ipc3/distilled/random"
 LABELS = "artifacts/digits/ipc3/soft_labels/random"
@@ -138,3 +138,80 @@ assert torch.equal(out, roi_align(x, rois, output_size=12, spatial_scale=1.0, sa
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _epoch(n: int = 37, classes: int = 10, seed: int = 0):
+    plan = plan_epoch(n, 16, np.random.default_rng(seed), Augment((0.5, 1.0), True, "cutmix", 1.0, 16))
+    return plan, torch.randn(n, classes, generator=torch.Generator().manual_seed(seed)) * 4
+
+
+def test_topk_of_every_class_reads_back_the_dense_fp16_logits_bit_for_bit(tmp_path):
+    """relabel.topk = C: the rebuilt rows are exactly today's dense rows, so evaluate (which only sees
+    read_epoch's tensor) trains the same students."""
+    from stages.training.soft_labels import write_epoch
+
+    plan, logits = _epoch()
+    write_epoch(tmp_path / "dense.parquet", plan, logits)
+    write_epoch(tmp_path / "top.parquet", plan, logits, topk=10)
+    dense_plan, dense = read_epoch(tmp_path / "dense.parquet")
+    top_plan, top = read_epoch(tmp_path / "top.parquet")
+    assert top.dtype == dense.dtype == torch.float16
+    assert dense.numpy().tobytes() == top.numpy().tobytes()
+    assert all(np.array_equal(getattr(dense_plan, k), getattr(top_plan, k))
+               for k in ("order", "boxes", "flips", "partner", "lam", "cut"))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_topk_keeps_the_top_probabilities_and_spreads_the_rest_evenly(tmp_path, k):
+    """FKD's marginal smoothing at temperature 1: the kept classes keep the teacher's probability, every other
+    class gets an equal share of the teacher's remaining mass."""
+    from stages.training.soft_labels import write_epoch
+
+    plan, logits = _epoch(classes=12)
+    write_epoch(tmp_path / "e.parquet", plan, logits, topk=k)
+    _, rebuilt = read_epoch(tmp_path / "e.parquet")
+    assert rebuilt.shape == logits.shape
+    teacher, student = torch.softmax(logits.half().float(), 1), torch.softmax(rebuilt.float(), 1)
+    kept = logits.topk(k, 1).indices
+    assert torch.allclose(student.gather(1, kept), teacher.gather(1, kept), atol=2e-3)
+    others = torch.ones_like(student, dtype=torch.bool).scatter(1, kept, False)
+    rest = student[others].view(len(student), -1)
+    assert torch.allclose(rest, rest[:, :1].expand_as(rest))  # evenly spread
+    assert torch.allclose(rest.sum(1), 1 - teacher.gather(1, kept).sum(1), atol=2e-3)
+    assert torch.equal(rebuilt.argmax(1), logits.argmax(1))
+
+
+def test_topk_files_shrink_with_k(tmp_path):
+    from stages.training.soft_labels import write_epoch
+
+    plan, logits = _epoch(n=200, classes=100)
+    sizes = {}
+    for k in (None, 10, 1):
+        write_epoch(tmp_path / f"{k}.parquet", plan, logits, topk=k)
+        sizes[k] = (tmp_path / f"{k}.parquet").stat().st_size
+    assert sizes[None] > 3 * sizes[10] and sizes[10] > sizes[1]
+
+
+@pytest.mark.slow
+def test_topk_of_every_class_gives_todays_evaluate_outputs(relabelled):
+    """relabel.topk = 10 on digits (10 classes) and evaluate's fkd protocol: the same metrics file, byte for
+    byte, as the dense labels."""
+    folder = workdir(relabelled, "topk10", {"relabel": {"topk": 10}, "evaluate": {"protocols": ["fkd"], "seeds": 1}})
+    dense = workdir(relabelled, "dense", {"evaluate": {"protocols": ["fkd"], "seeds": 1}})
+    for project in (folder, dense):
+        (project / "artifacts").symlink_to(relabelled / "artifacts")
+        run_stage(project, "relabel", "--set", SET, "--teacher", TEACHER, "--data", "data/digits",
+                  "--epochs", "3", "--out", "labels")
+        run_stage(project, "evaluate", "--set", SET, "--labels", "labels", "--teacher", TEACHER,
+                  "--data", "data/digits", "--epochs", "3", "--out", "m.json")
+    assert json.loads((folder / "labels" / "fkd.json").read_text())["topk"] == 10
+    assert (folder / "labels" / "epoch_0000.parquet").read_bytes() != (dense / "labels" / "epoch_0000.parquet").read_bytes()
+    assert (folder / "m.json").read_bytes() == (dense / "m.json").read_bytes()
+
+
+def test_topk_above_the_class_count_is_refused(relabelled):
+    folder = workdir(relabelled, "topk11", {"relabel": {"topk": 11}})
+    (folder / "artifacts").symlink_to(relabelled / "artifacts")
+    result = run_stage(folder, "relabel", "--set", SET, "--teacher", TEACHER, "--data", "data/digits",
+                       "--epochs", "1", "--out", "labels", check=False)
+    assert_refused(result, "ParamsError", "relabel.topk = 11: more than the 10 classes of data/digits")

@@ -97,6 +97,10 @@ class Evaluate(Section):
         return arch
 
 
+class Relabel(Section):
+    topk: Optional[Positive]  # None: dense fp16 logits; k: FKD's top-k form (stages/training/soft_labels.py)
+
+
 class Recover(Section):
     """The recover engine's knobs (research/sre2l_family.md §0.3), shared by sre2l, delt and infer."""
     iterations: Positive
@@ -320,6 +324,7 @@ class Params(Section):
     models: dict[str, ArchConfig]
     teacher: Teacher
     evaluate: Evaluate
+    relabel: Relabel
     sre2l: Sre2l
     delt: Delt
     infer: Infer
