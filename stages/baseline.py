@@ -6,12 +6,12 @@ full:   the whole prepared train set, by reference (card.json only; images stay 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from stages.data.folder import list_images, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import split_items
 from stages.pipeline import cli, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.outputs import atomic_dir
@@ -27,7 +27,7 @@ def main() -> None:
     p = params.load()
     classes = read_classes(args.data)
     train_dir = Path(args.data) / "train"
-    files = list_images(train_dir, classes)
+    files = split_items(train_dir, classes)
     common = dict(method=args.kind, dataset=p.dataset, classes=classes, teacher=None, evaluation=EVALUATION_NOTE)
 
     with atomic_dir(args.out) as tmp:
@@ -37,10 +37,10 @@ def main() -> None:
         else:
             rng = np.random.default_rng(derive_seed(p.seed, "baseline", "random"))
             for label, name in enumerate(classes):
-                members = [path for path, y in files if y == label]
+                members = [item for item in files if item.label == label]
                 for i in sorted(rng.choice(len(members), size=p.ipc, replace=False)):
                     (tmp / name).mkdir(exist_ok=True)
-                    shutil.copyfile(members[i], tmp / name / members[i].name)
+                    members[i].write_png(tmp / members[i].name)
             write_card(tmp, ipc=p.ipc, num_images=p.ipc * len(classes), params={"ipc": p.ipc, "seed": p.seed},
                        **common)
     print(f"baseline@{args.kind}: {json.loads((Path(args.out) / 'card.json').read_text())['num_images']} images "

@@ -27,12 +27,13 @@ from torch.nn import functional as F
 
 from stages.data.augment import EpochPlan, plan_epoch
 from stages.data.distilled import images_root, load_set, read_labels
-from stages.data.folder import load_imagefolder, read_classes, renormalise
+from stages.data.folder import read_classes, renormalise
+from stages.data.prepared import open_images, stored_bytes
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.errors import DataError
-from stages.pipeline.outputs import dir_bytes, write_csv, write_json
+from stages.pipeline.outputs import write_csv, write_json
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
@@ -85,7 +86,7 @@ def main() -> None:
     classes = read_classes(args.data)
     card, images = load_set(args.set, args.data)
     size, norm = data_meta["image_size"], (data_meta["mean"], data_meta["std"])
-    valset = load_imagefolder(Path(args.data) / "val", classes, size)
+    valset = open_images(Path(args.data) / "val", classes, size)
     val = (valset.normalised(*norm), valset.labels)
     teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
     teacher_norm = (t_meta["mean"], t_meta["std"])  # a teacher sees images in its own normalisation
@@ -169,7 +170,7 @@ def main() -> None:
     write_json(args.out, {
         **teacher_view(teacher.cpu(), images.normalised(*teacher_norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
-        "bytes": dir_bytes(images_root(Path(args.set), card)),
+        "bytes": stored_bytes(images_root(Path(args.set), card)),
         "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.student, "epochs": args.epochs,
         "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results,
         "note": "top1/top5 are after the last epoch; *_best are the max over validation points (optimistic); "

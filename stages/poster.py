@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from stages.data.folder import load_imagefolder, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import open_images
 from stages.models.convnet import ConvNet
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
@@ -126,8 +127,8 @@ def main() -> None:
     meta = json.loads((Path(args.data) / "meta.json").read_text())
     classes, size = read_classes(args.data), meta["image_size"]
     norm = (meta["mean"], meta["std"])
-    train = load_imagefolder(Path(args.data) / "train", classes, size)
-    valset = load_imagefolder(Path(args.data) / "val", classes, size)
+    train = open_images(Path(args.data) / "train", classes, size)
+    valset = open_images(Path(args.data) / "val", classes, size)
     geometry = geometry_from(cfg, len(classes), size)
     order = class_order(cfg, p.class_names or classes, geometry.class_grid, p.seed)
     grid = np.array(order["grid"])
