@@ -38,7 +38,7 @@ def main() -> None:
     size = p.prepare.image_size
     source = open_source(p)
 
-    copy = p.prepare.copy
+    copy = p.prepare.copy_
     if not copy and p.dataset != "imagefolder":
         raise ParamsError(f"prepare.copy = false: only for dataset imagefolder (files to list), not {p.dataset}")
     root = Path(p.prepare.root or ".")

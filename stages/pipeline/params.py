@@ -40,7 +40,7 @@ class Prepare(Section):
     download: bool
     classes: Optional[list[str]]
     on_corrupt: Literal["fail", "skip"]
-    copy: bool  # false: a manifest of the source files instead of PNG copies (imagefolder only)
+    copy_: bool = Field(alias="copy")  # (BaseModel has a .copy) false: a manifest of the source files instead of PNG copies (imagefolder only)
 
 
 class ArchConfig(Section):
