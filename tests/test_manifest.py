@@ -91,6 +91,36 @@ def test_copy_false_is_refused_for_datasets_without_files(tmp_path):
                    "prepare.copy = false: only for dataset imagefolder")
 
 
+def test_prepare_lists_the_sources_and_readers_see_the_copys_pixels(tmp_path):
+    """Sources larger than and not square at image_size: the manifest lists them (no pixels written), and
+    every whole image read through it is the copy's."""
+    from stages.data.folder import load_imagefolder
+    from stages.data.prepared import open_images, split_items
+
+    src = tmp_path / "src"
+    for split in ("train", "val"):
+        for c, name in enumerate("ab"):
+            (src / split / name).mkdir(parents=True)
+            sources(src / split / name, [(20 + c, 27), (31, 24)], seed=c)
+    data = {}
+    for copy in (True, False):
+        folder = project(tmp_path / f"copy_{copy}", src, copy)
+        run_stage(folder, "prepare", "--out", "data/imagefolder")
+        data[copy] = folder / "data" / "imagefolder"
+    assert sorted(p.name for p in data[False].iterdir()) == ["classes.json", "manifest.parquet", "meta.json"]
+    import pyarrow.parquet as pq
+    rows = pq.read_table(data[False] / "manifest.parquet").to_pylist()
+    assert [(r["split"], r["path"], r["name"], r["label"]) for r in rows][:2] == [
+        ("train", "train/a/000.png", "a/000.png", 0), ("train", "train/a/001.png", "a/001.png", 0)]
+    assert all(r["bytes"] == (src / r["path"]).stat().st_size for r in rows)
+    for split in ("train", "val"):
+        copies = load_imagefolder(data[True] / split, ["a", "b"], SIZE)
+        listed = open_images(data[False] / split, ["a", "b"], SIZE)
+        assert listed.streamed and listed.paths == copies.paths and torch.equal(listed.labels, copies.labels)
+        assert torch.equal(listed.images[np.arange(len(copies))], copies.images)
+        assert [i.name for i in split_items(data[False] / split, ["a", "b"])] == copies.paths
+
+
 @pytest.mark.slow
 def test_copy_and_manifest_give_the_same_teacher_ranking_and_sets(tmp_path):
     src = tmp_path / "src"

@@ -36,6 +36,7 @@ from stages.data.folder import ImageSet, decode_rgb, list_images, load_imagefold
 from stages.data.paths import relative
 from stages.data.stream import LazyImages
 from stages.pipeline.errors import DataError
+from stages.pipeline.outputs import dir_bytes
 
 MANIFEST = "manifest.parquet"
 SPLITS = ("train", "val")
@@ -133,7 +134,7 @@ def stored_bytes(root: str | Path) -> int:
     """Bytes a split occupies: its PNG copies, or (manifest) its source files."""
     manifest = manifest_of(root)
     if manifest is None:
-        return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
+        return dir_bytes(root)
     return int(pq.read_table(manifest, columns=["split", "bytes"], filters=[("split", "==", Path(root).name)])
                .column("bytes").to_numpy().sum())
 
