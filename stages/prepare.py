@@ -36,11 +36,11 @@ def main() -> None:
     args = parser.parse_args()
     p = params.load()
     size = p.prepare.image_size
-    source = open_source(p)
-
     copy = p.prepare.copy_
     if not copy and p.dataset != "imagefolder":
         raise ParamsError(f"prepare.copy = false: only for dataset imagefolder (files to list), not {p.dataset}")
+    source = open_source(p)
+
     root = Path(p.prepare.root or ".")
     manifest = {k: [] for k in ("split", "path", "class", "label", "name", "bytes", "mtime_ns")}
 
