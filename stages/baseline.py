@@ -7,12 +7,12 @@ full:   the whole prepared train set, by reference (card.json only; images stay 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from stages.data.folder import list_images, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import split_items
 from stages.pipeline import cli, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.outputs import atomic_dir
@@ -28,7 +28,7 @@ def main() -> None:
     p = params.load()
     classes = read_classes(args.data)
     train_dir = Path(args.data) / "train"
-    files = list_images(train_dir, classes)
+    files = split_items(train_dir, classes)
     common = dict(method=args.kind, dataset=p.dataset, classes=classes, teacher=None, evaluation=EVALUATION_NOTE)
 
     with atomic_dir(args.out) as tmp:
@@ -40,10 +40,10 @@ def main() -> None:
             for k in range(draws):  # draw 0 is the one subset this stage drew before there were draws
                 rng = np.random.default_rng(derive_seed(p.seed, "baseline", "random", *([k] if k else [])))
                 for label, name in enumerate(classes):
-                    members = [path for path, y in files if y == label]
+                    members = [item for item in files if item.label == label]
                     for i in sorted(rng.choice(len(members), size=p.ipc, replace=False)):
                         (tmp / f"draw{k}" / name).mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(members[i], tmp / f"draw{k}" / name / members[i].name)
+                        members[i].write_png(tmp / f"draw{k}" / members[i].name)
             write_card(tmp, ipc=p.ipc, num_images=p.ipc * len(classes), draws=draws,
                        params={"ipc": p.ipc, "seed": p.seed, "draws": draws}, **common)
     print(f"baseline@{args.kind}: {json.loads((Path(args.out) / 'card.json').read_text())['num_images']} images "

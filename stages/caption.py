@@ -21,7 +21,8 @@ from pathlib import Path
 
 from stages.captions import attributes
 from stages.captions.jsonl import caption_line, parse_line
-from stages.data.folder import decode_rgb, list_images, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import split_items
 from stages.pipeline import cli, params
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import write_json
@@ -106,8 +107,8 @@ def main() -> None:
     classes = read_classes(args.data)
     subjects = params.class_prompts(p, classes)
     train = args.data / "train"
-    items = list_images(train, classes)
-    paths = [path.relative_to(train).as_posix() for path, _ in items]
+    items = split_items(train, classes)
+    paths = [item.name for item in items]
     config = settings(p, subjects)
     if warning := misfit(p.caption.captioner, p.dataset):
         print(warning, file=sys.stderr)
@@ -126,9 +127,9 @@ def main() -> None:
         with open(partial, "ab") as f, progress(total=len(items), initial=done, desc="caption", unit="img") as bar:
             for start in range(done, len(items), batch_size):
                 batch = items[start:start + batch_size]
-                captions = captioner([decode_rgb(path) for path, _ in batch], [subjects[y] for _, y in batch])
-                f.write("".join(caption_line(paths[start + i], classes[y], text, config["captioner"])
-                                for i, ((_, y), text) in enumerate(zip(batch, captions))).encode("utf-8"))
+                captions = captioner([item.load() for item in batch], [subjects[item.label] for item in batch])
+                f.write("".join(caption_line(paths[start + i], classes[item.label], text, config["captioner"])
+                                for i, (item, text) in enumerate(zip(batch, captions))).encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
                 bar.update(len(batch))

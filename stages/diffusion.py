@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from stages.captions.jsonl import read_captions
-from stages.data.folder import load_imagefolder, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import inputs_of, open_images
 from stages.data.stream import BatchView
 from stages.generation import ldm
 from stages.generation.folder import check_pipeline_folder
@@ -117,7 +118,7 @@ def main() -> None:
     meta = json.loads((args.data / "meta.json").read_text())
     size = meta["image_size"]
     resolution = d.resolution or (size if d.mode == "train" else 512)
-    train = load_imagefolder(args.data / "train", classes, size, desc="load train")
+    train = open_images(args.data / "train", classes, size, desc="load train")
     prompts = params.class_prompts(p, classes)
     captions = None
     if d.caption_fraction > 0:
@@ -127,7 +128,7 @@ def main() -> None:
     # what decides the weights: these params and inputs (another value of any starts training afresh)
     settings = {"seed": p.seed, "prompts": prompts, "resolution": resolution,
                 "diffusion": d.model_dump(exclude={"check"})}
-    inputs = [args.data / "meta.json", args.data / "train", *([args.captions] if captions else []),
+    inputs = [args.data / "meta.json", inputs_of(args.data / "train"), *([args.captions] if captions else []),
               *([Path(d.pretrained)] if d.mode == "pretrained" and Path(d.pretrained).is_dir() else [])]
     resume = Resume(args.out, settings, inputs)
     x = BatchView(train.images, lambda images: from_uint8(images, resolution))  # per batch: never the float set

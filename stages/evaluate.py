@@ -31,12 +31,13 @@ from torch.nn import functional as F
 
 from stages.data.augment import EpochPlan, plain_epoch, plan_epoch, render
 from stages.data.distilled import images_root, load_set, read_labels
-from stages.data.paths import inside
-from stages.data.folder import load_imagefolder, read_classes, renormalise
+from stages.data.folder import read_classes, renormalise
+from stages.data.prepared import open_images, stored_bytes
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.errors import DataError
+from stages.pipeline.paths import inside
 from stages.pipeline.outputs import dir_bytes, write_csv, write_json
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
@@ -90,7 +91,7 @@ def main() -> None:
     classes = read_classes(args.data)
     card, images = load_set(args.set, args.data)
     size, norm = data_meta["image_size"], (data_meta["mean"], data_meta["std"])
-    valset = load_imagefolder(Path(args.data) / "val", classes, size)
+    valset = open_images(Path(args.data) / "val", classes, size)
     val = (valset.normalised(*norm), valset.labels)
     teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
     teacher_norm = (t_meta["mean"], t_meta["std"])  # a teacher sees images in its own normalisation
@@ -198,9 +199,9 @@ def main() -> None:
     write_json(args.out, {
         **teacher_view(teacher.cpu(), images.normalised(*teacher_norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
-        "bytes": dir_bytes(images_root(Path(args.set), card)), "draws": card.draws,
+        "bytes": stored_bytes(images_root(Path(args.set), card)), "draws": card.draws,
         "label_bytes": {pr: label_bytes[pr] for pr in protocols},
-        "train_bytes": dir_bytes(Path(args.data) / "train"),
+        "train_bytes": stored_bytes(Path(args.data) / "train"),
         "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.students[0],
         "epochs": args.epochs, "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results[cfg.students[0]],
         "students": results,

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from stages.data.folder import load_imagefolder, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import open_images
 from stages.data.latents import write_latents
 from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import from_uint8
@@ -53,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     p = params.load()
     classes = read_classes(args.data)
-    train = load_imagefolder(args.data / "train", classes, desc="load train")
+    train = open_images(args.data / "train", classes, desc="load train")
     vae, resolution = load_vae(args.diffusion)
     if torch.cuda.is_available():
         vae = vae.to("cuda")

@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from stages.data.folder import load_imagefolder, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import open_images
 from stages.models.convnet import ConvNet
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.params import Params
@@ -156,8 +157,8 @@ def load_inputs(p: Params, data: Path) -> Inputs:
     meta = json.loads((data / "meta.json").read_text())
     classes, size = read_classes(data), meta["image_size"]
     norm = (meta["mean"], meta["std"])
-    train = load_imagefolder(data / "train", classes, size)
-    valset = load_imagefolder(data / "val", classes, size)
+    train = open_images(data / "train", classes, size)
+    valset = open_images(data / "val", classes, size)
     geometry = geometry_from(cfg, len(classes), size)
     order = class_order(cfg, p.class_names or classes, geometry.class_grid, p.seed)
     grid = np.array(order["grid"])

@@ -1,29 +1,25 @@
 """prepare: the source dataset → data/<ds>/{train,val}/<class>/*.png, classes.json, meta.json.
 
 Every image becomes a square RGB PNG of `prepare.image_size` (shorter side resized, centre crop).
+With prepare.copy: false (imagefolder only) no pixels are written: data/<ds>/manifest.parquet lists the
+source files (stages/data/prepared.py), and every reader decodes them. Either way each image is decoded
+once here, to check it and to measure the train set's mean and std.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from stages.data import sources
 from stages.data.folder import save_png
+from stages.data.prepared import MANIFEST, square, write_manifest
 from stages.pipeline import cli, params
-from stages.pipeline.errors import DataError
+from stages.pipeline.errors import DataError, ParamsError
 from stages.pipeline.outputs import atomic_dir, sha256_bytes, write_json
 from stages.pipeline.progress import progress
-
-
-def square(array: np.ndarray, size: int) -> np.ndarray:
-    img = Image.fromarray(array)
-    scale = size / min(img.size)
-    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
-                     Image.Resampling.BICUBIC)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
 def open_source(p: params.Params) -> sources.Source:
@@ -40,7 +36,13 @@ def main() -> None:
     args = parser.parse_args()
     p = params.load()
     size = p.prepare.image_size
+    copy = p.prepare.copy_
+    if not copy and p.dataset != "imagefolder":
+        raise ParamsError(f"prepare.copy = false: only for dataset imagefolder (files to list), not {p.dataset}")
     source = open_source(p)
+
+    root = Path(p.prepare.root or ".")
+    manifest = {k: [] for k in ("split", "path", "class", "label", "name", "bytes", "mtime_ns")}
 
     with atomic_dir(args.out) as tmp:
         counts, skipped = {}, []
@@ -48,6 +50,7 @@ def main() -> None:
         for split, items in source.splits.items():
             counts[split] = Counter()
             for stem, label, load, origin in progress(items, desc=f"prepare {split}", unit="img"):
+                stat = None if copy else os.stat(origin)  # before reading: a later change shows as a newer mtime
                 try:
                     image = square(load(), size)
                 except DataError:
@@ -55,7 +58,14 @@ def main() -> None:
                         raise
                     skipped.append(origin)
                     continue
-                save_png(image, tmp / split / source.classes[label] / f"{stem}.png")
+                name = f"{source.classes[label]}/{stem}.png"
+                if copy:
+                    save_png(image, tmp / split / name)
+                else:
+                    for key, value in zip(manifest, (split, Path(origin).relative_to(root).as_posix(),
+                                                     source.classes[label], label, name, stat.st_size,
+                                                     stat.st_mtime_ns)):
+                        manifest[key].append(value)
                 counts[split][source.classes[label]] += 1
                 if split == "train":
                     x = image.reshape(-1, 3) / 255.0
@@ -66,6 +76,8 @@ def main() -> None:
             if empty:  # every source class has files, so only skipping empties one
                 raise DataError(f"{split} classes {empty}: no readable image left after skipping {len(skipped)} "
                                 f"unreadable files (first: {skipped[0]})")
+        if not copy:
+            write_manifest(tmp / MANIFEST, manifest)
         mean = pixel_sum / pixel_n
         std = np.sqrt(pixel_sq / pixel_n - mean ** 2)
         classes_json = tmp / "classes.json"
@@ -81,6 +93,7 @@ def main() -> None:
             "std": [round(float(v), 6) for v in std],
             "skipped": {"count": len(skipped), "files": skipped},
             "ignored": {"count": len(source.ignored), "files": source.ignored},
+            **({} if copy else {"source_root": p.prepare.root}),
         })
     if skipped:
         print(f"prepare: skipped {len(skipped)} unreadable images (listed in {args.out}/meta.json)")
@@ -89,7 +102,7 @@ def main() -> None:
               f"(listed in {args.out}/meta.json)")
     total = {s: sum(c.values()) for s, c in counts.items()}
     print(f"prepare: {len(source.classes)} classes, {total['train']} train / {total['val']} val images "
-          f"at {size}px → {args.out}")
+          f"at {size}px → {args.out}" + ("" if copy else f" (a manifest of the files in {root}, no copies)"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stages.data.folder import load_imagefolder, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import open_images
 from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_file
@@ -28,7 +29,7 @@ def main() -> None:
     data_meta = json.loads((Path(args.data) / "meta.json").read_text())
     classes = read_classes(args.data)
     teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
-    train = load_imagefolder(Path(args.data) / "train", classes, t_meta["image_size"])
+    train = open_images(Path(args.data) / "train", classes, t_meta["image_size"])
     probabilities = torch.softmax(predict(teacher, train.normalised(t_meta["mean"], t_meta["std"])), 1)
     table = pd.DataFrame({
         "path": train.paths,

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from stages.data.distilled import write_labels
 from stages.data.folder import load_imagefolder, normalise, read_classes
+from stages.data.prepared import inputs_of, manifest_of, open_images
 from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
@@ -129,7 +130,7 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
 
 def delt_init(init_dir: Path, classes: list[str], ipc: int, size: int, mean, std):
     """init(labels, indices, gen) → the selected real image of rank k (file prefix k) per class."""
-    init = load_imagefolder(init_dir, classes, size, desc="load init")
+    init = open_images(init_dir, classes, size, desc="load init")
     by_class = [[i for i, y in enumerate(init.labels.tolist()) if y == c] for c in range(len(classes))]
     for c, members in enumerate(by_class):
         if len(members) < ipc:
@@ -159,7 +160,7 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
     ipc_init, per_set = infer_budget(p.ipc, C, M, p.infer.ipc_init)
     start, end = ipc_range("infer", p.infer, ipc_init)
 
-    train = load_imagefolder(train_dir, classes, size, desc="load train")
+    train = open_images(train_dir, classes, size, desc="load train")
     rng = np.random.default_rng(derive_seed(p.seed, "infer", "bases"))
     picks = [rng.choice(np.flatnonzero(train.labels.numpy() == c), ipc_init, replace=False) for c in range(C)]
     base_index = torch.from_numpy(np.stack(picks, 1)[start:end])  # [sets, C] rows of train
@@ -229,7 +230,7 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
 
 
 def expect_init(args, what: str) -> Path:
-    if args.init == "noise" or not Path(args.init).is_dir():
+    if args.init == "noise" or not (Path(args.init).is_dir() or manifest_of(args.init)):
         raise PipelineError(f"recover {args.method}: --init {args.init}: expected {what} (a folder)")
     return Path(args.init)
 
@@ -255,7 +256,7 @@ def main() -> None:
     # train folder by listing, the data's meta.json), so other params or inputs start afresh
     settings = {"method": args.method, "ipc": p.ipc, "seed": p.seed, args.method: section.model_dump(),
                 "teachers": teachers.card()}
-    inputs = [args.data / "meta.json"] + ([Path(args.init)] if args.init != "noise" else [])
+    inputs = [args.data / "meta.json"] + ([inputs_of(args.init)] if args.init != "noise" else [])
 
     with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
         finished = FinishedBatches(world, args.out, settings, inputs)

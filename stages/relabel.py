@@ -2,7 +2,9 @@
 
 For each epoch the evaluation recipe's augmentation plan is drawn (image order, crop box, flip, mix
 partner, λ, cutmix box), the teacher labels exactly those augmented batches, and plan + fp16 logits
-are stored. evaluate's `fkd` protocol replays the files: same crops, stored logits, no teacher.
+are stored (or, with relabel.topk = k, each crop's k largest logits, their classes and one logit for the
+rest: stages/training/soft_labels.py). evaluate's `fkd` protocol replays the files: same crops, stored logits, no
+teacher.
 Under torchrun every rank draws every epoch's plan (cheap) and labels its own block of epochs, so the
 files are the ones a single process writes. Each finished epoch is also kept in `.<out>.resume/`, so a
 killed run relabels only the epochs it had not finished (their plans are drawn again: same stream).
@@ -21,6 +23,7 @@ from stages.data.distilled import load_set
 from stages.data.folder import read_classes
 from stages.models import load_checkpoint, predict
 from stages.pipeline import cli, distributed, params
+from stages.pipeline.errors import ParamsError
 from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume
@@ -45,11 +48,15 @@ def main() -> None:
     classes = read_classes(args.data)
     batch_size = eval_batch_size(p.evaluate, len(images), len(classes))
     augment = eval_augment(p.evaluate, size)
+    topk = p.relabel.topk
+    if topk is not None and topk > len(classes):
+        raise ParamsError(f"relabel.topk = {topk}: more than the {len(classes)} classes of {args.data}")
 
     # keyed by what decides the labels: the params this stage reads and its inputs (an epoch's file does not
     # depend on --epochs: a run asked for more epochs reuses the ones it has)
     settings = {"seed": p.seed, "evaluate": p.evaluate.model_dump(include={"batch_size", "crop_scale", "flip", "mix",
-                                                                           "mix_alpha"})}
+                                                                           "mix_alpha"}),
+                "topk": topk}
     inputs = [args.set, args.teacher, args.data]
     with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
         # rank 0 keys (or resets) the resume folder first; then every rank keeps its own epochs there
@@ -79,7 +86,7 @@ def main() -> None:
                     continue
                 logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size))
                                     for s in plan.batches()])
-                write_epoch(out, plan, logits)
+                write_epoch(out, plan, logits, topk)
                 resume.write_bytes(prefix + out.name, out.read_bytes())  # atomically: a kill leaves whole epochs only
             if world.main:
                 write_json(folder / "fkd.json", {
@@ -89,7 +96,9 @@ def main() -> None:
                     "teacher": {"arch": t_meta["arch"],
                                 "sha256": sha256_file(Path(args.teacher) / "model.safetensors")},
                     "set": {"method": card.method, "paths": images.paths, **({} if draw is None else {"draw": draw})},
-                    "seed": derive_seed(p.seed, "relabel", *key), "logits": "raw teacher logits, fp16",
+                    "seed": derive_seed(p.seed, "relabel", *key), "topk": topk,
+                    "logits": "raw teacher logits, fp16" if topk is None else
+                              f"top-{topk} raw teacher logits and their classes, fp16; the rest as one logit",
                 })
         if not world.main:
             return

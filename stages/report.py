@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stages.data.distilled import images_root  # noqa: E402
-from stages.data.folder import decode_rgb, list_images, read_classes  # noqa: E402
+from stages.data.folder import read_classes  # noqa: E402
+from stages.data.prepared import split_items  # noqa: E402
 from stages.pipeline import cli, params  # noqa: E402
 from stages.pipeline.card import read_card  # noqa: E402
 from stages.pipeline.errors import DataError  # noqa: E402
@@ -226,10 +227,10 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
 def image_grid(set_dir: Path, classes: list[str], path: Path) -> None:
     """One row per class, up to GRID_COLUMNS images each (the first ones in file order)."""
     card = read_card(set_dir)
-    files = list_images(images_root(set_dir, card), classes)
-    rows = [[p for p, y in files if y == label][:GRID_COLUMNS] for label in range(len(classes))]
+    files = split_items(images_root(set_dir, card), classes)
+    rows = [[item for item in files if item.label == label][:GRID_COLUMNS] for label in range(len(classes))]
     columns = max(map(len, rows))
-    tiles = [[decode_rgb(p) for p in row] for row in rows]
+    tiles = [[item.load() for item in row] for row in rows]
     h = max(t.shape[0] for row in tiles for t in row)
     w = max(t.shape[1] for row in tiles for t in row)
     # one mosaic (white 1-pixel gaps) in one axes: a figure of classes x columns axes took seconds to build

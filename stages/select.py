@@ -6,7 +6,6 @@ which EarlyLate uses as the rank (k = 0 is optimised longest).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pandas as pd
 
 from stages.data.folder import read_classes
 from stages.pipeline.paths import inside, relative
+from stages.data.prepared import split_items
 from stages.pipeline import cli, params
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir, write_json
@@ -52,6 +52,7 @@ def main() -> None:
     classes = read_classes(args.data)
     table = read_ranking(args.ranking, classes)
     train_dir = Path(args.data) / "train"
+    files = {item.name: item for item in split_items(train_dir, classes)}
     width = max(3, len(str(p.ipc - 1)))
     with atomic_dir(args.out) as tmp:
         for name in classes:
@@ -62,10 +63,11 @@ def main() -> None:
             (tmp / name).mkdir()
             for k, i in enumerate(picked):
                 where = f"{args.ranking}:{members.index[i] + 2}"
-                source = inside(train_dir, members["path"].iloc[i], where)  # no link out of the train folder
-                if not source.is_file():
-                    raise ArtifactError(f"{where}: {members['path'].iloc[i]} is not in {train_dir}")
-                shutil.copyfile(source, tmp / name / f"{k:0{width}d}_{source.name}")
+                ref = members["path"].iloc[i]
+                source = inside(train_dir, ref, where)  # no link out of the train folder
+                if ref not in files:
+                    raise ArtifactError(f"{where}: {ref} is not in {train_dir}")
+                files[ref].write_png(tmp / name / f"{k:0{width}d}_{source.name}")
         write_json(tmp / "selection.json", {"criterion": p.delt.criterion, "ipc": p.ipc,
                                             "ranking": str(args.ranking)})
     print(f"select: {p.ipc} x {len(classes)} images by {p.delt.criterion} → {args.out}")

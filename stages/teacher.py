@@ -15,7 +15,8 @@ import torch
 from dvclive import Live
 
 from stages.data.augment import Augment, plan_epoch
-from stages.data.folder import load_imagefolder, read_classes
+from stages.data.folder import read_classes
+from stages.data.prepared import open_images
 from stages.models import build, save_checkpoint
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.outputs import atomic_dir, write_json
@@ -35,8 +36,8 @@ def main() -> None:
     data_meta = json.loads((Path(args.data) / "meta.json").read_text())
     classes = read_classes(args.data)
     size, norm = data_meta["image_size"], (data_meta["mean"], data_meta["std"])
-    trainset = load_imagefolder(Path(args.data) / "train", classes, size)
-    valset = load_imagefolder(Path(args.data) / "val", classes, size)
+    trainset = open_images(Path(args.data) / "train", classes, size)
+    valset = open_images(Path(args.data) / "val", classes, size)
 
     torch.manual_seed(derive_seed(p.seed, "teacher", args.arch))
     config = p.models[args.arch].model_dump() if args.arch in p.models else None

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from stages.data.distilled import images_root, load_set
-from stages.data.folder import load_imagefolder
+from stages.data.prepared import open_images
 from stages.pipeline import cli
 from stages.pipeline.card import read_card, verify_content
 from stages.pipeline.errors import ArtifactError
@@ -28,7 +28,7 @@ def main() -> None:
     else:
         card = read_card(args.set)
         verify_content(args.set, card)
-        images = load_imagefolder(images_root(args.set, card), card.classes, desc=f"load {args.set.name}")
+        images = open_images(images_root(args.set, card), card.classes, desc=f"load {args.set.name}")
         if len(images) != card.num_images:
             raise ArtifactError(f"{args.set}: holds {len(images)} images, card.json says {card.num_images}")
     print(f"{args.set}: ok - {card.method} on {card.dataset}, ipc {card.ipc}, {len(images)} images of "

@@ -73,3 +73,26 @@ def test_scaling_benchmark_tiny(tmp_path):
     assert ratio and all(float(r) > 0 for r in ratio.groups()), out
     assert re.search(r"^ratio ipc 3/ipc 1 \(train set x1, wall time\): baseline@random \d+\.\d+x$", out, re.M), out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow  # two dvc projects and a dozen dvc calls; kept out of CI's 20 minutes (pytest -m slow)
+def test_manifest_benchmark_quick():
+    out = run_benchmark("manifest.py", "--count", "300", "--repeats", "1", quick=False)
+    rows = dict(re.findall(r"^ +(copy|manifest) +300 +(\d+) ", out, re.M))
+    assert rows == {"copy": "302", "manifest": "3"}, out  # 300 PNGs + classes.json + meta.json; manifest + 2
+    ratio = re.search(r"^ratio copy / manifest at 300 images \(wall\): 1st repro (\d+\.\d+)x, status (\d+\.\d+)x, "
+                      r"no-op repro (\d+\.\d+)x$", out, re.M)
+    assert ratio and all(float(r) > 0 for r in ratio.groups()), out
+    assert re.search(r"^target no-op status and repro < 2 s with the manifest at 300 images: (met|missed)", out, re.M)
+
+
+@pytest.mark.slow  # trains four students and writes a 1000-class epoch five ways: minutes on shared cores
+def test_topk_benchmark_quick(prepared):
+    out = run_benchmark("topk.py", "--data", str(prepared / "data" / "digits"),
+                        "--teacher", str(prepared / "artifacts" / "digits" / "teachers" / "convnet"))
+    assert "skipped k > 10 classes: [50]" in out, out
+    digits = dict(re.findall(r"^ +(dense|top-10|top-5|top-1) +(\d+) ", out, re.M))
+    assert set(digits) == {"dense", "top-10", "top-5", "top-1"}, out
+    assert "top-10 (every class) gives the dense top-1 exactly: True" in out
+    ratio = re.search(r"^ratio dense / top-10 bytes per crop at 1000 classes: (\d+\.\d+)x", out, re.M)
+    assert ratio and float(ratio[1]) > 5, out  # 10 of 1000 fp16 logits (+ their int16 classes) and the plan

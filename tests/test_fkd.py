@@ -9,10 +9,11 @@ from stages.data.augment import Augment, plan_epoch, render
 from stages.data.distilled import load_set
 from stages.models import load_checkpoint, predict
 from stages.training.soft_labels import epoch_file, read_epoch
-from tests.conftest import run_stage
+from tests.conftest import assert_refused, run_stage, workdir
 
 SET = "artifacts/digits/ipc3/distilled/random"
 LABELS = "artifacts/digits/ipc3/soft_labels/random"
+DRAW0 = LABELS + "/draw0"  # random is one subset per student seed: draw 0's labels
 TEACHER = "artifacts/digits/teachers/convnet"
 
 
@@ -67,8 +68,8 @@ def test_cutmix_pastes_the_partner_inside_the_box():
 
 def test_replaying_a_stored_epoch_gives_identical_crops_and_the_stored_logits(relabelled):
     root = relabelled
-    meta = json.loads((root / LABELS / "fkd.json").read_text())
-    assert meta["epochs"] == 3 and meta["num_images"] == 30 and len(list((root / LABELS).glob("*.parquet"))) == 3
+    meta = json.loads((root / DRAW0 / "fkd.json").read_text())
+    assert meta["epochs"] == 3 and meta["num_images"] == 30 and len(list((root / DRAW0).glob("*.parquet"))) == 3
     _, images = load_set(root / SET, root / "data" / "digits")
     teacher, t_meta = load_checkpoint(root / TEACHER)
     norm = (t_meta["mean"], t_meta["std"])
@@ -81,7 +82,7 @@ def test_replaying_a_stored_epoch_gives_identical_crops_and_the_stored_logits(re
     rng = np.random.default_rng(derive_seed(p.seed, "relabel"))
     for epoch in range(3):
         fresh = plan_epoch(30, eval_batch_size(p.evaluate, 30, 10), rng, eval_augment(p.evaluate, 16))
-        stored, logits = read_epoch(epoch_file(root / LABELS, epoch))
+        stored, logits = read_epoch(epoch_file(root / DRAW0, epoch))
         assert logits.dtype == torch.float16 and logits.shape == (30, 10)
         for s in stored.batches():
             replayed = render(images.images, stored, s, *norm, 16)
@@ -90,8 +91,8 @@ def test_replaying_a_stored_epoch_gives_identical_crops_and_the_stored_logits(re
 
 
 def test_soft_labels_carry_the_teachers_knowledge(relabelled):
-    _, logits = read_epoch(epoch_file(relabelled / LABELS, 0))
-    plan, _ = read_epoch(epoch_file(relabelled / LABELS, 0))
+    _, logits = read_epoch(epoch_file(relabelled / DRAW0, 0))
+    plan, _ = read_epoch(epoch_file(relabelled / DRAW0, 0))
     _, images = load_set(relabelled / SET, relabelled / "data" / "digits")
     labels = images.labels[torch.from_numpy(plan.order)]
     # Under cutmix the larger piece usually decides the teacher's top class.
@@ -139,3 +140,81 @@ assert torch.equal(out, roi_align(x, rois, output_size=12, spatial_scale=1.0, sa
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _epoch(n: int = 37, classes: int = 10, seed: int = 0):
+    plan = plan_epoch(n, 16, np.random.default_rng(seed), Augment((0.5, 1.0), True, "cutmix", 1.0, 16))
+    return plan, torch.randn(n, classes, generator=torch.Generator().manual_seed(seed)) * 4
+
+
+def test_topk_of_every_class_reads_back_the_dense_fp16_logits_bit_for_bit(tmp_path):
+    """relabel.topk = C: the rebuilt rows are exactly today's dense rows, so evaluate (which only sees
+    read_epoch's tensor) trains the same students."""
+    from stages.training.soft_labels import write_epoch
+
+    plan, logits = _epoch()
+    write_epoch(tmp_path / "dense.parquet", plan, logits)
+    write_epoch(tmp_path / "top.parquet", plan, logits, topk=10)
+    dense_plan, dense = read_epoch(tmp_path / "dense.parquet")
+    top_plan, top = read_epoch(tmp_path / "top.parquet")
+    assert top.dtype == dense.dtype == torch.float16
+    assert dense.numpy().tobytes() == top.numpy().tobytes()
+    assert all(np.array_equal(getattr(dense_plan, k), getattr(top_plan, k))
+               for k in ("order", "boxes", "flips", "partner", "lam", "cut"))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_topk_keeps_the_top_probabilities_and_spreads_the_rest_evenly(tmp_path, k):
+    """FKD's marginal smoothing at temperature 1: the kept classes keep the teacher's probability, every other
+    class gets an equal share of the teacher's remaining mass."""
+    from stages.training.soft_labels import write_epoch
+
+    plan, logits = _epoch(classes=12)
+    write_epoch(tmp_path / "e.parquet", plan, logits, topk=k)
+    _, rebuilt = read_epoch(tmp_path / "e.parquet")
+    assert rebuilt.shape == logits.shape
+    teacher, student = torch.softmax(logits.half().float(), 1), torch.softmax(rebuilt.float(), 1)
+    kept = logits.topk(k, 1).indices
+    assert torch.allclose(student.gather(1, kept), teacher.gather(1, kept), atol=2e-3)
+    others = torch.ones_like(student, dtype=torch.bool).scatter(1, kept, False)
+    rest = student[others].view(len(student), -1)
+    assert torch.allclose(rest, rest[:, :1].expand_as(rest))  # evenly spread
+    assert torch.allclose(rest.sum(1), 1 - teacher.gather(1, kept).sum(1), atol=2e-3)
+    assert torch.equal(rebuilt.argmax(1), logits.argmax(1))
+
+
+def test_topk_files_shrink_with_k(tmp_path):
+    from stages.training.soft_labels import write_epoch
+
+    plan, logits = _epoch(n=200, classes=100)
+    sizes = {}
+    for k in (None, 10, 1):
+        write_epoch(tmp_path / f"{k}.parquet", plan, logits, topk=k)
+        sizes[k] = (tmp_path / f"{k}.parquet").stat().st_size
+    assert sizes[None] > 3 * sizes[10] and sizes[10] > sizes[1]
+
+
+@pytest.mark.slow
+def test_topk_of_every_class_gives_todays_evaluate_outputs(relabelled):
+    """relabel.topk = 10 on digits (10 classes) and evaluate's fkd protocol: the same metrics file, byte for
+    byte, as the dense labels."""
+    folder = workdir(relabelled, "topk10", {"relabel": {"topk": 10}, "evaluate": {"protocols": ["fkd"], "seeds": 1}})
+    dense = workdir(relabelled, "dense", {"evaluate": {"protocols": ["fkd"], "seeds": 1}})
+    for project in (folder, dense):
+        (project / "artifacts").symlink_to(relabelled / "artifacts")
+        run_stage(project, "relabel", "--set", SET, "--teacher", TEACHER, "--data", "data/digits",
+                  "--epochs", "3", "--out", "labels")
+        run_stage(project, "evaluate", "--set", SET, "--labels", "labels", "--teacher", TEACHER,
+                  "--data", "data/digits", "--epochs", "3", "--out", "m.json")
+    assert json.loads((folder / "labels" / "fkd.json").read_text())["topk"] == 10
+    epoch = "labels/epoch_0000.parquet"
+    assert (folder / epoch).read_bytes() != (dense / epoch).read_bytes()
+    assert (folder / "m.json").read_bytes() == (dense / "m.json").read_bytes()
+
+
+def test_topk_above_the_class_count_is_refused(relabelled):
+    folder = workdir(relabelled, "topk11", {"relabel": {"topk": 11}})
+    (folder / "artifacts").symlink_to(relabelled / "artifacts")
+    result = run_stage(folder, "relabel", "--set", SET, "--teacher", TEACHER, "--data", "data/digits",
+                       "--epochs", "1", "--out", "labels", check=False)
+    assert_refused(result, "ParamsError", "relabel.topk = 11: more than the 10 classes of data/digits")

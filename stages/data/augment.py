@@ -134,13 +134,20 @@ def plain_epoch(order: np.ndarray, batch_size: int) -> EpochPlan:
 def render(images, plan: EpochPlan, batch: slice, mean, std, size: int) -> torch.Tensor:
     """The normalised, cropped, flipped and mixed float batch for one slice of a plan.
 
-    `images`: the uint8 N x 3 x H x W tensor or a streamed LazyImages (stages/data/stream.py)."""
-    src = images[torch.from_numpy(plan.order[batch])].float().div_(255)
+    `images`: the uint8 N x 3 x H x W tensor, a streamed LazyImages (stages/data/stream.py), or the source
+    files of a dataset prepared without copies, whose `crops` cut each box from the source image itself
+    (stages/data/prepared.py)."""
+    from_source = hasattr(images, "crops")
+    if from_source:
+        x = images.crops(plan.order[batch], plan.boxes[batch], size)
+    else:
+        src = images[torch.from_numpy(plan.order[batch])].float().div_(255)
     if hasattr(images, "prefetch"):  # streamed set: decode the same slice of the next batch while this one trains
         ahead = plan.order[batch.start + plan.batch_size:batch.stop + plan.batch_size]
         if len(ahead):
             images.prefetch(ahead)
-    x = crop_resize(src, plan.boxes[batch], size)
+    if not from_source:
+        x = crop_resize(src, plan.boxes[batch], size)
     flips = torch.from_numpy(plan.flips[batch]).view(-1, 1, 1, 1)
     x = normalise(torch.where(flips, x.flip(3), x), mean, std)
     if plan.mix == "none":

@@ -8,7 +8,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from stages.data.folder import ImageSet, load_imagefolder, read_classes
+from stages.data.folder import ImageSet, read_classes
+from stages.data.prepared import open_images
 from stages.pipeline.paths import inside, relative
 from stages.pipeline.card import Card, read_card, verify_content
 from stages.pipeline.errors import ArtifactError
@@ -47,7 +48,7 @@ def load_set(set_dir: str | Path, data_dir: str | Path, draw: int = 0) -> tuple[
     set_dir = Path(set_dir)
     card = open_set(set_dir, data_dir)
     classes = card.classes
-    images = load_imagefolder(images_root(set_dir, card, draw), classes, desc=f"load {set_dir.name}")
+    images = open_images(images_root(set_dir, card, draw), classes, desc=f"load {set_dir.name}")
     if len(images) != card.num_images:
         raise ArtifactError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")
     return card, images

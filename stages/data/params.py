@@ -18,6 +18,8 @@ class Prepare(Section):
     download: bool
     classes: Optional[list[str]]
     on_corrupt: Literal["fail", "skip"]
+    # (BaseModel has a .copy) false: a manifest of the source files instead of PNG copies (imagefolder only)
+    copy_: bool = Field(alias="copy")
 
 
 # Sets that dvc.yaml's relabel/evaluate already list: an external set may not reuse their names or outputs.

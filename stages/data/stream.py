@@ -92,16 +92,20 @@ class LazyImages:
             raise IndexError(f"LazyImages: row {int(bad[0])} out of range for {len(self)} images")
 
     def _take(self, rows: np.ndarray) -> torch.Tensor:
+        arrays = self._arrays(rows)
+        if not arrays:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def _arrays(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The decoded rows, from the batch decoded ahead when it is exactly these rows."""
         if self._ahead is not None and self._ahead[0] == rows.tobytes():
             futures, self._ahead = self._ahead[1], None
         else:  # not announced: decode now, still in parallel
             futures = [self._pool.submit(self._decode_row, int(r)) for r in rows]
         self._served = len(rows)
         self.largest_batch = max(self.largest_batch, len(rows) + (len(self._ahead[1]) if self._ahead else 0))
-        arrays = [f.result() for f in futures]
-        if not arrays:
-            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return [f.result() for f in futures]
 
     def _decode_row(self, row: int) -> np.ndarray:
         path, (_, _, h, w) = self.files[row], self.shape

@@ -1,7 +1,7 @@
 """The `teacher` and `evaluate` sections: the training loop's two recipes (the squeeze step, the students)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
@@ -67,13 +67,18 @@ class Report(Section):
     ars_weight: Annotated[float, Field(ge=0, le=1)]
 
 
+class Relabel(Section):
+    topk: Optional[Positive]  # None: dense fp16 logits; k: FKD's top-k form (stages/training/soft_labels.py)
+
+
 class Flags(Section):
     """When the report and diffusion_check say a set is not a distilled dataset (docs/faithfulness.md)."""
     noise_factor: PositiveFloat  # flagged as noise: teacher fidelity below noise_factor x chance (1 / classes)
     copies_margin: NonNegFloat  # flagged as near-copies: intra-class cosine above the real images' + margin
 
 
-SECTIONS = {"teacher": Teacher, "evaluate": Evaluate, "report": Report, "flags": Flags}
+SECTIONS = {"teacher": Teacher, "evaluate": Evaluate, "report": Report, "relabel": Relabel,
+            "flags": Flags}
 
 
 def check(p) -> None:

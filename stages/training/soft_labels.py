@@ -3,9 +3,18 @@
 Columns: image (index into the set), batch, crop box (top, left, height, width as fractions), flip,
 mix partner (in-batch position), λ, cutmix box (y0, y1, x0, x1 in pixels), teacher logits (fp16).
 Together with fkd.json (batch size, mix kind, ...) a file is a complete EpochPlan plus its labels.
+
+With `relabel.topk` = k the logits column is replaced by FKD's compression: each crop's k largest logits
+(`topk_logits`, fp16, largest first), their class indices (`topk_index`) and one `rest` logit (fp16). The
+reader rebuilds a full row: the k stored logits at their classes and `rest` at every other class, where
+rest = logsumexp(other logits) - log(C - k). At temperature 1 that is exactly FKD's "marginal smoothing":
+the top-k probabilities are the teacher's, and the remaining mass is the teacher's too, spread evenly over
+the other classes. With k = C every class is stored and the rebuilt rows are the dense fp16 logits, bit
+for bit.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +30,28 @@ def epoch_file(root: Path, epoch: int) -> Path:
     return root / f"epoch_{epoch:04d}.parquet"
 
 
-def write_epoch(path: Path, plan: EpochPlan, logits: torch.Tensor) -> None:
+def compress(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fp16 top-k logits [N, k], class indices [N, k], fp16 rest logit [N]) of float logits [N, C]."""
+    n, classes = logits.shape
+    values, index = logits.float().topk(k, 1)  # largest first; the order is part of the file, not of the labels
+    others = logits.float().scatter(1, index, float("-inf"))  # the classes not kept
+    rest = others.logsumexp(1) - math.log(classes - k) if k < classes else torch.full((n,), float("-inf"))
+    index_type = np.int16 if classes <= np.iinfo(np.int16).max else np.int32
+    return (values.to(torch.float16).numpy(), index.numpy().astype(index_type), rest.to(torch.float16).numpy())
+
+
+def expand(values: np.ndarray, index: np.ndarray, rest: np.ndarray, classes: int) -> torch.Tensor:
+    """fp16 [N, C] logits from their top-k form: the kept logits at their classes, `rest` elsewhere."""
+    full = torch.from_numpy(rest.astype(np.float16)).view(-1, 1).expand(len(rest), classes).clone()
+    return full.scatter_(1, torch.from_numpy(index.astype(np.int64)), torch.from_numpy(values.astype(np.float16)))
+
+
+def fixed_lists(array: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
+
+
+def write_epoch(path: Path, plan: EpochPlan, logits: torch.Tensor, topk: int | None = None) -> None:
+    """One epoch's plan and teacher logits; `topk` = k stores FKD's top-k form (module docstring)."""
     n, classes = logits.shape
     batch = np.concatenate([np.full(s.stop - s.start, b, np.int32) for b, s in enumerate(plan.batches())])
     columns = {
@@ -32,10 +62,15 @@ def write_epoch(path: Path, plan: EpochPlan, logits: torch.Tensor) -> None:
         "partner": plan.partner.astype(np.int32),
         "lam": plan.lam,
         **{k: plan.cut[:, i].astype(np.int16) for i, k in enumerate(("cut_y0", "cut_y1", "cut_x0", "cut_x1"))},
-        "logits": pa.FixedSizeListArray.from_arrays(pa.array(logits.to(torch.float16).numpy().reshape(-1)),
-                                                    classes),
     }
-    table = pa.table(columns).replace_schema_metadata({"batch_size": str(plan.batch_size), "mix": plan.mix})
+    meta = {"batch_size": str(plan.batch_size), "mix": plan.mix}
+    if topk is None:
+        columns["logits"] = fixed_lists(logits.to(torch.float16).numpy())
+    else:
+        values, index, rest = compress(logits, topk)
+        columns.update(topk_logits=fixed_lists(values), topk_index=fixed_lists(index), rest=rest)
+        meta["classes"] = str(classes)
+    table = pa.table(columns).replace_schema_metadata(meta)
     # no dictionary pages: fp16 logits and float boxes rarely repeat, so a dictionary only adds bytes (-27 % a file)
     pq.write_table(table, path, compression="zstd", use_dictionary=False)
 
@@ -47,14 +82,22 @@ def read_epoch(path: Path) -> tuple[EpochPlan, torch.Tensor]:
     with pq.ParquetFile(path) as f:  # not read_table: its dataset layer costs ~1 ms an epoch, half of a small read
         table = f.read()
     meta = table.schema.metadata
-    col = {name: table.column(name).to_numpy() for name in table.column_names if name != "logits"}
-    logits = table.column("logits").combine_chunks()
-    classes = logits.type.list_size
-    values = logits.flatten().to_numpy(zero_copy_only=False).reshape(-1, classes)
+    lists = ("logits", "topk_logits", "topk_index")
+    col = {name: table.column(name).to_numpy() for name in table.column_names if name not in lists}
+    if "logits" in table.column_names:
+        logits = torch.from_numpy(list_column(table, "logits").copy())
+    else:  # top-k form
+        logits = expand(list_column(table, "topk_logits"), list_column(table, "topk_index"), col["rest"],
+                        int(meta[b"classes"]))
     plan = EpochPlan(
         batch_size=int(meta[b"batch_size"]), mix=meta[b"mix"].decode(),
         order=col["image"].astype(np.int64),
         boxes=np.stack([col[k] for k in ("top", "left", "height", "width")], 1),
         flips=col["flip"].astype(bool), partner=col["partner"].astype(np.int64), lam=col["lam"],
         cut=np.stack([col[k] for k in ("cut_y0", "cut_y1", "cut_x0", "cut_x1")], 1).astype(np.int64))
-    return plan, torch.from_numpy(values.copy())
+    return plan, logits
+
+
+def list_column(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name).combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)

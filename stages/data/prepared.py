@@ -1,0 +1,220 @@
+"""data/<ds>/{train,val}: the prepared splits, read the same way whether `prepare` copied the pixels or not.
+
+prepare.copy: true writes every image as a square PNG under data/<ds>/<split>/<class>/. prepare.copy: false
+(imagefolder only) writes data/<ds>/manifest.parquet instead: one row per source image (split, path relative
+to prepare.root, class, label, the name its PNG would have, size in bytes and mtime_ns), and readers decode
+the source files themselves. Every stage reads a split, or a folder that may be one (baseline@full's
+images_from), through `open_images` (an ImageSet) or `split_items` (the files one by one), never by listing
+the folder, so both layouts give the same names, labels and pixels:
+
+- `images[i]` of a manifest split is `square(source, image_size)`, the function `prepare` writes its PNGs
+  with, so ranking, validation and everything that reads whole images sees the copy's bytes.
+- training crops (stages/data/augment.py `render`) are cut from the source image and resized once to the
+  stage's resolution, as torchvision's RandomResizedCrop does, instead of from a pre-shrunk square copy.
+  A square source already at the stage's resolution gives the copy's crops bit for bit.
+
+A source file is identified by its size and mtime_ns (one stat, no read: a hash would read 150 GB of
+ImageNet on every check; rsync and make trust the same pair). Each decode compares them with the manifest and
+refuses a file changed since `prepare` (DataError), so a run never mixes two versions of a dataset.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from stages.data.augment import roi_align_kernel
+from stages.data.folder import ImageSet, decode_rgb, list_images, load_imagefolder, save_png
+from stages.pipeline.paths import relative
+from stages.data.stream import LazyImages
+from stages.pipeline.errors import DataError
+from stages.pipeline.outputs import dir_bytes
+
+MANIFEST = "manifest.parquet"
+SPLITS = ("train", "val")
+
+
+def square(array: np.ndarray, size: int) -> np.ndarray:
+    """A square RGB image of side `size`: shorter side resized (bicubic), centre crop."""
+    img = Image.fromarray(array)
+    scale = size / min(img.size)
+    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
+                     Image.Resampling.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One manifest row: a source file and what it looked like when `prepare` read it."""
+    path: Path
+    bytes: int
+    mtime_ns: int
+
+    def read(self) -> np.ndarray:
+        """The file's pixels at native size, after checking it is the file `prepare` listed."""
+        try:
+            stat = os.stat(self.path)
+        except OSError as e:
+            raise DataError(f"{self.path}: listed in the manifest but unreadable now ({e.strerror}); "
+                            "restore it or rerun prepare (dvc repro --force prepare)") from None
+        if (stat.st_size, stat.st_mtime_ns) != (self.bytes, self.mtime_ns):
+            raise DataError(f"{self.path}: changed since prepare listed it ({self.bytes} bytes, mtime_ns "
+                            f"{self.mtime_ns}; now {stat.st_size}, {stat.st_mtime_ns}); rerun prepare "
+                            "(dvc repro --force prepare) to take the new version")
+        return decode_rgb(self.path)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a prepared split: `name` is "<class>/<file>" as in the prepared folder (a manifest row
+    by the name its PNG copy would have)."""
+    name: str
+    label: int
+    path: Path  # the PNG copy, or the source file
+    source: Source | None = None  # manifest rows only
+    size: int | None = None  # manifest rows: the square side to decode to
+
+    def load(self) -> np.ndarray:
+        """H x W x 3 uint8, the prepared image."""
+        return decode_rgb(self.path) if self.source is None else square(self.source.read(), self.size)
+
+    def write_png(self, dest: Path) -> None:
+        """The prepared image as a PNG at `dest` (a copy's bytes, or the same bytes encoded from the source)."""
+        if self.source is None:
+            shutil.copyfile(self.path, dest)
+        else:
+            save_png(self.load(), dest)
+
+
+def manifest_of(root: str | Path) -> Path | None:
+    """data/<ds>/manifest.parquet when `root` is a split of a dataset prepared without copies, else None."""
+    root = Path(root)
+    manifest = root.parent / MANIFEST
+    return manifest if root.name in SPLITS and not root.exists() and manifest.is_file() else None
+
+
+def read_manifest(manifest: Path, split: str, classes: list[str]) -> tuple[list[Item], int]:
+    """The split's items (sorted as a copy's folder lists them: class order, then file name) and the image size."""
+    meta = json.loads((manifest.parent / "meta.json").read_text())
+    table = pq.read_table(manifest, filters=[("split", "==", split)])
+    if meta.get("classes") != classes:
+        raise DataError(f"{manifest.parent / 'meta.json'}: classes differ from the ones asked for")
+    root, size = Path(meta["source_root"]), meta["image_size"]
+    col = table.to_pydict()
+    items = []
+    for i, (path, name, label) in enumerate(zip(col["path"], col["name"], col["label"])):
+        where = f"{manifest}: row {i} of {split}"
+        relative(path, where, DataError)
+        relative(name, where, DataError)
+        items.append(Item(name, label, root / path, Source(root / path, col["bytes"][i], col["mtime_ns"][i]), size))
+    items.sort(key=lambda item: (item.label, item.name))
+    if not items:
+        raise DataError(f"{manifest}: no {split} rows")
+    return items, size
+
+
+def split_items(root: str | Path, classes: list[str]) -> list[Item]:
+    """The images of a prepared split (or any class-folder tree), one by one."""
+    manifest = manifest_of(root)
+    if manifest is not None:
+        return read_manifest(manifest, Path(root).name, classes)[0]
+    return [Item(p.relative_to(root).as_posix(), label, p) for p, label in list_images(Path(root), classes)]
+
+
+def stored_bytes(root: str | Path) -> int:
+    """Bytes a split occupies: its PNG copies, or (manifest) its source files."""
+    manifest = manifest_of(root)
+    if manifest is None:
+        return dir_bytes(root)
+    return int(pq.read_table(manifest, columns=["split", "bytes"], filters=[("split", "==", Path(root).name)])
+               .column("bytes").to_numpy().sum())
+
+
+def inputs_of(root: str | Path) -> Path:
+    """What identifies a split's content for a resume key: the folder, or the manifest."""
+    return manifest_of(root) or Path(root)
+
+
+def open_images(root: str | Path, classes: list[str], image_size: int | None = None, desc: str | None = None,
+                stream: bool | None = None) -> ImageSet:
+    """A prepared split (or a distilled set's folder) as an ImageSet. A manifest split is always read on
+    demand (its training crops come from the source files); a folder of copies as load_imagefolder decides."""
+    manifest = manifest_of(root)
+    if manifest is None:
+        return load_imagefolder(root, classes, image_size, desc=desc, stream=stream)
+    items, size = read_manifest(manifest, Path(root).name, classes)
+    size = image_size or size
+    print(f"{root}: reading {len(items)} images from their source files through {manifest}")
+    return ImageSet(SourceImages([item.source for item in items], size),
+                    torch.tensor([item.label for item in items], dtype=torch.int64), [item.name for item in items])
+
+
+class SourceImages(LazyImages):
+    """A LazyImages over source files of any size: rows are `square(source, size)`; `crops` cuts augmentation
+    boxes from the sources themselves. The background pool decodes the sources (native size)."""
+
+    def __init__(self, sources: list[Source], size: int, workers: int | None = None):
+        super().__init__([s.path for s in sources], size, size, lambda path: None, workers)
+        self.sources = sources
+
+    def __repr__(self) -> str:
+        return f"SourceImages({len(self)} source files at {self.shape[2]} x {self.shape[3]}, decoded on demand)"
+
+    def _decode_row(self, row: int) -> np.ndarray:
+        array = self.sources[row].read()
+        with self._lock:
+            self.decoded += 1
+        return array
+
+    def _take(self, rows: np.ndarray) -> torch.Tensor:
+        size = self.shape[-1]
+        arrays = [a if a.shape[:2] == (size, size) else square(a, size) for a in self._arrays(rows)]
+        if not arrays:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def crops(self, rows: np.ndarray, boxes: np.ndarray, size: int) -> torch.Tensor:
+        """float [0, 1] N x 3 x size x size: each row's box (fractions, as stages/data/augment.py draws them)
+        cut from its source and resized once, bilinearly, with one sample per output pixel when enlarging and
+        the average of ceil(box/size)^2 samples when shrinking (roi_align's adaptive grid: no aliasing)."""
+        kernel = roi_align_kernel(differentiable=False)
+        out = []
+        for array, box in zip(self._arrays(np.asarray(rows, dtype=np.int64)), boxes):
+            x = torch.tensor(array).permute(2, 0, 1).unsqueeze(0).float().div_(255)
+            roi = torch.tensor([[0.0, *source_box(box, *array.shape[:2])]], dtype=torch.float32)
+            out.append(kernel(x, roi, 1.0, size, size, 0, True))
+        return torch.cat(out) if out else torch.empty((0, 3, size, size))
+
+
+def source_box(box: np.ndarray, height: int, width: int) -> tuple[float, float, float, float]:
+    """A plan's box (top, left, h, w as fractions of a square image) on a height x width source, as pixel
+    (x0, y0, x1, y1). A square source takes the fractions as they are (the copy's crop, exactly). Otherwise
+    the box keeps its area fraction, aspect ratio (now in pixels, as torchvision's RandomResizedCrop) and
+    relative position: the draws behind the box are recovered and applied to the source's shape."""
+    top, left, bh, bw = (float(v) for v in box)
+    if height == width:
+        return left * width, top * height, (left + bw) * width, (top + bh) * height
+    area, ratio = bh * bw, bw / bh
+    pw = min(np.sqrt(area * ratio * width * height), width)
+    ph = min(np.sqrt(area / ratio * width * height), height)
+    u_top = top / (1 - bh) if bh < 1 else 0.0
+    u_left = left / (1 - bw) if bw < 1 else 0.0
+    y0, x0 = u_top * (height - ph), u_left * (width - pw)
+    return x0, y0, x0 + pw, y0 + ph
+
+
+def write_manifest(path: Path, rows: dict[str, list]) -> None:
+    """The manifest: one row per kept source image (columns as `read_manifest` reads them)."""
+    types = {"split": pa.string(), "path": pa.string(), "class": pa.string(), "label": pa.int32(),
+             "name": pa.string(), "bytes": pa.int64(), "mtime_ns": pa.int64()}
+    table = pa.table({k: pa.array(rows[k], type=t) for k, t in types.items()})
+    pq.write_table(table, path, compression="zstd")
