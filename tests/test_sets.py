@@ -21,13 +21,13 @@ def test_random_subset_is_seeded_and_balanced(prepared):
     files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.png"))
     assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*.png"))
     assert (a / "card.json").read_bytes() == (b / "card.json").read_bytes()  # no timestamp in a card
-    per_class = {c: len(list((a / c).iterdir())) for c in map(str, range(10))}
+    per_class = {c: len(list((a / "draw0" / c).iterdir())) for c in map(str, range(10))}
     assert set(per_class.values()) == {3}
     # Each picked image is a byte copy of a train image of the same class.
-    sample = next((a / "4").iterdir())
+    sample = next((a / "draw0" / "4").iterdir())  # random: one subset per student seed
     assert sample.read_bytes() == (prepared / "data" / "digits" / "train" / "4" / sample.name).read_bytes()
     card = json.loads((a / "card.json").read_text())
-    assert card["classes"] == [str(d) for d in range(10)] and card["params"] == {"ipc": 3, "seed": 0}
+    assert card["classes"] == [str(d) for d in range(10)] and card["params"] == {"ipc": 3, "seed": 0, "draws": 2}
     assert "created" not in card and card["versions"]["torch"]
 
 
@@ -35,23 +35,23 @@ def test_a_set_whose_files_disagree_with_its_card_is_refused(prepared, tmp_path)
     source = make_random(prepared, "sets/c")
     data = prepared / "data" / "digits"
     sums = (source / "SHA256SUMS").read_text().splitlines()
-    assert len(sums) == 30 and all(len(line.split("  ")[0]) == 64 for line in sums)  # `sha256sum -c` format
-    assert json.loads((source / "card.json").read_text())["content"]["files"] == 30
+    assert len(sums) == 60 and all(len(line.split("  ")[0]) == 64 for line in sums)  # `sha256sum -c` format
+    assert json.loads((source / "card.json").read_text())["content"]["files"] == 60  # two draws of 30
 
     removed = shutil.copytree(source, tmp_path / "removed")
-    next((removed / "7").iterdir()).unlink()
-    with pytest.raises(ArtifactError, match=r"1 file\(s\) of the set are missing, e.g. \['7/"):
+    next((removed / "draw0" / "7").iterdir()).unlink()
+    with pytest.raises(ArtifactError, match=r"1 file\(s\) of the set are missing, e.g. \['draw0/7/"):
         load_set(removed, data)
 
     changed = shutil.copytree(source, tmp_path / "changed")
-    victim = sorted((changed / "3").iterdir())[0]
-    shutil.copyfile(sorted((changed / "5").iterdir())[0], victim)  # still a valid PNG, another digit
+    victim = sorted((changed / "draw0" / "3").iterdir())[0]
+    shutil.copyfile(sorted((changed / "draw0" / "5").iterdir())[0], victim)  # still a valid PNG, another digit
     with pytest.raises(ArtifactError, match=f"{victim}: content differs from SHA256SUMS"):
         load_set(changed, data)
 
     added = shutil.copytree(source, tmp_path / "added")
-    shutil.copyfile(victim, added / "3" / "extra.png")
-    extra = r"not in SHA256SUMS were added after the set was made, e.g. \['3/extra.png'\]"
+    shutil.copyfile(victim, added / "draw0" / "3" / "extra.png")
+    extra = r"not in SHA256SUMS were added after the set was made, e.g. \['draw0/3/extra.png'\]"
     with pytest.raises(ArtifactError, match=extra):
         load_set(added, data)
 
