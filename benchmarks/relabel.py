@@ -143,7 +143,7 @@ class Bench:
         cfg, temperature = self.cfg, self.cfg.temperature
         config = p.models[cfg.student].model_dump() if cfg.student in p.models else None
         if side == "fkd":
-            plans = fkd_plans(self.folder, epochs, self.batch_size, len(self.images))
+            plans = fkd_plans(self.folder, epochs, self.batch_size, len(self.images), classes)
             loss = lambda logits, batch: kd_loss(logits, batch.soft, temperature)  # noqa: E731 (evaluate's stored_kd)
         else:
             rng = np.random.default_rng(self.seed)

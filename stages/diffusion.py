@@ -18,7 +18,6 @@ optimiser and random state into `.diffusion.resume/` beside the output, time-bas
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from stages.data.stream import BatchView
 from stages.generation import ldm
 from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import from_uint8
+from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.errors import ParamsError, PipelineError
 from stages.pipeline.outputs import atomic_dir, write_json
@@ -114,8 +114,8 @@ def main() -> None:
     p = params.load()
     d = p.diffusion
     classes = read_classes(args.data)
-    meta = json.loads((args.data / "meta.json").read_text())
-    size = meta["image_size"]
+    meta = read_data_meta(args.data)
+    size = meta.image_size
     resolution = d.resolution or (size if d.mode == "train" else 512)
     train = load_imagefolder(args.data / "train", classes, size, desc="load train")
     prompts = params.class_prompts(p, classes)

@@ -13,7 +13,6 @@ distance matrix), zca.safetensors (when on), card.json; and a stats JSON (DVC me
 """
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -26,6 +25,7 @@ from torch.nn import functional as F
 
 from stages.data.folder import load_imagefolder, read_classes
 from stages.models.convnet import ConvNet
+from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import DivergedError, ParamsError
@@ -123,9 +123,9 @@ def main() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     p = params.load()
     cfg = p.podd
-    meta = json.loads((Path(args.data) / "meta.json").read_text())
-    classes, size = read_classes(args.data), meta["image_size"]
-    norm = (meta["mean"], meta["std"])
+    meta = read_data_meta(args.data)
+    classes, size = read_classes(args.data), meta.image_size
+    norm = (meta.mean, meta.std)
     train = load_imagefolder(Path(args.data) / "train", classes, size)
     valset = load_imagefolder(Path(args.data) / "val", classes, size)
     geometry = geometry_from(cfg, len(classes), size)
@@ -156,8 +156,8 @@ def main() -> None:
 
     steps_per_epoch = math.ceil(len(real_y) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    settings = {"podd": cfg.model_dump(), "seed": p.seed, "classes_sha256": meta["classes_sha256"],
-                "train_counts": meta["train_counts"], "image_size": size, "order": order["grid"]}
+    settings = {"podd": cfg.model_dump(), "seed": p.seed, "classes_sha256": meta.classes_sha256,
+                "train_counts": meta.train_counts, "image_size": size, "order": order["grid"]}
     ckpt = Checkpoint(Path(args.out), settings)
     state = ckpt.load()
     if state is None:

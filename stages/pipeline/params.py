@@ -5,14 +5,14 @@ An unknown key, a wrong type or an impossible value stops with one message namin
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stages.pipeline.errors import ParamsError
+from stages.pipeline.launcher import check_launcher
 from stages.models import OUR_ARCHS, is_registered
 from stages.synthesis.schedules import infer_budget
 
@@ -161,6 +161,11 @@ UnitFloat = Annotated[float, Field(ge=0, le=1)]
 def _placeholder(template: str, field: str, what: str) -> str:
     if "{" + field + "}" not in template:
         raise ValueError(f"must contain {{{field}}} (where {what} goes)")
+    try:  # any other placeholder ({}, {0}, {other}, a stray brace) would fail only when a stage formats it
+        template.format(**{field: ""})
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        raise ValueError(f"only {{{field}}} may be a placeholder (double a literal brace: {{{{ }}}}); "
+                         f"found {type(e).__name__}: {e}") from None
     return template
 
 
@@ -310,10 +315,10 @@ class Podd(Section):
 
 
 class Params(Section):
-    launcher: Annotated[str, Field(pattern=r"\S")]  # read by dvc.yaml only: `${launcher} -m stages.<stage>`
+    launcher: Annotated[str, AfterValidator(check_launcher)]  # dvc.yaml: `${launcher} -m stages.<stage>`
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
     ipc: Positive
-    seed: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0, lt=2 ** 32)]  # what numpy and scikit-learn accept as a seed
     class_names: Optional[list[str]]
     class_prompt: str
     prepare: Prepare
@@ -341,6 +346,12 @@ class Params(Section):
         for arch in [*self.teacher.archs, self.evaluate.student]:
             if arch in OUR_ARCHS and arch not in self.models:
                 raise ValueError(f"models.{arch} = None: arch {arch!r} is used but has no config")
+        size = self.prepare.image_size
+        for key, depth in [*((f"models.{n}.depth", c.depth) for n, c in self.models.items() if n == "convnet"),
+                           ("podd.inner.depth", self.podd.inner.depth)]:
+            if depth is not None and size >> depth < 1:  # each ConvNet block halves the side
+                raise ValueError(f"{key} = {depth}: pools a prepare.image_size = {size} px image below one pixel "
+                                 f"(at most {size.bit_length() - 1} blocks)")
         if self.evaluate.teacher not in self.teacher.archs:
             raise ValueError(
                 f"evaluate.teacher = {self.evaluate.teacher!r}: not one of teacher.archs {self.teacher.archs}"
@@ -404,9 +415,11 @@ def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Pa
     """Load and validate params; once `prepare` ran, also check `ipc` against the class sizes."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeys)
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeys)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root)") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
@@ -430,7 +443,9 @@ def check_ipc(params: Params, meta_path: Path, source: str = "params.yaml") -> N
     (both known once `prepare` wrote meta.json)."""
     if not meta_path.exists():
         return
-    counts = json.loads(meta_path.read_text())["train_counts"]
+    from stages.pipeline.artifacts import read_data_meta  # imports pydantic models only; avoids a cycle
+
+    counts = read_data_meta(meta_path.parent).train_counts
     try:
         infer_budget(params.ipc, len(counts), len(params.infer.teachers), params.infer.ipc_init)
     except ValueError as e:

@@ -12,8 +12,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from stages.pipeline.artifacts import read_json
+from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir
 
 TENSORS = ("poster", "labels")
@@ -37,13 +40,23 @@ class Checkpoint:
     def load(self) -> dict | None:
         if not (self.folder / "state.json").exists():
             return None
-        saved = json.loads((self.folder / "state.json").read_text())
+        saved = read_json(self.folder / "state.json")
+        if not isinstance(saved, dict) or "settings" not in saved:
+            raise ArtifactError(f"{self.folder / 'state.json'}: not a poster state; the progress folder "
+                                f"{self.folder} can be removed to start afresh")
         if saved.pop("settings") != self.settings:
             print(f"poster: {self.folder} was made under other settings; starting afresh")
             return None
         # fresh (aligned) copies: tensors read at arbitrary file offsets can take vector kernels' unaligned
         # paths, which round differently in the last bit and break bit-equality with an uninterrupted run
-        tensors = {k: v.clone() for k, v in load_file(self.folder / "state.safetensors").items()}
+        try:
+            tensors = {k: v.clone() for k, v in load_file(self.folder / "state.safetensors").items()}
+        except (SafetensorError, OSError) as e:
+            raise ArtifactError(f"{self.folder / 'state.safetensors'}: torn or not safetensors ({e}); the progress "
+                                f"folder {self.folder} can be removed to start afresh") from None
+        if any(k not in tensors for k in TENSORS):
+            raise ArtifactError(f"{self.folder / 'state.safetensors'}: tensors {sorted(tensors)} lack {TENSORS}; "
+                                f"the progress folder {self.folder} can be removed to start afresh")
         moments: dict[int, dict] = {}
         for key, value in tensors.items():
             if key.startswith("adam."):
