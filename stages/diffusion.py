@@ -30,7 +30,7 @@ from stages.data.stream import BatchView
 from stages.generation import ldm
 from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import from_uint8
-from stages.pipeline.artifacts import read_data_meta
+from stages.pipeline.artifacts import read_data_meta, write_record
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.errors import ParamsError, PipelineError
 from stages.pipeline.outputs import atomic_dir, write_json
@@ -70,7 +70,7 @@ def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator, resume: 
 
     source = p.diffusion.pretrained
     if Path(source).is_dir():
-        check_pipeline_folder(source)
+        check_pipeline_folder(source, recorded=False)  # the user's folder: no record of ours
     try:  # safetensors only: a hub repo or folder that has only pickled weights is refused, not unpickled
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(source, safety_checker=None,
                                                               requires_safety_checker=False, use_safetensors=True,
@@ -137,6 +137,7 @@ def main() -> None:
     pipe, record = build(p, x, (prompts, train.labels, captions), gen, resume)
     with atomic_dir(args.out) as tmp:
         pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        write_record(tmp)  # the content record latents, synthesize and diffusion_check check
     seconds = time.perf_counter() - began
     write_json(args.metrics, {"mode": d.mode, "resolution": resolution, "images": len(train),
                               "captioned": captions is not None, **record})

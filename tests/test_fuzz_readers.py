@@ -485,14 +485,23 @@ def test_latents(tmp_path):
 
 def test_diffusion_folder_index(tmp_path):
     from stages.generation.folder import check_pipeline_folder
+    from stages.pipeline.artifacts import write_record
 
     folder = tmp_path / "sd"
     (folder / "scheduler").mkdir(parents=True)
     (folder / "scheduler" / "scheduler_config.json").write_text("{}")
     index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "DDIMScheduler"]}
     (folder / "model_index.json").write_text(json.dumps(index))
+    write_record(folder)
+    sums = (folder / "SHA256SUMS").read_bytes()
     reader_cases("diffusion model_index.json", folder, folder / "model_index.json",
                  {**byte_damage((folder / "model_index.json").read_bytes()), **json_damage(index)},
+                 lambda: check_pipeline_folder(folder, ["scheduler"]), tmp_path)
+    config = folder / "scheduler" / "scheduler_config.json"
+    reader_cases("diffusion SHA256SUMS", folder, folder / "SHA256SUMS",
+                 {**byte_damage(sums), "escape": sums.split(b"  ")[0] + b"  ../x\n", "duplicate": sums + sums},
+                 lambda: check_pipeline_folder(folder, ["scheduler"]), tmp_path)
+    reader_cases("diffusion component file", folder, config, {"changed": b'{"x": 1}', "empty": b""},
                  lambda: check_pipeline_folder(folder, ["scheduler"]), tmp_path)
 
 

@@ -5,6 +5,7 @@ quotes these lines. Also: the launcher check, and outputs that do not depend on 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,9 +15,9 @@ import torch
 import yaml
 
 from tests.conftest import TINY, write_params
-from tests.fuzz import leftovers, run_inprocess, tree_digest
+from tests.fuzz import leftovers, run_inprocess
 from tests.test_faults_artifacts import TEACHER
-from tests.test_fuzz_readers import base, baseline_run, png_header, project, relist, verify_run  # noqa: F401
+from tests.test_fuzz_readers import base, baseline_run, png_header, project, verify_run  # noqa: F401
 
 
 def refused(outcome, kind: str, message: str, out: Path | None = None) -> str:
@@ -24,6 +25,9 @@ def refused(outcome, kind: str, message: str, out: Path | None = None) -> str:
     assert outcome.code == 2 and len(errors) == 1, (outcome.code, outcome.stderr[-2000:])
     assert re.match(f"error: {kind}: {message}", errors[0]), errors[0]
     assert out is None or not leftovers(out), leftovers(out)
+    if os.environ.get("DDPIPE_FAULT_LOG"):  # the lines as run, for docs/hardening.md
+        with open(os.environ["DDPIPE_FAULT_LOG"], "a") as f:
+            f.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').rsplit(' (', 1)[0]}\t{errors[0]}\n")
     return errors[0]
 
 
@@ -283,10 +287,11 @@ def test_torn_resume_state_says_the_folder_can_be_removed(tmp_path):
     state = resume.folder / "state.pt"
     state.write_bytes(state.read_bytes()[:200])
     refused(run_reader(lambda: Resume(tmp_path / "out", {"a": 1}).load("state")), "ArtifactError",
-            rf"{state}: refused - not a plain weights-only state .*the progress folder can be removed")
+            rf"{state}: refused - not a plain weights-only state .*; delete the progress folder {resume.folder} to "
+            "start afresh")
     (resume.folder / "key.json").write_text('{"key": "ab')
     refused(run_reader(lambda: Resume(tmp_path / "out", {"a": 1})), "ArtifactError",
-            rf"{resume.folder}/key.json: torn or not JSON .*the progress folder {resume.folder} can be removed")
+            rf"{resume.folder}/key.json: torn or not JSON .*; delete the progress folder {resume.folder} to start afresh")
 
 
 # --- class 6: outputs do not depend on Python's patch release -------------------------------------------------------

@@ -369,7 +369,7 @@ def check_pixels(path: Path, size: tuple[int, int]) -> None:
     width, height = size
     if limit and width * height > limit:
         raise ResourceError(f"{path}: {width}x{height} = {width * height:,} pixels, above the limit of {limit:,} "
-                            f"({PIXELS_ENV}); decoding it would take {3 * width * height / 2 ** 30:.2g} GiB")
+                            f"({PIXELS_ENV}); decoding it would take {3 * width * height / 2 ** 20:,.0f} MiB")
 
 
 # --- content records: SHA256SUMS for folders read as inputs ----------------------------------------------------
@@ -389,24 +389,33 @@ def write_record(folder: Path, files: list[str] | None = None) -> None:
 def verify_record(folder: Path, what: str) -> list[str]:
     """Check `folder`'s files against its SHA256SUMS; a missing list, a changed or missing file is refused.
     Returns the files listed. Files not listed (a newer stage's extras) are not read by the caller's check."""
-    from stages.data.paths import inside
-
     folder = Path(folder)
     sums = folder / SUMS
     if not sums.is_file():
         raise ArtifactError(f"{sums}: missing; {what} {folder} has no content record (made before records existed, "
                             "or fetched in part): rebuild it or fetch the whole folder (dvc pull)")
-    listed: dict[str, str] = {}
-    for number, line in enumerate(read_text(sums).splitlines(), 1):
-        digest, sep, name = line.partition("  ")
-        if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest) or not name:
-            raise ArtifactError(f"{sums}:{number}: {line[:80]!r} is not '<sha256>  <path inside the folder>'")
-        target = inside(folder, name, f"{sums}:{number}")
-        if name in listed:
-            raise ArtifactError(f"{sums}:{number}: {name!r} listed twice")
+    listed = parse_sums(sums, read_text(sums))
+    for name, digest in listed.items():
+        target = folder / name
         if not target.is_file():
             raise ArtifactError(f"{target}: missing (listed in {sums}); fetch the whole folder again (dvc pull)")
         if sha256_file(target) != digest:
             raise ArtifactError(f"{target}: content differs from {sums} (changed after {what} was made)")
-        listed[name] = digest
     return list(listed)
+
+
+def parse_sums(sums: Path, text: str) -> dict[str, str]:
+    """{path: sha256} from a SHA256SUMS text: each line '<64 hex>  <path>', the path inside the list's folder
+    (no '..', absolute path or symlink out of it), listed once."""
+    from stages.data.paths import inside
+
+    listed: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest) or not name:
+            raise ArtifactError(f"{sums}:{number}: {line[:80]!r} is not '<sha256>  <path inside the folder>'")
+        inside(sums.parent, name, f"{sums}:{number}")
+        if name in listed:
+            raise ArtifactError(f"{sums}:{number}: {name!r} listed twice")
+        listed[name] = digest
+    return listed

@@ -16,7 +16,6 @@ from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.data.paths import inside
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_bytes, sha256_file, write_json
 
@@ -136,15 +135,9 @@ def verify_content(set_dir: str | Path, card: Card) -> None:
         raise ArtifactError(f"{sums}: does not match {set_dir / CARD} (content.sha256 {card.content.sha256[:12]}..., "
                         f"the list hashes to {sha256_bytes(text)[:12]}...): the list was edited or comes from "
                         "another set")
-    listed = {}
-    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
-        digest, sep, name = line.partition("  ")
-        if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest) or not name:
-            raise ArtifactError(f"{sums}:{number}: {line[:80]!r} is not '<sha256>  <path inside the set>'")
-        inside(set_dir, name, f"{sums}:{number}")  # no '..', absolute path or symlink out of the set
-        if name in listed:
-            raise ArtifactError(f"{sums}:{number}: {name!r} listed twice")
-        listed[name] = digest
+    from stages.pipeline.artifacts import parse_sums
+
+    listed = parse_sums(sums, text.decode("utf-8", "replace"))  # no '..', absolute path or symlink out of the set
     if len(listed) != card.content.files:
         raise ArtifactError(f"{sums}: lists {len(listed)} files, {set_dir / CARD} says content.files = "
                             f"{card.content.files}")

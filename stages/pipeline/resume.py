@@ -70,11 +70,11 @@ class Resume:
         try:
             key = json.loads(saved.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise ArtifactError(f"{saved}: torn or not JSON ({e}); the progress folder {self.folder} can be "
-                                "removed to start afresh") from None
+            raise ArtifactError(f"{saved}: torn or not JSON ({e}); delete the progress folder {self.folder} to "
+                                "start afresh") from None
         if not isinstance(key, dict) or not isinstance(key.get("key"), str):
-            raise ArtifactError(f"{saved}: expected {{\"key\": \"<sha256>\", ...}}; the progress folder "
-                                f"{self.folder} can be removed to start afresh")
+            raise ArtifactError(f"{saved}: expected {{\"key\": \"<sha256>\", ...}}; delete the progress folder "
+                                f"{self.folder} to start afresh")
         return key["key"]
 
     def path(self, name: str) -> Path:
@@ -106,9 +106,9 @@ class Resume:
             return torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
                 TypeError, IndexError, zipfile.BadZipFile) as e:  # a planted pickle, a torn or truncated file
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{path}: refused - not a plain weights-only state ({first}); delete "
-                                f"{self.folder} to start afresh (the progress folder can be removed)") from None
+            first = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__).split(". ")[0][:160]
+            raise ArtifactError(f"{path}: refused - not a plain weights-only state ({first}); delete the progress "
+                                f"folder {self.folder} to start afresh") from None
 
     def clear(self) -> None:
         """Called after the output was written: nothing is left to resume."""
