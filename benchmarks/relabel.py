@@ -144,7 +144,7 @@ class Bench:
         arch = cfg.students[0]
         config = p.models[arch].model_dump() if arch in p.models else None
         if side == "fkd":
-            plans = fkd_plans(self.folder, epochs, self.batch_size, len(self.images))
+            plans = fkd_plans(self.folder, epochs, self.batch_size, len(self.images), classes)
             loss = lambda logits, batch: kd_loss(logits, batch.soft, temperature)  # noqa: E731 (evaluate's stored_kd)
         else:
             rng = np.random.default_rng(self.seed)

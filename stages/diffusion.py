@@ -18,7 +18,6 @@ optimiser and random state into `.diffusion.resume/` beside the output, time-bas
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from stages.data.stream import BatchView
 from stages.generation import ldm
 from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import from_uint8
+from stages.pipeline.artifacts import read_data_meta, write_record
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.errors import ParamsError, PipelineError
 from stages.pipeline.outputs import atomic_dir, write_json
@@ -71,7 +71,7 @@ def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator, resume: 
 
     source = p.diffusion.pretrained
     if Path(source).is_dir():
-        check_pipeline_folder(source)
+        check_pipeline_folder(source, recorded=False)  # the user's folder: no record of ours
     try:  # safetensors only: a hub repo or folder that has only pickled weights is refused, not unpickled
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(source, safety_checker=None,
                                                               requires_safety_checker=False, use_safetensors=True,
@@ -115,8 +115,8 @@ def main() -> None:
     p = params.load()
     d = p.diffusion
     classes = read_classes(args.data)
-    meta = json.loads((args.data / "meta.json").read_text())
-    size = meta["image_size"]
+    meta = read_data_meta(args.data)
+    size = meta.image_size
     resolution = d.resolution or (size if d.mode == "train" else 512)
     train = open_images(args.data / "train", classes, size, desc="load train")
     prompts = params.class_prompts(p, classes)
@@ -138,6 +138,7 @@ def main() -> None:
     pipe, record = build(p, x, (prompts, train.labels, captions), gen, resume)
     with atomic_dir(args.out) as tmp:
         pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        write_record(tmp)  # the content record latents, synthesize and diffusion_check check
     seconds = time.perf_counter() - began
     write_json(args.metrics, {"mode": d.mode, "resolution": resolution, "images": len(train),
                               "captioned": captions is not None, **record})

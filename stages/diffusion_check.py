@@ -9,7 +9,6 @@ Kept apart from the diffusion stage so a retrained teacher re-checks the model w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from PIL import Image
 from stages.data.folder import normalise, read_classes
 from stages.generation.img2img import to_uint8
 from stages.models import load_checkpoint, predict
+from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.progress import progress
@@ -62,11 +62,11 @@ def main() -> None:
     p = params.load()
     c = p.diffusion.check
     classes = read_classes(args.data)
-    meta = json.loads((args.data / "meta.json").read_text())
+    meta = read_data_meta(args.data)
     prompts = params.class_prompts(p, classes)
-    teacher, teacher_meta = load_checkpoint(args.teacher, meta["classes_sha256"])
+    teacher, teacher_meta = load_checkpoint(args.teacher, meta.classes_sha256)
     images = to_uint8(sample(load_pipeline(args.diffusion), prompts, c.samples, c.guidance, c.steps, p.seed),
-                      meta["image_size"])
+                      meta.image_size)
     labels = torch.arange(len(classes)).repeat_interleave(c.samples)
     x = normalise(images.permute(0, 3, 1, 2).float() / 255, teacher_meta["mean"], teacher_meta["std"])
     hits = (predict(teacher, x).argmax(1) == labels).float()

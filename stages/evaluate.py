@@ -35,6 +35,7 @@ from stages.data.folder import read_classes, renormalise
 from stages.data.prepared import open_images, stored_bytes
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
+from stages.pipeline.artifacts import read_data_meta, read_fkd_meta, read_json
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.errors import DataError
 from stages.pipeline.paths import inside
@@ -44,18 +45,20 @@ from stages.pipeline.seeds import derive_seed
 from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
 from stages.training.loop import Optim, hard_loss, kd_loss, train
 from stages.training.recipe import eval_augment, eval_batch_size
-from stages.training.soft_labels import epoch_file, read_epoch
+from stages.training.soft_labels import epoch_file, read_checked_epoch
 
 
-def fkd_plans(labels_dir: Path, epochs: int, batch_size: int, num_images: int):
+def fkd_plans(labels_dir: Path, epochs: int, batch_size: int, num_images: int, num_classes: int):
     meta_path = labels_dir / "fkd.json"
     if not meta_path.exists():
         raise DataError(f"{meta_path}: missing; run relabel for this set first")
-    meta = json.loads(meta_path.read_text())
-    if meta["epochs"] < epochs or meta["batch_size"] != batch_size or meta["num_images"] != num_images:
-        raise DataError(f"{meta_path}: stored {meta['epochs']} epochs x batch {meta['batch_size']} for "
-                        f"{meta['num_images']} images; evaluate needs {epochs} x {batch_size} for {num_images}")
-    return lambda epoch: read_epoch(epoch_file(labels_dir, epoch))
+    meta = read_fkd_meta(labels_dir)
+    if meta.epochs < epochs or meta.batch_size != batch_size or meta.num_images != num_images:
+        raise DataError(f"{meta_path}: stored {meta.epochs} epochs x batch {meta.batch_size} for "
+                        f"{meta.num_images} images; evaluate needs {epochs} x {batch_size} for {num_images}")
+    record = meta.files or {}
+    return lambda epoch: read_checked_epoch(epoch_file(labels_dir, epoch), num_images, num_classes, batch_size,
+                                        record.get(epoch_file(labels_dir, epoch).name) if meta.files else None)
 
 
 def static_labels(plan: EpochPlan, logits: torch.Tensor) -> torch.Tensor:
@@ -87,13 +90,13 @@ def main() -> None:
     p = params.load()
     cfg = p.evaluate
     started = time.perf_counter()
-    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    data_meta = read_data_meta(args.data)
     classes = read_classes(args.data)
     card, images = load_set(args.set, args.data)
-    size, norm = data_meta["image_size"], (data_meta["mean"], data_meta["std"])
+    size, norm = data_meta.image_size, (data_meta.mean, data_meta.std)
     valset = open_images(Path(args.data) / "val", classes, size)
     val = (valset.normalised(*norm), valset.labels)
-    teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
+    teacher, t_meta = load_checkpoint(args.teacher, data_meta.classes_sha256)
     teacher_norm = (t_meta["mean"], t_meta["std"])  # a teacher sees images in its own normalisation
     draws = [images] + [load_set(args.set, args.data, k)[1] for k in range(1, card.draws or 1)]
     batch_size = eval_batch_size(cfg, len(images), len(classes))
@@ -142,13 +145,13 @@ def main() -> None:
         desc = f"{card.method} [{protocol} seed {s}" + ("]" if arch == cfg.students[0] else f" {arch}]")
         if resume.done(f"{name}.json"):
             print(f"evaluate {desc}: finished before the interruption; resumed")
-            return json.loads(resume.path(f"{name}.json").read_text())
+            return read_json(resume.path(f"{name}.json"), hint=f"the progress folder {resume.folder} can be removed")
         with initialising:  # the initial weights come from torch's global generator, shared by the threads
             torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
             student = build(arch, len(classes), size, student_configs[arch]).to(device)
         rng, data = None, draws[s % len(draws)]
         if protocol == "fkd":
-            plans = fkd_plans(labels_dir(s), args.epochs, batch_size, len(data))
+            plans = fkd_plans(labels_dir(s), args.epochs, batch_size, len(data), len(classes))
         else:
             rng = np.random.default_rng(derive_seed(p.seed, "evaluate", protocol, s, "augment"))
             def plans(epoch, rng=rng, static=protocol == "static"):

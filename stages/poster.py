@@ -14,7 +14,6 @@ distance matrix), zca.safetensors (when on), card.json; and a stats JSON (DVC me
 """
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -30,6 +29,7 @@ from torch.nn import functional as F
 from stages.data.folder import read_classes
 from stages.data.prepared import open_images
 from stages.models.convnet import ConvNet
+from stages.pipeline.artifacts import DataMeta, read_data_meta
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.params import Params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
@@ -121,7 +121,7 @@ def random_real(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor
 class Inputs:
     """What the outer loop and the outputs read: the data, the geometry and the labels' wiring."""
     p: Params
-    meta: dict
+    meta: DataMeta
     classes: list[str]
     size: int
     norm: tuple[list[float], list[float]]
@@ -154,9 +154,9 @@ class Inputs:
 
 def load_inputs(p: Params, data: Path) -> Inputs:
     cfg = p.podd
-    meta = json.loads((data / "meta.json").read_text())
-    classes, size = read_classes(data), meta["image_size"]
-    norm = (meta["mean"], meta["std"])
+    meta = read_data_meta(data)
+    classes, size = read_classes(data), meta.image_size
+    norm = (meta.mean, meta.std)
     train = open_images(data / "train", classes, size)
     valset = open_images(data / "val", classes, size)
     geometry = geometry_from(cfg, len(classes), size)
@@ -262,8 +262,8 @@ def run(p: Params, data: Path, out: Path, stats: Path) -> dict:
     torch.use_deterministic_algorithms(True, warn_only=True)
     inp = load_inputs(p, data)
     cfg, meta, classes, total = inp.cfg, inp.meta, inp.classes, inp.total
-    settings = {"podd": cfg.model_dump(), "seed": p.seed, "classes_sha256": meta["classes_sha256"],
-                "train_counts": meta["train_counts"], "image_size": inp.size, "order": inp.order["grid"]}
+    settings = {"podd": cfg.model_dump(), "seed": p.seed, "classes_sha256": meta.classes_sha256,
+                "train_counts": meta.train_counts, "image_size": inp.size, "order": inp.order["grid"]}
     ckpt = Resume(out, settings)
     state = ckpt.load("state")
     if state is None:

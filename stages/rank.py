@@ -6,7 +6,6 @@ reads it with any criterion without running the teacher again.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +14,7 @@ import torch
 from stages.data.folder import read_classes
 from stages.data.prepared import open_images
 from stages.models import load_checkpoint, predict
+from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_file
 
@@ -26,9 +26,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="ranking CSV to write")
     args = parser.parse_args()
     params.load()
-    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    data_meta = read_data_meta(args.data)
     classes = read_classes(args.data)
-    teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
+    teacher, t_meta = load_checkpoint(args.teacher, data_meta.classes_sha256)
     train = open_images(Path(args.data) / "train", classes, t_meta["image_size"])
     probabilities = torch.softmax(predict(teacher, train.normalised(t_meta["mean"], t_meta["std"])), 1)
     table = pd.DataFrame({

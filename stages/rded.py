@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from stages.data.augment import crop_resize, sample_boxes
-from stages.data.folder import load_imagefolder, normalise, read_classes, save_png
+from stages.data.folder import normalise, read_classes, save_png
+from stages.data.prepared import open_images
 from stages.models import predict
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
@@ -113,7 +114,7 @@ def main() -> None:
     size = data_meta["image_size"]
     if cfg.factor > size:
         raise ParamsError(f"params.yaml: rded.factor = {cfg.factor}: above the image size {size}")
-    train = load_imagefolder(Path(args.data) / "train", classes, size)
+    train = open_images(Path(args.data) / "train", classes, size)
     need = p.ipc * cfg.factor ** 2
     counts = torch.bincount(train.labels, minlength=len(classes)).tolist()
     for label, count in enumerate(counts):

@@ -33,6 +33,7 @@ from stages.data.distilled import write_labels
 from stages.data.folder import load_imagefolder, normalise, read_classes
 from stages.data.prepared import inputs_of, manifest_of, open_images
 from stages.models import load_checkpoint, predict
+from stages.pipeline.artifacts import DataMeta, read_data_meta
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.distributed import World
@@ -61,13 +62,13 @@ def engine_config(section) -> RecoverConfig:
 class Teachers:
     """The teachers a method reads, from artifacts/<ds>/teachers/<arch>, checked against the data."""
 
-    def __init__(self, root: Path, archs: list[str], data_meta: dict):
+    def __init__(self, root: Path, archs: list[str], data_meta: DataMeta):
         self.models, self.meta, self.sha256 = [], [], []
         for arch in archs:
-            model, meta = load_checkpoint(root / arch, data_meta["classes_sha256"])
-            if meta["image_size"] != data_meta["image_size"]:
+            model, meta = load_checkpoint(root / arch, data_meta.classes_sha256)
+            if meta["image_size"] != data_meta.image_size:
                 raise PipelineError(f"{root / arch / 'meta.json'}: image_size = {meta['image_size']}, data is "
-                                    f"{data_meta['image_size']} px; retrain the teacher")
+                                    f"{data_meta.image_size} px; retrain the teacher")
             self.models.append(model)
             self.meta.append(meta)
             self.sha256.append(sha256_file(root / arch / "model.safetensors"))
@@ -247,8 +248,8 @@ def main() -> None:
     args = parser.parse_args()
     p = params.load()
     section = getattr(p, args.method)
-    data_meta = json.loads((args.data / "meta.json").read_text())
-    classes, size = read_classes(args.data), data_meta["image_size"]
+    data_meta = read_data_meta(args.data)
+    classes, size = read_classes(args.data), data_meta.image_size
     archs = section.teachers if args.method == "infer" else [section.teacher]
     teachers = Teachers(args.teachers, archs, data_meta)
     cfg = engine_config(section)

@@ -11,7 +11,6 @@ killed run relabels only the epochs it had not finished (their plans are drawn a
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from stages.data.augment import plan_epoch, render
 from stages.data.distilled import load_set
 from stages.data.folder import read_classes
 from stages.models import load_checkpoint, predict
+from stages.pipeline.artifacts import fkd_files, read_data_meta
 from stages.pipeline import cli, distributed, params
 from stages.pipeline.errors import ParamsError
 from stages.pipeline.outputs import sha256_file, write_json
@@ -41,9 +41,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     p = params.load()
-    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    data_meta = read_data_meta(args.data)
     card, images = load_set(args.set, args.data)
-    teacher, t_meta = load_checkpoint(args.teacher, data_meta["classes_sha256"])
+    teacher, t_meta = load_checkpoint(args.teacher, data_meta.classes_sha256)
     size, norm = images.images.shape[-1], (t_meta["mean"], t_meta["std"])
     classes = read_classes(args.data)
     batch_size = eval_batch_size(p.evaluate, len(images), len(classes))
@@ -99,6 +99,7 @@ def main() -> None:
                     "seed": derive_seed(p.seed, "relabel", *key), "topk": topk,
                     "logits": "raw teacher logits, fp16" if topk is None else
                               f"top-{topk} raw teacher logits and their classes, fp16; the rest as one logit",
+                    "files": fkd_files(folder),  # the content record evaluate checks each epoch against
                 })
         if not world.main:
             return

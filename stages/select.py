@@ -9,37 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from stages.data.folder import read_classes
-from stages.pipeline.paths import inside, relative
+from stages.pipeline.paths import inside
 from stages.data.prepared import split_items
 from stages.pipeline import cli, params
+from stages.pipeline.artifacts import read_ranking
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.delt.selection import select
-
-COLUMNS = ["path", "class", "label", "score", "rank"]
-
-
-def line(path: Path, table: pd.DataFrame, i: int) -> str:
-    """The "file:line" of a table row (the header is line 1)."""
-    return f"{path}:{table.index[i] + 2}"
-
-
-def read_ranking(path: Path, classes: list[str]) -> pd.DataFrame:
-    if not path.exists():
-        raise ArtifactError(f"{path}: missing; run the rank stage first")
-    table = pd.read_csv(path, dtype={"path": str, "class": str})  # class names like "0" stay names
-    if list(table.columns) != COLUMNS:
-        raise ArtifactError(f"{path}: columns {list(table.columns)}, expected {COLUMNS}")
-    unknown = sorted(set(table["class"]) - set(classes))
-    if unknown:
-        raise ArtifactError(f"{path}: classes {unknown[:5]} are not in classes.json")
-    for i, (ref, name) in enumerate(zip(table["path"], table["class"])):  # text only: cheap for any size
-        if relative(ref, line(path, table, i)).parts[:1] != (name,):
-            raise ArtifactError(f"{line(path, table, i)}: path {ref!r} is not in class folder {name!r}")
-    return table
 
 
 def main() -> None:
@@ -50,9 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     p = params.load()
     classes = read_classes(args.data)
-    table = read_ranking(args.ranking, classes)
     train_dir = Path(args.data) / "train"
     files = {item.name: item for item in split_items(train_dir, classes)}
+    table = read_ranking(args.ranking, classes, list(files))
     width = max(3, len(str(p.ipc - 1)))
     with atomic_dir(args.out) as tmp:
         for name in classes:

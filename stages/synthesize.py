@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from stages.data.folder import read_classes, save_png
 from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import denoising_steps, generate, to_uint8
+from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import ArtifactError, DataError
@@ -75,7 +76,7 @@ def main() -> None:
     p = params.load()
     s = getattr(p, args.method).synthesis
     classes = read_classes(args.data)
-    size = json.loads((args.data / "meta.json").read_text())["image_size"]
+    size = read_data_meta(args.data).image_size
     centroids, record = load_prototypes(args.prototypes, args.method, p.ipc, classes)
     class_prompts = params.class_prompts(p, classes)
     prompts = [[class_prompts[c] if args.method == "d4m" else cluster["text_prototype"]

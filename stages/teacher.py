@@ -7,7 +7,6 @@ Training checkpoints to `.<arch>.resume/` beside the output; a killed run contin
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from stages.data.augment import Augment, plan_epoch
 from stages.data.folder import read_classes
 from stages.data.prepared import open_images
 from stages.models import build, save_checkpoint
+from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.resume import Resume
@@ -33,9 +33,9 @@ def main() -> None:
     args = parser.parse_args()
     p = params.load()
     t = p.teacher
-    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    data_meta = read_data_meta(args.data)
     classes = read_classes(args.data)
-    size, norm = data_meta["image_size"], (data_meta["mean"], data_meta["std"])
+    size, norm = data_meta.image_size, (data_meta.mean, data_meta.std)
     trainset = open_images(Path(args.data) / "train", classes, size)
     valset = open_images(Path(args.data) / "val", classes, size)
 
@@ -67,7 +67,7 @@ def main() -> None:
                 live.log_metric("val/top5", top5)
         save_checkpoint(model.cpu(), tmp, {
             "arch": args.arch, "config": config, "num_classes": len(classes), "image_size": size,
-            "mean": norm[0], "std": norm[1], "classes_sha256": data_meta["classes_sha256"],
+            "mean": norm[0], "std": norm[1], "classes_sha256": data_meta.classes_sha256,
             "epochs": t.epochs, "val_top1": summary["top1"],
         })
         write_json(tmp / "metrics.json", {k: round(v, 6) if isinstance(v, float) else v

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages.data.distilled import images_root, load_set
+from stages.data.distilled import check_counts, images_root, load_set
 from stages.data.prepared import open_images
 from stages.pipeline import cli
 from stages.pipeline.card import read_card, verify_content
-from stages.pipeline.errors import ArtifactError
 
 
 def main() -> None:
@@ -29,8 +28,7 @@ def main() -> None:
         card = read_card(args.set)
         verify_content(args.set, card)
         images = open_images(images_root(args.set, card), card.classes, desc=f"load {args.set.name}")
-        if len(images) != card.num_images:
-            raise ArtifactError(f"{args.set}: holds {len(images)} images, card.json says {card.num_images}")
+        check_counts(args.set, card, images)
     print(f"{args.set}: ok - {card.method} on {card.dataset}, ipc {card.ipc}, {len(images)} images of "
           f"{len(card.classes)} classes, {card.content.files} files match SHA256SUMS"
           + (f", teachers {card.teacher['archs']}" if card.teacher else ""))

@@ -11,6 +11,7 @@ from PIL import Image
 
 from stages.data.latents import read_latents
 from stages.generation import img2img, text
+from stages.pipeline.artifacts import write_record
 from tests.conftest import run_stage, workdir
 
 WINDOW = 16
@@ -39,6 +40,7 @@ def tiny_stable_diffusion(folder: Path) -> Path:
                                           scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
+    write_record(folder)  # as the diffusion stage does
     return folder
 
 

@@ -285,8 +285,8 @@ DATA_FAULTS = [
                  "{src}/train/b: a symlink to {src}/../elsewhere, outside the dataset root {src}",
                  id="symlink-class-outside-root"),
     pytest.param(_tiny_imagenet_escape, {}, "DataError",
-                 "{src}/val/images/../../../secret.png: resolves to {src}/../secret.png, "
-                 "outside the dataset root {src}",
+                 "{src}/val/val_annotations.txt:2: image: path '../../../secret.png' leaves its folder "
+                 "(must be relative, without '..')",
                  id="annotation-path-escapes-root"),
 ]
 

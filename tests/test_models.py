@@ -28,19 +28,19 @@ def test_resnet18_modified_at_width_64_matches_the_paper_network():
 def test_checkpoint_round_trip_and_class_order_check(tmp_path):
     model = build("convnet", 10, 16, {"width": 8, "depth": 2, "norm": "batch"}).eval()
     meta = {"arch": "convnet", "config": {"width": 8, "depth": 2, "norm": "batch"}, "num_classes": 10,
-            "image_size": 16, "classes_sha256": "abc"}
+            "image_size": 16, "classes_sha256": "a" * 64, "mean": [0.5] * 3, "std": [0.25] * 3}
     save_checkpoint(model, tmp_path, meta)
-    loaded, loaded_meta = load_checkpoint(tmp_path, "abc")
+    loaded, loaded_meta = load_checkpoint(tmp_path, "a" * 64)
     x = torch.randn(4, 3, 16, 16)
     assert torch.equal(model(x), loaded(x)) and loaded_meta == meta
     with pytest.raises(PipelineError, match="trained on another class order"):
-        load_checkpoint(tmp_path, "def")
+        load_checkpoint(tmp_path, "d" * 64)
 
 
 def test_checkpoint_for_another_architecture_is_refused(tmp_path):
     save_checkpoint(build("convnet", 10, 16, {"width": 8, "depth": 2, "norm": "batch"}), tmp_path,
                     {"arch": "convnet", "config": {"width": 8, "depth": 2, "norm": "batch"}, "num_classes": 10,
-                     "image_size": 16, "classes_sha256": "abc"})
+                     "image_size": 16, "classes_sha256": "a" * 64, "mean": [0.5] * 3, "std": [0.25] * 3})
     meta = json.loads((tmp_path / "meta.json").read_text())
     meta["config"]["width"] = 16
     (tmp_path / "meta.json").write_text(json.dumps(meta))

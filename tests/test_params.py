@@ -4,7 +4,6 @@ The faults the issue lists (unknown key, wrong type, ipc 0 / negative / above th
 method, arch, dataset or captioner, contradictory settings) run as real stage runs in test_faults_input.py;
 these are the loader's other checks, in-process.
 """
-import json
 
 import pytest
 
@@ -59,9 +58,9 @@ def test_torchvision_archs_are_registered(tmp_path):
 
 
 def test_ipc_up_to_the_smallest_class_is_accepted_once_data_exists(tmp_path):
-    meta = tmp_path / "data" / "digits" / "meta.json"
-    meta.parent.mkdir(parents=True)
-    meta.write_text(json.dumps({"train_counts": {"0": 140, "1": 12, "2": 150}}))
+    from tests.fuzz import data_meta
+
+    data_meta(tmp_path / "data" / "digits", {"0": 140, "1": 12, "2": 150})
     assert load_with(tmp_path, {"ipc": 12}).ipc == 12  # 13 is refused (test_faults_input.py)
 
 

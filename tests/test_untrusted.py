@@ -88,7 +88,7 @@ def test_a_planted_resume_state_is_refused_never_unpickled(tmp_path):
     marker = tmp_path / "pwned-resume"
     plant(resume.path("state.pt"), marker)
     with pytest.raises(ArtifactError, match=rf"{resume.folder}/state.pt: refused - not a plain weights-only state "
-                                            rf".*; delete {resume.folder} to start afresh"):
+                                            rf".*; delete the progress folder {resume.folder} to start afresh"):
         resume.load("state")
     assert not marker.exists()
     resume.save("state", {"step": torch.tensor(3), "note": "plain"})  # plain state still round-trips

@@ -5,12 +5,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from stages.data.folder import ImageSet, read_classes
 from stages.data.prepared import open_images
 from stages.pipeline.paths import inside, relative
+from stages.pipeline.artifacts import label_paths
 from stages.pipeline.card import Card, read_card, verify_content
 from stages.pipeline.errors import ArtifactError
 
@@ -49,9 +50,18 @@ def load_set(set_dir: str | Path, data_dir: str | Path, draw: int = 0) -> tuple[
     card = open_set(set_dir, data_dir)
     classes = card.classes
     images = open_images(images_root(set_dir, card, draw), classes, desc=f"load {set_dir.name}")
+    check_counts(set_dir, card, images)
+    return card, images
+
+
+def check_counts(set_dir: Path, card: Card, images: ImageSet) -> None:
+    """The card's num_images and ipc against the images found: the count exact, and an integer ipc a budget
+    no method exceeds (ipc images per class in all; INFER and PoDD store fewer, a shard a part)."""
     if len(images) != card.num_images:
         raise ArtifactError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")
-    return card, images
+    if isinstance(card.ipc, int) and card.images_from is None and card.num_images > card.ipc * len(card.classes):
+        raise ArtifactError(f"{set_dir}: holds {card.num_images} images, above card.json's ipc {card.ipc} x "
+                            f"{len(card.classes)} classes")
 
 
 LABEL_KINDS = ("logits", "probabilities")  # logits: learned by KD at evaluate.temperature (INFER);
@@ -72,13 +82,21 @@ def read_labels(set_dir: str | Path, card: Card, images: ImageSet) -> tuple[torc
     path = inside(set_dir, card.labels, f"{Path(set_dir) / 'card.json'}: labels")
     if not path.is_file() or path.name != card.labels:
         raise ArtifactError(f"{Path(set_dir) / 'card.json'}: labels = {card.labels!r}: no such file in the set")
-    with safe_open(path, "pt") as f:
-        kinds = [k for k in f.keys() if k in LABEL_KINDS]
-        if len(kinds) != 1:
-            raise ArtifactError(f"{path}: holds tensors {sorted(f.keys())}; expected exactly one of {LABEL_KINDS}")
-        values, rows = f.get_tensor(kinds[0]), json.loads(f.metadata()["paths"])
+    try:
+        with safe_open(path, "pt") as f:
+            kinds = [k for k in f.keys() if k in LABEL_KINDS]
+            if len(kinds) != 1:
+                raise ArtifactError(f"{path}: holds tensors {sorted(f.keys())}; expected exactly one of {LABEL_KINDS}")
+            values, metadata = f.get_tensor(kinds[0]), f.metadata()
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({e})") from None
+    rows = label_paths(metadata, path)
     index = {p: i for i, p in enumerate(rows)}
     missing = [p for p in images.paths if p not in index]
+    if not values.is_floating_point() or not bool(values.isfinite().all()):
+        raise ArtifactError(f"{path}: {kinds[0]} must be finite floats ({values.dtype})")
+    if kinds[0] == "probabilities" and ((values < 0).any() or not torch.allclose(values.sum(1), torch.ones(1), atol=1e-3)):
+        raise ArtifactError(f"{path}: probabilities: rows must be non-negative and sum to 1")
     if missing or values.shape != (len(rows), len(card.classes)):
         raise ArtifactError(f"{path}: {kinds[0]} {tuple(values.shape)} for {len(rows)} paths do not cover the set's "
                         f"{len(images)} images x {len(card.classes)} classes (missing e.g. {missing[:3]})")

@@ -1,7 +1,6 @@
 """ImageFolders: class sub-folders of PNGs, class order from classes.json (never from sorting)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +9,9 @@ import torch
 from PIL import Image
 
 from stages.data.stream import MEMORY_ENV, BatchView, LazyImages, memory_budget
-from stages.pipeline.errors import DataError
+from stages.pipeline import artifacts
+from stages.pipeline.artifacts import check_pixels
+from stages.pipeline.errors import DataError, ResourceError
 from stages.pipeline.progress import progress
 
 
@@ -53,10 +54,8 @@ def renormalise(x: torch.Tensor, source: tuple[list, list], target: tuple[list, 
 
 
 def read_classes(data_dir: str | Path) -> list[str]:
-    path = Path(data_dir) / "classes.json"
-    if not path.exists():
-        raise DataError(f"{path}: missing; run the prepare stage first (dvc repro prepare)")
-    return json.loads(path.read_text())
+    """data/<ds>/classes.json, validated (stages/pipeline/artifacts.py)."""
+    return artifacts.read_classes(data_dir)
 
 
 def list_images(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
@@ -91,13 +90,21 @@ def to_rgb(img: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+# Our own pixel limit (DDPIPE_MAX_PIXELS, checked from the header before any pixel is decoded) replaces Pillow's
+# fixed one, so the user can raise it for large scans; a header claiming too many pixels is a ResourceError.
+Image.MAX_IMAGE_PIXELS = None
+
+
 def decode_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
+            check_pixels(path, img.size)
             return to_rgb(img, path)
     except Image.UnidentifiedImageError:
         raise DataError(f"{path}: unreadable image (not a format Pillow knows)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except MemoryError:
+        raise ResourceError(f"{path}: out of memory decoding it ({path.stat().st_size:,} bytes on disk)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
 
 
@@ -105,8 +112,11 @@ def image_size_of(path: Path) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding its pixels."""
     try:
         with Image.open(path) as img:
+            check_pixels(path, img.size)
             return img.size
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{path}: unreadable image (not a format Pillow knows)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
 
 

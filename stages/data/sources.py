@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 
 from stages.data.folder import decode_rgb
-from stages.pipeline.errors import DataError
+from stages.pipeline.artifacts import class_names, component
+from stages.pipeline.errors import DataError, ParamsError
 
 Item = tuple[str, int, Callable[[], np.ndarray], str]  # (stem, label, load, origin for messages)
 
@@ -33,7 +34,11 @@ def digits(val_fraction: float, seed: int) -> Source:
     bunch = load_digits()
     pixels = np.round(bunch.images * (255 / 16)).astype(np.uint8)
     index = np.arange(len(pixels))
-    train, val = train_test_split(index, test_size=val_fraction, stratify=bunch.target, random_state=seed)
+    try:
+        train, val = train_test_split(index, test_size=val_fraction, stratify=bunch.target, random_state=seed)
+    except ValueError as e:  # a fraction leaving a split smaller than the class count
+        raise ParamsError(f"params.yaml: prepare.val_fraction = {val_fraction}: leaves a class with no train or "
+                          f"val image ({e})") from None
 
     def items(indices):
         return [(f"{i:04d}", int(bunch.target[i]), lambda i=i: np.repeat(pixels[i][:, :, None], 3, axis=2),
@@ -103,11 +108,21 @@ def _tiny_imagenet_val(val_dir: Path, tree: _Tree) -> dict[str, tuple[list[Path]
     annotations = val_dir / "val_annotations.txt"
     if not annotations.exists():
         return None
+    from stages.pipeline.paths import inside
+    from stages.pipeline.artifacts import read_text
+
     by_class: dict[str, tuple[list[Path], list[Path]]] = {}
-    for line in annotations.read_text().splitlines():
+    seen: dict[str, int] = {}
+    for number, line in enumerate(read_text(tree.check(annotations), DataError).splitlines(), 1):
         fields = line.split("\t")
         if len(fields) >= 2:
-            by_class.setdefault(fields[1], ([], []))[0].append(tree.check(val_dir / "images" / fields[0]))
+            where = f"{annotations}:{number}"
+            name = component(fields[1], f"{where}: class")  # becomes a folder prepare writes into
+            image = tree.check(inside(val_dir / "images", fields[0], f"{where}: image", DataError))
+            if fields[0] in seen:
+                raise DataError(f"{where}: image {fields[0]!r} listed twice (first at line {seen[fields[0]]})")
+            seen[fields[0]] = number
+            by_class.setdefault(name, ([], []))[0].append(image)
     return by_class
 
 
@@ -116,7 +131,8 @@ def _class_files(split_dir: Path, tree: _Tree) -> dict[str, tuple[list[Path], li
     layout = _tiny_imagenet_val(split_dir, tree)
     if layout is not None:
         return layout
-    return {d.name: tree.files(d) for d in sorted(split_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    return {component(d.name, str(d)): tree.files(d) for d in sorted(split_dir.iterdir())
+            if d.is_dir() and not d.name.startswith(".")}
 
 
 def imagefolder(root: str, keep: list[str] | None) -> Source:
@@ -137,7 +153,7 @@ def imagefolder(root: str, keep: list[str] | None) -> Source:
                             f"only in val {only_val}")
         classes = sorted(files["train"])
     else:
-        classes = list(keep)
+        classes = class_names(list(keep), "params.yaml: prepare.classes", ParamsError)
         for split in ("train", "val"):
             missing = [c for c in classes if c not in files[split]]
             if missing:
@@ -155,7 +171,7 @@ def imagefolder(root: str, keep: list[str] | None) -> Source:
                         else "class folder is empty")
                 raise DataError(f"{root_path / split / name}: {what}")
             for path in images:
-                stem = path.stem
+                stem = component(path.stem, str(path))  # becomes <class>/<stem>.png
                 if (name, stem) in seen:
                     raise DataError(f"{path}: same name as {seen[name, stem]} once written as PNG")
                 seen[name, stem] = path

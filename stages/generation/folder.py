@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stages.pipeline.artifacts import verify_record
 from stages.pipeline.errors import ArtifactError
 
 INDEX = "model_index.json"
@@ -35,8 +36,10 @@ def components(folder: Path) -> dict[str, list]:
             if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and spec[1] is not None}
 
 
-def check_pipeline_folder(folder: str | Path, needed: list[str] | None = None) -> None:
-    """Refuse a folder missing a component of `needed` (default: every component model_index.json names)."""
+def check_pipeline_folder(folder: str | Path, needed: list[str] | None = None, recorded: bool = True) -> None:
+    """Refuse a folder missing a component of `needed` (default: every component model_index.json names).
+    `recorded`: the folder is the diffusion stage's output, so its files must match its SHA256SUMS (a pretrained
+    source folder the user names has no record)."""
     folder = Path(folder)
     listed = components(folder)
     for name in needed or sorted(listed):
@@ -56,3 +59,5 @@ def check_pipeline_folder(folder: str | Path, needed: list[str] | None = None) -
                                     "unpickled (a pickle can run code); convert them to safetensors")
             raise ArtifactError(f"{part}: component {name!r} has no weights (*.safetensors); rerun the diffusion "
                                 "stage")
+    if recorded:  # last: a folder that is complete but was changed since the stage wrote it
+        verify_record(folder, "the diffusion folder")

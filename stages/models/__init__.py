@@ -9,6 +9,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from stages.pipeline.artifacts import TeacherMeta, read_json, validated, verify_record, write_record
 from stages.pipeline.errors import ArtifactError, PipelineError
 from stages.models.convnet import ConvNet
 from stages.models.resnet import resnet18_modified, resnetap10
@@ -56,6 +57,7 @@ def save_checkpoint(model: nn.Module, out_dir: Path, meta: dict) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, out_dir / "model.safetensors", metadata={"arch": meta["arch"]})
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_record(out_dir, ["meta.json", "model.safetensors"])  # checked on every load, like a set's SHA256SUMS
 
 
 META_KEYS = ("arch", "config", "num_classes", "image_size", "classes_sha256")  # what rebuilding needs
@@ -69,13 +71,11 @@ def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) ->
     for path in (meta_path, weights_path):
         if not path.exists():
             raise ArtifactError(f"{path}: missing; train the teacher first (dvc repro teacher)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{meta_path}: not valid JSON ({e})") from None
-    absent = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
+    raw = read_json(meta_path)
+    absent = [k for k in META_KEYS if not isinstance(raw, dict) or k not in raw]
     if absent:
         raise ArtifactError(f"{meta_path}: keys {absent} missing; retrain the teacher")
+    meta = validated(TeacherMeta, raw, str(meta_path)).model_dump()
     if classes_sha256 is not None and meta["classes_sha256"] != classes_sha256:
         raise ArtifactError(
             f"{meta_path}: trained on another class order ({meta['num_classes']} classes, classes_sha256 "
@@ -103,6 +103,7 @@ def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) ->
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
         raise ArtifactError(f"{weights_path}: does not fit arch {meta['arch']!r} with {meta['num_classes']} "
                             f"classes of {meta_path} ({detail})") from None
+    verify_record(model_dir, "the teacher")  # last: a teacher that parses but was changed since it was made
     return model.eval(), meta
 
 

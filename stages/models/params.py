@@ -23,3 +23,9 @@ def check(p) -> None:
         if name not in OUR_ARCHS:
             raise ValueError(f"models.{name} = {config.model_dump()}: not one of our architectures "
                              f"{sorted(OUR_ARCHS)} (torchvision archs take no config)")
+    size = p.prepare.image_size
+    for key, depth in [*((f"models.{n}.depth", c.depth) for n, c in p.models.items() if n == "convnet"),
+                       ("podd.inner.depth", p.podd.inner.depth)]:
+        if depth is not None and size >> depth < 1:  # each ConvNet block halves the side
+            raise ValueError(f"{key} = {depth}: pools a prepare.image_size = {size} px image below one pixel "
+                             f"(at most {size.bit_length() - 1} blocks)")

@@ -7,15 +7,15 @@ file of the set, and the card holds that list's own hash, so a set changed after
 """
 from __future__ import annotations
 
-import json
+import math
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Optional, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from stages.pipeline.paths import inside
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_bytes, sha256_file, write_json
 
@@ -62,15 +62,18 @@ class Card(BaseModel):
     content: Content
 
 
+# Only what can change the set's bytes: Python's minor version and the packages that compute or encode the
+# images. A patch release of Python, or DVC's version, changes no byte, so it goes to the run log instead
+# (stages/pipeline/runlog.py): a card that named it would make users on 3.11.2 and 3.11.7 unable to share a cache.
 def versions() -> dict:
-    names = ("ddpipe", "torch", "torchvision", "numpy", "pillow", "dvc")
+    names = ("ddpipe", "torch", "torchvision", "numpy", "pillow")
     found = {}
     for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = None
-    return {"python": platform.python_version(), **found}
+    return {"python": ".".join(platform.python_version_tuple()[:2]), **found}
 
 
 def reproducibility(device: str) -> dict:
@@ -108,17 +111,21 @@ def write_card(set_dir: Path, device: str = "cpu", **fields) -> Card:
 
 
 def read_card(set_dir: str | Path) -> Card:
+    from stages.pipeline.artifacts import class_names, read_model
+
     path = Path(set_dir) / CARD
-    if not path.exists():
-        raise ArtifactError(f"{path}: missing; a distilled set without its card is not usable")
-    try:
-        return Card.model_validate(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
-    except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(map(str, first["loc"]))
-        raise ArtifactError(f"{path}: {key}: {first['msg']}") from None
+    card = read_model(Card, path, hint="a distilled set without its card is not usable")
+    class_names(card.classes, f"{path}: classes", ArtifactError)  # each becomes a folder name
+    if card.num_images < 0 or card.content.files < 0 or not re.fullmatch(r"[0-9a-f]{64}", card.content.sha256):
+        raise ArtifactError(f"{path}: num_images {card.num_images}, content {card.content.model_dump()}: "
+                            "counts must be non-negative and sha256 64 hex digits")
+    if card.ipc is not None and not (isinstance(card.ipc, int) or math.isfinite(card.ipc)) or \
+            card.ipc is not None and card.ipc <= 0:
+        raise ArtifactError(f"{path}: ipc = {card.ipc!r}: must be a positive number or null")
+    if (card.ipc is None) != (card.images_from is not None):  # only the full train set has no ipc
+        raise ArtifactError(f"{path}: ipc = {card.ipc!r} with images_from = {card.images_from!r}: ipc is null "
+                            "exactly for a set that uses the train folder's images (baseline full)")
+    return card
 
 
 def verify_content(set_dir: str | Path, card: Card) -> None:
@@ -132,13 +139,12 @@ def verify_content(set_dir: str | Path, card: Card) -> None:
         raise ArtifactError(f"{sums}: does not match {set_dir / CARD} (content.sha256 {card.content.sha256[:12]}..., "
                         f"the list hashes to {sha256_bytes(text)[:12]}...): the list was edited or comes from "
                         "another set")
-    listed = {}
-    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
-        digest, sep, name = line.partition("  ")
-        if not sep or len(digest) != 64 or not name:
-            raise ArtifactError(f"{sums}:{number}: {line[:80]!r} is not '<sha256>  <path inside the set>'")
-        inside(set_dir, name, f"{sums}:{number}")  # no '..', absolute path or symlink out of the set
-        listed[name] = digest
+    from stages.pipeline.artifacts import parse_sums
+
+    listed = parse_sums(sums, text.decode("utf-8", "replace"))  # no '..', absolute path or symlink out of the set
+    if len(listed) != card.content.files:
+        raise ArtifactError(f"{sums}: lists {len(listed)} files, {set_dir / CARD} says content.files = "
+                            f"{card.content.files}")
     found = set(set_files(set_dir))
     missing, extra = sorted(set(listed) - found), sorted(found - set(listed))
     if missing:

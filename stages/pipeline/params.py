@@ -14,7 +14,6 @@ modules by looking, and imports none of them by name: a new method is its packag
 from __future__ import annotations
 
 import importlib
-import json
 import pkgutil
 from functools import lru_cache
 from pathlib import Path
@@ -22,10 +21,12 @@ from types import ModuleType
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
 import stages
 from stages.pipeline.errors import ParamsError
+from stages.pipeline.launcher import check_launcher
 
 Positive = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -48,6 +49,11 @@ def check_scale(value: list[float]) -> list[float]:
 def placeholder(template: str, field: str, what: str) -> str:
     if "{" + field + "}" not in template:
         raise ValueError(f"must contain {{{field}}} (where {what} goes)")
+    try:  # any other placeholder ({}, {0}, {other}, a stray brace) would fail only when a stage formats it
+        template.format(**{field: ""})
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        raise ValueError(f"only {{{field}}} may be a placeholder (double a literal brace: {{{{ }}}}); "
+                         f"found {type(e).__name__}: {e}") from None
     return template
 
 
@@ -64,10 +70,10 @@ def section_modules() -> tuple[ModuleType, ...]:
 
 class Params(Section):
     """The shared keys; `schema()` adds every package's sections to these."""
-    launcher: Annotated[str, Field(pattern=r"\S")]  # read by dvc.yaml only: `${launcher} -m stages.<stage>`
+    launcher: Annotated[str, AfterValidator(check_launcher)]  # dvc.yaml: `${launcher} -m stages.<stage>`
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
     ipc: Positive
-    seed: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0, lt=2 ** 32)]  # what numpy and scikit-learn accept as a seed
     class_names: Optional[list[str]]
     class_prompt: str
 
@@ -134,9 +140,11 @@ def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Pa
     """Load and validate params; once `prepare` ran, also check `ipc` against the class sizes."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeys)
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeys)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root)") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
@@ -160,7 +168,9 @@ def check_ipc(params: Params, meta_path: Path, source: str = "params.yaml") -> N
     (e.g. an explicit INFER ipc_init fits the budget): known once `prepare` wrote meta.json."""
     if not meta_path.exists():
         return
-    counts = json.loads(meta_path.read_text())["train_counts"]
+    from stages.pipeline.artifacts import read_data_meta  # imports pydantic models only; avoids a cycle
+
+    counts = read_data_meta(meta_path.parent).train_counts
     try:
         for module in section_modules():
             if hasattr(module, "check_data"):

@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -53,7 +54,7 @@ class Resume:
         key = {"settings": json.loads(json.dumps(settings)), "inputs": {str(p): identity(p) for p in inputs}}
         self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         saved = self.folder / KEY
-        if self.folder.exists() and (not saved.exists() or json.loads(saved.read_text()).get("key") != self.key):
+        if self.folder.exists() and (not saved.exists() or self._saved_key(saved) != self.key):
             if enabled:
                 print(f"{self.folder}: made under other settings or inputs; starting afresh")
                 shutil.rmtree(self.folder, ignore_errors=True)
@@ -63,6 +64,18 @@ class Resume:
         if enabled and not self.folder.exists():
             self.folder.mkdir(parents=True)
             _replace(self.folder / KEY, (json.dumps({"key": self.key, "settings": key}, indent=1) + "\n").encode())
+
+    def _saved_key(self, saved: Path) -> str | None:
+        """The key a previous run wrote; a torn or foreign key.json is refused (the folder is ours to keep)."""
+        try:
+            key = json.loads(saved.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ArtifactError(f"{saved}: torn or not JSON ({e}); delete the progress folder {self.folder} to "
+                                "start afresh") from None
+        if not isinstance(key, dict) or not isinstance(key.get("key"), str):
+            raise ArtifactError(f"{saved}: expected {{\"key\": \"<sha256>\", ...}}; delete the progress folder "
+                                f"{self.folder} to start afresh")
+        return key["key"]
 
     def path(self, name: str) -> Path:
         """A file or folder for finished pieces (e.g. one epoch's labels); write it via `write_bytes` or a
@@ -91,10 +104,11 @@ class Resume:
             return None
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{path}: refused - not a plain weights-only state ({first}); delete "
-                                f"{self.folder} to start afresh") from None
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
+                TypeError, IndexError, zipfile.BadZipFile) as e:  # a planted pickle, a torn or truncated file
+            first = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__).split(". ")[0][:160]
+            raise ArtifactError(f"{path}: refused - not a plain weights-only state ({first}); delete the progress "
+                                f"folder {self.folder} to start afresh") from None
 
     def clear(self) -> None:
         """Called after the output was written: nothing is left to resume."""

@@ -32,12 +32,22 @@ def record(stage: str, out: str | Path, seconds: float, **measures) -> None:
         "host": platform.node(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+        "python": platform.python_version(), "dvc": _version("dvc"),  # not in the cards: they change no byte
     }
     log = path()
     log.parent.mkdir(parents=True, exist_ok=True)
     # One short write in append mode: concurrent stages (dvc repro --jobs, the queue) never interleave a line.
     with open(log, "a") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def _version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def read(log: str | Path | None = None) -> list[dict]:

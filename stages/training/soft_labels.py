@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import torch
 
 from stages.data.augment import EpochPlan
-from stages.pipeline.errors import DataError
+from stages.pipeline.errors import ArtifactError, DataError, PipelineError
+from stages.pipeline.outputs import sha256_file
 
 
 def epoch_file(root: Path, epoch: int) -> Path:
@@ -101,3 +102,36 @@ def read_epoch(path: Path) -> tuple[EpochPlan, torch.Tensor]:
 def list_column(table: pa.Table, name: str) -> np.ndarray:
     column = table.column(name).combine_chunks()
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
+
+
+def read_checked_epoch(path: Path, num_images: int, num_classes: int, batch_size: int, sha256: str | None = None):
+    """One stored epoch (plan, logits), checked: a whole Parquet file, one row per image slot, every image
+    index inside the set, finite logits for every class, λ in [0, 1]; with `sha256` (fkd.json's record), the
+    file's bytes too."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: missing; relabel stored fewer epochs than evaluate asks for")
+    try:
+        plan, logits = read_epoch(path)
+    except PipelineError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # pyarrow's errors derive
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ArtifactError(f"{path}: not a readable FKD epoch file ({first}); run relabel again") from None
+    n = len(plan.order)
+    if n != num_images or logits.shape != (num_images, num_classes):
+        raise ArtifactError(f"{path}: {n} rows with logits {tuple(logits.shape)}, expected {num_images} rows x "
+                            f"{num_classes} classes")
+    if plan.batch_size != batch_size or plan.mix not in ("cutmix", "mixup", "none"):
+        raise ArtifactError(f"{path}: batch_size {plan.batch_size}, mix {plan.mix!r}; expected batch {batch_size}")
+    if sorted(plan.order.tolist()) != list(range(num_images)):
+        raise ArtifactError(f"{path}: image column is not a permutation of the set's {num_images} images")
+    sizes = [s.stop - s.start for s in plan.batches()]
+    if (plan.partner < 0).any() or any((plan.partner[s] >= size).any() for s, size in zip(plan.batches(), sizes)):
+        raise ArtifactError(f"{path}: partner column points outside its batch")
+    if not (np.isfinite(plan.lam).all() and ((plan.lam >= 0) & (plan.lam <= 1)).all()) \
+            or not np.isfinite(plan.boxes).all() or not bool(logits.float().isfinite().all()):
+        raise ArtifactError(f"{path}: non-finite logits, boxes or λ outside [0, 1]")
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise ArtifactError(f"{path}: content differs from fkd.json's record (changed after relabel wrote it)")
+    return plan, logits
