@@ -91,7 +91,7 @@ def main() -> None:
     teacher_norm = (t_meta["mean"], t_meta["std"])  # a teacher sees images in its own normalisation
     batch_size = eval_batch_size(cfg, len(images), len(classes))
     augment = eval_augment(cfg, size)
-    student_config = p.models[cfg.student].model_dump() if cfg.student in p.models else None
+    student_config = p.models[cfg.student].model_dump() if p.models.get(cfg.student) else None
 
     def online_kd(logits, batch):
         return kd_loss(logits, predict(teacher, renormalise(batch.x, norm, teacher_norm)), cfg.temperature)
