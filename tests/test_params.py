@@ -66,7 +66,7 @@ def test_torchvision_archs_are_registered(tmp_path):
     ({"teacher": {"source": {"convnet": "pretrained"}}}, "teacher.source.convnet"),
     ({"teacher": {"source": {"convnet": {"type": "hub", "weights": "x"}}}}, "teacher.source.convnet"),
     ({"teacher": {"source": {"convnet": {"type": "file", "weights": "x.pt", "std": [1, 0, 1]}}}},
-     "std = [1, 0, 1]: three per-channel values"),
+     "teacher.source.convnet: std = [1.0, 0.0, 1.0]: three per-channel values"),
 ])
 def test_teacher_sources_are_validated(tmp_path, override, expected):
     with pytest.raises(ParamsError, match=expected.replace("[", "\\[").replace("]", "\\]")):
