@@ -216,3 +216,36 @@ def test_offline_stage_run_is_one_resource_error_line(subset, tmp_path):
     assert_refused(result, "ResourceError", f"teacher.source.resnet18: torchvision weights {WEIGHTS} are not in "
                                             "the torch hub cache")
     assert not (subset / "artifacts" / "offline").exists()
+
+
+def test_a_torchvision_layout_small_image_resnet_loads_as_resnet18_modified(tmp_path):
+    """The papers' CIFAR/Tiny teachers: torchvision's ResNet-18 with a 3x3 stem and no max-pool, saved by a
+    torchvision-reference trainer as {"model": state_dict}; loaded as our resnet18_modified (width 64)."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10)
+    reference.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    reference.maxpool = torch.nn.Identity()
+    path = tmp_path / "observer.pth"
+    torch.save({"model": reference.state_dict(), "epoch": 200}, path)
+    t = import_teacher("resnet18_modified", spec(type="file", weights=str(path)), CIFAR10, SIZE,
+                       {"width": 64, "norm": "batch"}, ([0.5] * 3, [0.25] * 3))
+    x = torch.randn(2, 3, SIZE, SIZE)
+    assert torch.allclose(logits(t.model, x), logits(reference, x), atol=1e-4)
+    assert t.record["mapping"] == {"head": "dataset", "head_size": 10, "index": list(range(10))}
+
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_gpu_settings_do_nothing_on_the_cpu():
+    """bf16, channels-last and compile apply on CUDA only: on the CPU the model, its memory format and the
+    autocast context are untouched, so CPU bytes stay as they were (tests/determinism.py checks whole runs)."""
+    from stages.models import accel, build
+
+    model = build("resnet18_modified", 10, SIZE, {"width": 4, "norm": "batch"})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert accel.prepare(model, torch.device("cpu")) is model and accel.compiled(model, "cpu") is model
+    assert model.conv1.weight.is_contiguous()  # not switched to channels-last
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with accel.autocast(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu") and torch.randn(2, 2).mm(torch.randn(2, 2)).dtype == torch.float32

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from stages.pipeline.errors import ArtifactError, PipelineError
+from stages.models import accel
 from stages.models.convnet import ConvNet
 from stages.models.resnet import resnet18_modified, resnetap10
 
@@ -117,8 +118,11 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     """Logits for already-normalised float images (a tensor or a per-batch view), in eval mode, batched."""
     model.eval()
     device = next(model.parameters()).device  # the model's device in, the images' device out
+    accel.prepare(model, device)
     logits = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
-        logits.append(model(as_input(model, chunk.to(device))).to(chunk.device))
+        with accel.autocast(device):  # bf16 on CUDA, logits back in fp32
+            out = model(as_input(model, chunk.to(device)))
+        logits.append(out.float().to(chunk.device))
     return torch.cat(logits)

@@ -354,6 +354,13 @@ class Podd(Section):
         return self
 
 
+class Gpu(Section):
+    """CUDA only (stages/models/accel.py); ignored on the CPU, whose bytes stay as they are."""
+    bf16: bool
+    channels_last: bool
+    compile: bool
+
+
 class Params(Section):
     launcher: Annotated[str, Field(pattern=r"\S")]  # read by dvc.yaml only: `${launcher} -m stages.<stage>`
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
@@ -374,6 +381,7 @@ class Params(Section):
     d4m: D4m
     vlcp: Vlcp
     podd: Podd
+    gpu: Gpu
 
     _name = field_validator("class_prompt")(lambda p: _placeholder(p, "name", "the class name"))
 
@@ -464,6 +472,9 @@ def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Pa
     except ValidationError as e:
         raise ParamsError(_describe(e, str(path))) from None
     check_ipc(params, Path(data_root) / params.dataset / "meta.json", str(path))
+    from stages.models import accel
+
+    accel.configure(params.gpu)
     return params
 
 
