@@ -42,41 +42,18 @@ def _report():
 atexit.register(_report)
 '''
 
-CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
 def sizes(tiny: bool) -> dict:
     """(train, val) images per class and the overrides layered on the preset."""
-    from tests.tiny import TINY
+    from tests.tiny import TINY, TINY_PRESET
 
-    small = {**{k: TINY[k] for k in ("diffusion", "d4m", "vlcp", "podd")}}
     if tiny:
-        return {"train": 12, "val": 4, "params": {
-            **small, "ipc": 2, "models": {"resnet18_modified": {"width": 4, "norm": "batch"}},
-            "evaluate": {"epochs": 4, "full_epochs": 1, "seeds": 1, "eval_points": 1},
-            "sre2l": {"recover": {"iterations": 10}},
-            "delt": {"round_iterations": 5, "recover": {"iterations": 10, "ipc_per_batch": 2}},
-            "infer": {"recover": {"iterations": 10}}}}
+        return {"train": 12, "val": 4, "params": TINY_PRESET}
     return {"train": 500, "val": 100, "params": {  # 5000 train images: CIFAR-10 shapes, a tenth of its size
-        **small, "ipc": 10,
+        **{k: TINY[k] for k in ("diffusion", "d4m", "vlcp", "podd")}, "ipc": 10,
         "evaluate": {"epochs": 50, "full_epochs": 2, "seeds": 1, "eval_points": 2},
         "sre2l": {"recover": {"iterations": 500}},
         "delt": {"round_iterations": 100, "recover": {"iterations": 500}},
         "infer": {"recover": {"iterations": 500}}}}
-
-
-def generate(root: Path, train: int, val: int) -> None:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train), ("val", val)):
-        for c, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True)
-            base = np.array([c * 25, 255 - c * 25, (c * 70) % 256])
-            for i in range(n):
-                pixels = np.clip(base + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
 
 
 def project(root: Path, cfg: dict) -> None:
@@ -84,12 +61,13 @@ def project(root: Path, cfg: dict) -> None:
 
     from stages import preset
     from stages.models.resnet import resnet18_modified
+    from tests.tiny import generated_cifar
 
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         if (REPO / name).exists():
             shutil.copy(REPO / name, root / name)
-    generate(root / "src", cfg["train"], cfg["val"])
+    generated_cifar(root / "src", cfg["train"], cfg["val"])
     width = cfg["params"].get("models", {}).get("resnet18_modified", {}).get("width", 64)
     (root / "teachers").mkdir()
     torch.manual_seed(0)
@@ -107,7 +85,7 @@ def images_handled(entry: dict, params, counts: dict) -> int | None:
     recover counts image-iterations, relabel crops labelled, evaluate training images seen (all students)."""
     module, argv = entry["module"].removeprefix("stages."), entry["argv"]
     opts = {a: b for a, b in zip(argv, argv[1:]) if a.startswith("--")}
-    classes, ipc = len(CLASSES), params.ipc
+    classes, ipc = 10, params.ipc
     train, val = counts["train"] * classes, counts["val"] * classes
     target = opts.get("--set", "")
     set_size = train if target.endswith("/full") else ipc * classes

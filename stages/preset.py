@@ -77,13 +77,38 @@ def is_whole(value) -> bool:
 
 def merge(target, preset) -> None:
     for key, value in preset.items():
+        # blank lines that end a section stay at its end: those after this key's old comment, or (a new
+        # last key) those after the last key's
+        gap = trailing_blank_lines(target, key) if key in target else blank_lines_after(target)
         if key in target and isinstance(target[key], dict) and not is_whole(value) and not is_whole(target[key]):
             merge(target[key], value)
         else:
             target[key] = value
         comment = preset.ca.items.get(key)
         if comment is not None and is_whole(value):
+            if comment[2] is not None:
+                comment[2].value = comment[2].value.rstrip("\n") + "\n" + gap
             target.ca.items[key] = comment
+
+
+def trailing_blank_lines(target, key) -> str:
+    token = (target.ca.items.get(key) or [None] * 3)[2]
+    if token is None:
+        return ""
+    text = token.value.rstrip("\n")
+    return token.value[len(text) + 1:]
+
+
+def blank_lines_after(target) -> str:
+    """Remove and return the blank lines after the last key's comment (a key appended goes above them)."""
+    last = list(target)[-1] if len(target) else None
+    token = (target.ca.items.get(last) or [None] * 3)[2] if last is not None else None
+    if token is None or not token.value.endswith("\n\n"):
+        return ""
+    text = token.value.rstrip("\n")
+    gap = token.value[len(text) + 1:]
+    token.value = text + "\n"
+    return gap
 
 
 def load_preset(name: str):

@@ -8,16 +8,15 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from stages import preset
 from stages.pipeline import params
 from stages.pipeline.errors import ParamsError
-from tests.conftest import REPO, TINY, dvc, git, make_project
+from tests.conftest import REPO, dvc, git, make_project
+from tests.tiny import TINY_PRESET, generated_cifar
 
 NAMES = sorted(p.stem for p in (REPO / "presets").glob("*.yaml"))
 LEAF = re.compile(r"^\s*[\w.-]+:\s*[^\s#]")  # a key with a value on its line (not a section header)
@@ -83,43 +82,19 @@ def test_every_preset_applies_validates_and_the_dag_resolves(name, tmp_path, mon
     assert preset.apply(name, tmp_path / "params.yaml", tmp_path / "data") == ""  # applying twice: no change
 
 
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-# The CIFAR-10 preset at sizes a CPU runs in minutes: the paper's shapes (32 px, 10 classes, RN18-mod) kept.
-TINY_RUN = {**{k: TINY[k] for k in ("diffusion", "d4m", "vlcp", "podd")},
-            "dataset": "imagefolder", "ipc": 2,
-            "models": {"resnet18_modified": {"width": 4, "norm": "batch"}},
-            "evaluate": {"epochs": 4, "full_epochs": 1, "seeds": 1, "eval_points": 1},
-            "sre2l": {"recover": {"iterations": 10}},
-            "delt": {"round_iterations": 5, "recover": {"iterations": 10, "ipc_per_batch": 2}},
-            "infer": {"recover": {"iterations": 10}}}
-
-
-def generated_cifar(root: Path, train: int = 12, val: int = 4) -> None:
-    """32 px images whose colour depends on the class, so a teacher can tell them apart."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train), ("val", val)):
-        for c, name in enumerate(CIFAR10):
-            (root / split / name).mkdir(parents=True)
-            base = np.array([c * 25, 255 - c * 25, (c * 70) % 256])
-            for i in range(n):
-                pixels = np.clip(base + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-
-
 @pytest.mark.slow  # the whole pipeline (every method, diffusion included) at tiny sizes: minutes on 2 cores
 def test_the_cifar10_preset_runs_end_to_end_with_a_file_teacher(tmp_path):
     from stages.models.resnet import resnet18_modified
 
     project = make_project(tmp_path / "project", None)
-    generated_cifar(project / "src")
+    generated_cifar(project / "src", 12, 4)
     torch.manual_seed(0)  # an RDED-style checkpoint: {"model": state_dict} with DDP's module. prefix
     teacher = resnet18_modified(10, 32, width=4)
     (project / "teachers").mkdir()
     torch.save({"model": {f"module.{k}": v for k, v in teacher.state_dict().items()}, "epoch": 1},
                project / "teachers" / "cifar10_resnet18_modified.pth")
     print(preset.apply("cifar10-sre2l", project / "params.yaml", project / "data",
-                       {**TINY_RUN, "prepare": {"root": str(project / "src")}}))
+                       {**TINY_PRESET, "prepare": {"root": str(project / "src")}}))
     git(project, "add", "-A")
     git(project, "commit", "-qm", "cifar10 preset")
     log = dvc(project, "repro")

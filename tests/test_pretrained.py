@@ -16,6 +16,7 @@ from stages.models.pretrained import imagenet_wnids, import_teacher, read_weight
 from stages.pipeline.errors import ArtifactError, ParamsError, ResourceError
 from stages.pipeline.params import TeacherSource
 from tests.conftest import TINY, assert_refused, merge, run_stage, write_params
+from tests.tiny import CIFAR10
 
 WEIGHTS = "ResNet18_Weights.IMAGENET1K_V1"
 SIZE = 32
@@ -232,9 +233,6 @@ def test_a_torchvision_layout_small_image_resnet_loads_as_resnet18_modified(tmp_
     x = torch.randn(2, 3, SIZE, SIZE)
     assert torch.allclose(logits(t.model, x), logits(reference, x), atol=1e-4)
     assert t.record["mapping"] == {"head": "dataset", "head_size": 10, "index": list(range(10))}
-
-
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def test_gpu_settings_do_nothing_on_the_cpu():
