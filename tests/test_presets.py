@@ -101,7 +101,7 @@ def test_the_cifar10_preset_runs_end_to_end_with_a_file_teacher(tmp_path):
     assert "teacher@resnet18_modified" in log
     meta = json.loads((project / "artifacts/imagefolder/teachers/resnet18_modified/meta.json").read_text())
     assert meta["source"]["type"] == "file" and meta["mean"] == [0.485, 0.456, 0.406]
-    report = (project / "artifacts/imagefolder/ipc2/report/report.md").read_text()
+    report = (project / "artifacts/imagefolder/ipc2/report/results.md").read_text()
     print(report)
     for method in ("sre2l", "delt", "infer", "random"):
         assert method in report
