@@ -101,7 +101,7 @@ def main() -> None:
     draws = [images] + [load_set(args.set, args.data, k)[1] for k in range(1, card.draws or 1)]
     batch_size = eval_batch_size(cfg, len(images), len(classes))
     augment = eval_augment(cfg, size)
-    student_configs = {a: p.models[a].model_dump() if a in p.models else None for a in cfg.students}
+    student_configs = {a: p.models[a].model_dump() if p.models.get(a) else None for a in cfg.students}
 
     def labels_dir(s: int) -> Path:  # a set of draws keeps each draw's FKD files in draw<k>/
         return Path(args.labels) / f"draw{s % card.draws}" if card.draws else Path(args.labels)

@@ -39,9 +39,11 @@ def stage_env() -> dict:
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def run_stage(project: Path, module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m stages.<module>` inside `project`, exactly as dvc.yaml does."""
-    result = subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=project, env=stage_env(),
+def run_stage(project: Path, module: str, *args: str, check: bool = True,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m stages.<module>` inside `project`, exactly as dvc.yaml does (`env`: extra variables)."""
+    result = subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=project,
+                            env={**stage_env(), **(env or {})},
                             capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"stages.{module} failed:\n{result.stdout}\n{result.stderr}")

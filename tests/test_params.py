@@ -53,8 +53,31 @@ def test_missing_key_is_named(tmp_path):
 
 
 def test_torchvision_archs_are_registered(tmp_path):
-    p = load_with(tmp_path, {"teacher": {"archs": ["convnet", "resnet18"]}, "infer": {"teachers": ["resnet18"]}})
+    p = load_with(tmp_path, {"teacher": {"archs": ["convnet", "resnet18"], "source": {"resnet18": "train"}},
+                             "models": {"resnet18": None}, "infer": {"teachers": ["resnet18"]}})
     assert p.teacher.archs == ["convnet", "resnet18"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ({"teacher": {"archs": ["convnet", "resnet18"], "source": {"resnet18": "train"}}},
+     "models.resnet18: missing; arch 'resnet18' is used"),  # dvc.yaml reads models.<arch>
+    ({"teacher": {"archs": ["convnet", "resnet18"]}, "models": {"resnet18": None}},
+     "teacher.source.resnet18 = None: every arch in archs needs a source"),
+    ({"teacher": {"source": {"convnet": "pretrained"}}}, "teacher.source.convnet"),
+    ({"teacher": {"source": {"convnet": {"type": "hub", "weights": "x"}}}}, "teacher.source.convnet"),
+    ({"teacher": {"source": {"convnet": {"type": "file", "weights": "x.pt", "std": [1, 0, 1]}}}},
+     "teacher.source.convnet: std = [1.0, 0.0, 1.0]: three per-channel values"),
+])
+def test_teacher_sources_are_validated(tmp_path, override, expected):
+    with pytest.raises(ParamsError, match=expected.replace("[", "\\[").replace("]", "\\]")):
+        load_with(tmp_path, override)
+
+
+def test_a_timm_teacher_needs_no_registered_arch(tmp_path):
+    p = load_with(tmp_path, {"teacher": {"archs": ["convnet", "rn18_timm"],
+                                         "source": {"rn18_timm": {"type": "timm", "weights": "resnet18.a1_in1k"}}},
+                             "models": {"rn18_timm": None}, "infer": {"teachers": ["convnet", "rn18_timm"]}})
+    assert p.teacher.source["rn18_timm"].type == "timm"
 
 
 def test_ipc_up_to_the_smallest_class_is_accepted_once_data_exists(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 # Small enough for CI, big enough that every code path runs (mixing, several batches, val points).
 TINY = {
@@ -30,3 +31,31 @@ def merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+# A CIFAR-10 preset (presets/) at sizes a CPU runs in minutes: the paper's shapes (32 px, 10 classes, RN18-mod)
+# kept, on a generated imagefolder (tests/test_presets.py, benchmarks/gpu_check.py --tiny).
+TINY_PRESET = {**{k: TINY[k] for k in ("diffusion", "d4m", "vlcp", "podd")},
+               "dataset": "imagefolder", "ipc": 2,
+               "models": {"resnet18_modified": {"width": 4, "norm": "batch"}},
+               "evaluate": {"epochs": 4, "full_epochs": 1, "seeds": 1, "eval_points": 1},
+               "sre2l": {"recover": {"iterations": 10}},
+               "delt": {"round_iterations": 5, "recover": {"iterations": 10, "ipc_per_batch": 2}},
+               "infer": {"recover": {"iterations": 10}}}
+
+
+def generated_cifar(root: Path, train: int, val: int) -> None:
+    """A CIFAR-10-shaped imagefolder: 32 px PNGs whose colour depends on the class, so a teacher can learn it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("val", val)):
+        for c, name in enumerate(CIFAR10):
+            (root / split / name).mkdir(parents=True)
+            base = np.array([c * 25, 255 - c * 25, (c * 70) % 256])
+            for i in range(n):
+                pixels = np.clip(base + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")

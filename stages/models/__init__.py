@@ -11,6 +11,7 @@ from torch import nn
 
 from stages.pipeline.artifacts import TeacherMeta, read_json, validated, verify_record, write_record
 from stages.pipeline.errors import ArtifactError, PipelineError
+from stages.models import accel
 from stages.models.convnet import ConvNet
 from stages.models.resnet import resnet18_modified, resnetap10
 
@@ -32,9 +33,15 @@ def is_registered(arch: str) -> bool:
     return arch in OUR_ARCHS or arch in torchvision_archs()
 
 
-def build(arch: str, num_classes: int, image_size: int, config: dict | None = None) -> nn.Module:
-    """Our small-image nets take `config` (width, depth, norm); torchvision archs are built by name."""
-    if arch in OUR_ARCHS:
+def build(arch: str, num_classes: int, image_size: int, config: dict | None = None,
+          timm_name: str | None = None) -> nn.Module:
+    """Our small-image nets take `config` (width, depth, norm); torchvision archs are built by name, and an
+    imported timm teacher (teacher.source) by its timm model name."""
+    if timm_name is not None:
+        import timm
+
+        model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+    elif arch in OUR_ARCHS:
         model = OUR_ARCHS[arch](num_classes, image_size, **(config or {}))
     elif arch in torchvision_archs():
         import torchvision
@@ -91,8 +98,8 @@ def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) ->
     if saved_arch is not None and saved_arch != meta["arch"]:
         raise ArtifactError(f"{weights_path}: holds {saved_arch!r} weights, {meta_path} says arch {meta['arch']!r}")
     try:
-        model = build(meta["arch"], meta["num_classes"], meta["image_size"], meta["config"])
-    except (TypeError, ValueError, PipelineError) as e:
+        model = build(meta["arch"], meta["num_classes"], meta["image_size"], meta["config"], meta.get("timm"))
+    except (TypeError, ValueError, RuntimeError, ImportError, PipelineError) as e:
         raise ArtifactError(f"{meta_path}: cannot build arch {meta['arch']!r} with config {meta['config']} "
                             f"({e})") from None
     try:
@@ -112,8 +119,11 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> to
     """Logits for already-normalised float images (a tensor or a per-batch view), in eval mode, batched."""
     model.eval()
     device = next(model.parameters()).device  # the model's device in, the images' device out
+    accel.prepare(model, device)
     logits = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
-        logits.append(model(as_input(model, chunk.to(device))).to(chunk.device))
+        with accel.autocast(device):  # bf16 on CUDA, logits back in fp32
+            out = model(as_input(model, chunk.to(device)))
+        logits.append(out.float().to(chunk.device))
     return torch.cat(logits)

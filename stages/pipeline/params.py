@@ -8,7 +8,8 @@ other section lives beside the code that reads it, in a `params` module of its p
 stages/synthesis/params.py for the recover engine's sre2l, delt and infer). Such a module defines
 `SECTIONS` (key -> pydantic model, in params.yaml order), `ORDER` (where its sections go among the
 others) and optionally `check(params)` (cross-section rules, raising ValueError) and
-`check_data(params, counts)` (rules that need the prepared data's class sizes). The core finds these
+`check_data(params, counts)` (rules that need the prepared data's class sizes) and `apply(params)` (settings that
+act on the process, e.g. the GPU's). The core finds these
 modules by looking, and imports none of them by name: a new method is its package, not an edit here.
 """
 from __future__ import annotations
@@ -154,6 +155,9 @@ def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Pa
     except ValidationError as e:
         raise ParamsError(_describe(e, str(path))) from None
     check_ipc(params, Path(data_root) / params.dataset / "meta.json", str(path))
+    for module in section_modules():  # a package's settings that act on the process (e.g. models' gpu)
+        if hasattr(module, "apply"):
+            module.apply(params)
     return params
 
 

@@ -24,7 +24,7 @@ class BNStatisticsLoss:
         self.handles = []
 
     def _hook(self, module: nn.BatchNorm2d, inputs, _output) -> None:
-        x = inputs[0]
+        x = inputs[0].float()  # under bf16 autocast (CUDA) the statistics are still taken in fp32
         mean = x.mean(dim=(0, 2, 3))
         var = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).var(dim=1, unbiased=False)
         self.terms.append(self.r_var * torch.linalg.vector_norm(var - module.running_var)

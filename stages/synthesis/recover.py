@@ -32,6 +32,7 @@ from stages.data.folder import normalise
 from stages.pipeline.errors import DivergedError, NotOptimisedError, PipelineError
 from stages.pipeline.seeds import derive_seed
 from stages.synthesis.bn_matching import BNStatisticsLoss
+from stages.models import accel
 
 CHECK_EVERY = 50  # iterations between host-side checks for a non-finite loss (bounds the work wasted after one)
 # PyTorch's warning when a backward passes through an op with no autograd kernel: the gradient behind it is
@@ -82,6 +83,7 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
     augmented batch `batch_at(t)` returns as (images, labels), or None when nothing is active.
     Raises DivergedError naming `where`, the first iteration whose loss was not finite and that loss."""
     teacher.eval()
+    accel.prepare(teacher, param.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     optimizer = torch.optim.Adam([param], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
@@ -95,7 +97,9 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
             batch = batch_at(t)
             if batch is not None:
                 images, labels = batch
-                loss = F.cross_entropy(teacher(augment(images, cfg, t, rng)), labels) + cfg.r_bn * bn.loss()
+                with accel.autocast(param.device):  # bf16 teacher forward on CUDA; BN statistics and loss in fp32
+                    logits = teacher(augment(images, cfg, t, rng))
+                loss = F.cross_entropy(logits.float(), labels) + cfg.r_bn * bn.loss()
                 first = ~torch.isfinite(loss.detach()) & (first_bad == never)
                 first_bad = torch.where(first, t, first_bad)
                 bad_loss = torch.where(first, loss.detach(), bad_loss)

@@ -19,6 +19,7 @@ from stages.pipeline.distributed import World
 from stages.pipeline.errors import ArtifactError, DivergedError, PipelineError
 from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume, fresh
+from stages.models import accel
 
 # A checkpoint is saved after an epoch once the time since the last one is at least this many times what
 # saving costs: the overhead stays near 1/SAVE_COST_RATIO of the run whatever the epoch length (every epoch
@@ -136,6 +137,8 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
         raise PipelineError(f"a batch of {smallest} images (of {len(data)} at batch size {batch_size}) cannot be "
                             f"split over {world.size} processes; use fewer processes or another batch size")
     device, bare = next(model.parameters()).device, getattr(model, "module", model)
+    accel.prepare(bare, device)  # channels-last on CUDA (before the optimizer holds the weights)
+    step_model = accel.compiled(model, device)
     steps_per_epoch = math.ceil(len(data) / batch_size)
     optimizer = make_optimizer(model, optim)
     total = max(1, epochs * steps_per_epoch)
@@ -162,7 +165,9 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             global_size = len(batch.labels)
             rows = world.rows(global_size)
             batch = batch.select(rows, device)
-            loss = loss_fn(model(as_input(model, batch.x)), batch)
+            with accel.autocast(device):  # bf16 forward on CUDA; the loss below is computed in fp32
+                logits = step_model(as_input(bare, batch.x))
+            loss = loss_fn(logits.float(), batch)
             optimizer.zero_grad(set_to_none=True)
             if world.size > 1:  # DDP averages rank gradients: weigh each by its share of the global batch
                 (loss * ((rows.stop - rows.start) * world.size / global_size)).backward()

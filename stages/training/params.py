@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from stages.models import OUR_ARCHS, is_registered
 from stages.pipeline.params import NonNegFloat, Positive, PositiveFloat, Section, check_scale
@@ -17,8 +17,26 @@ def _registered(arch: str) -> str:
     return arch
 
 
+class TeacherSource(Section):
+    """A teacher whose weights come from outside (stages/models/pretrained.py) instead of being trained here."""
+    type: Literal["torchvision", "timm", "file"]
+    weights: Annotated[str, Field(min_length=1)]  # weights enum name | timm model name | path of the file
+    head: Optional[Literal["imagenet", "dataset"]] = None  # the head's class order; null: imagenet (torchvision,
+    mean: Optional[list[float]] = None  # timm) or dataset (file). Normalisation the weights expect; null: the
+    std: Optional[list[float]] = None   # weights' own (torchvision, timm) or the data's (file)
+
+    @model_validator(mode="after")
+    def _norm(self) -> "TeacherSource":
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and (len(value) != 3 or (key == "std" and min(value) <= 0)):
+                raise ValueError(f"{key} = {value}: three per-channel values (std above 0), or null")
+        return self
+
+
 class Teacher(Section):
     archs: Annotated[list[str], Field(min_length=1)]
+    source: dict[str, Union[Literal["train"], TeacherSource]]  # per arch; dvc.yaml reads teacher.source.<arch>
     epochs: Positive
     batch_size: Positive
     lr: PositiveFloat
@@ -28,7 +46,42 @@ class Teacher(Section):
     flip: bool
 
     _scale = field_validator("crop_scale")(check_scale)
-    _archs = field_validator("archs")(lambda archs: [_registered(a) for a in archs])
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _sources(cls, value):
+        """Each entry is `train` or a TeacherSource mapping; a bad one is named by its own key, not by union."""
+        if not isinstance(value, dict):
+            return value  # pydantic names the type
+        out = {}
+        for arch, spec in value.items():
+            if isinstance(spec, dict):
+                try:
+                    spec = TeacherSource.model_validate(spec)
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    key = ".".join(str(p) for p in first["loc"])
+                    msg = first["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"{arch}.{key} = {first['input']!r}: {msg}" if key else f"{arch}: {msg}") \
+                        from None
+            elif spec != "train":
+                raise ValueError(f"{arch} = {spec!r}: expected train or {{type: torchvision | timm | file, "
+                                 "weights: ...}")
+            out[arch] = spec
+        return out
+
+    @model_validator(mode="after")
+    def _registered(self) -> "Teacher":
+        for arch in self.archs:
+            spec = self.source.get(arch)
+            timm = isinstance(spec, TeacherSource) and spec.type == "timm"
+            if not timm and not is_registered(arch):
+                raise ValueError(f"archs = {self.archs}: arch {arch!r} is not registered (ours or a torchvision "
+                                 "model name); a timm teacher names its model in teacher.source")
+            if spec is None:
+                raise ValueError(f"source.{arch} = None: every arch in archs needs a source (train, or "
+                                 "{type: torchvision | timm | file, weights: ...})")
+        return self
 
 
 class Evaluate(Section):
@@ -83,8 +136,11 @@ SECTIONS = {"teacher": Teacher, "evaluate": Evaluate, "report": Report, "relabel
 
 def check(p) -> None:
     for arch in [*p.teacher.archs, *p.evaluate.students]:
-        if arch in OUR_ARCHS and arch not in p.models:
+        if arch in OUR_ARCHS and p.models.get(arch) is None:
             raise ValueError(f"models.{arch} = None: arch {arch!r} is used but has no config")
+        if arch not in p.models:  # dvc.yaml lists models.<arch> among the stage's params
+            raise ValueError(f"models.{arch}: missing; arch {arch!r} is used (a torchvision or timm arch "
+                             f"takes `{arch}: null`)")
     if p.evaluate.teacher not in p.teacher.archs:
         raise ValueError(f"evaluate.teacher = {p.evaluate.teacher!r}: not one of teacher.archs {p.teacher.archs}")
 
