@@ -36,6 +36,7 @@ def _check_scale(value: list[float]) -> list[float]:
 class Prepare(Section):
     image_size: Positive
     val_fraction: Fraction
+    crops: Annotated[int, Field(ge=2)]  # photos only: crops per class, train + val
     root: Optional[str]
     download: bool
     classes: Optional[list[str]]
@@ -311,7 +312,7 @@ class Podd(Section):
 
 class Params(Section):
     launcher: Annotated[str, Field(pattern=r"\S")]  # read by dvc.yaml only: `${launcher} -m stages.<stage>`
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
+    dataset: Literal["digits", "photos", "cifar10", "cifar100", "imagefolder"]
     ipc: Positive
     seed: Annotated[int, Field(ge=0)]
     class_names: Optional[list[str]]
