@@ -25,6 +25,8 @@ from stages.pipeline.progress import progress
 def open_source(p: params.Params) -> sources.Source:
     if p.dataset == "digits":
         return sources.digits(p.prepare.val_fraction, p.seed)
+    if p.dataset == "photos":
+        return sources.photos(p.prepare.crops, p.prepare.val_fraction, p.seed)
     if p.dataset in ("cifar10", "cifar100"):
         return sources.cifar(p.dataset, p.prepare.root, p.prepare.download)
     return sources.imagefolder(p.prepare.root, p.prepare.classes)

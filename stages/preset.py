@@ -24,9 +24,9 @@ PRESETS = Path(__file__).resolve().parents[1] / "presets"
 REQUIRED = (
     "dataset", "ipc", "prepare.image_size", "prepare.root", "prepare.classes",
     "teacher.archs", "teacher.source",
-    "evaluate.students", "evaluate.teacher", "rded.observer", "rded.factor", "evaluate.epochs", "evaluate.batch_size", "evaluate.optimizer",
+    "evaluate.students", "evaluate.teacher", "evaluate.epochs", "evaluate.batch_size", "evaluate.optimizer",
     "evaluate.lr", "evaluate.weight_decay", "evaluate.temperature", "evaluate.crop_scale", "evaluate.flip",
-    "evaluate.mix", "evaluate.mix_alpha",
+    "evaluate.mix", "evaluate.mix_alpha", "rded.observer", "rded.factor",
     *(f"{m}.recover.{k}" for m in ("sre2l", "delt", "infer")
       for k in ("iterations", "lr", "r_bn", "jitter", "crop_min_scale", "crop_schedule", "flip", "ipc_per_batch")),
     "sre2l.teacher", "delt.ranker", "delt.teacher", "delt.round_iterations", "infer.teachers",

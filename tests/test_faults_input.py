@@ -162,7 +162,8 @@ PARAMS_FAULTS = [
                  "params.yaml: teacher.archs = ['convnet', 'resnet999']: arch 'resnet999' is not registered "
                  "(ours or a torchvision model name)", id="unknown-arch"),
     pytest.param("prepare", {"dataset": "mnist"},
-                 "params.yaml: dataset = 'mnist': Input should be 'digits', 'cifar10', 'cifar100' or 'imagefolder'",
+                 "params.yaml: dataset = 'mnist': Input should be 'digits', 'photos', 'cifar10', 'cifar100' or "
+                 "'imagefolder'",
                  id="unknown-dataset"),
     pytest.param("caption", {"caption": {"captioner": "blip"}},
                  "params.yaml: caption.captioner = 'blip': Input should be 'attributes' or 'llava'",

@@ -14,6 +14,7 @@ ORDER = 10
 class Prepare(Section):
     image_size: Positive
     val_fraction: Fraction
+    crops: Annotated[int, Field(ge=2)]  # photos only: crops per class, train + val
     root: Optional[str]
     download: bool
     classes: Optional[list[str]]

@@ -1,4 +1,4 @@
-"""Where `prepare` reads from: the embedded digits, CIFAR-10/100 via torchvision, or any ImageFolder tree.
+"""Where `prepare` reads from: the embedded digits or photos, CIFAR-10/100 via torchvision, or any ImageFolder tree.
 
 Each source gives the class names in their fixed order and, per split, a list of
 (file stem, class index, loader) where the loader returns an RGB uint8 array at native size.
@@ -45,6 +45,49 @@ def digits(val_fraction: float, seed: int) -> Source:
                  f"digits[{i}]") for i in sorted(indices)]
 
     return Source([str(d) for d in range(10)], {"train": items(train), "val": items(val)})
+
+
+# photos: (class name, the sample photograph in scikit-image's wheel it is cut from). Read from the installed
+# package's data folder, never through skimage.data, whose fetcher may download what the wheel lacks.
+PHOTOS = [("astronaut", "astronaut.png"), ("cat", "chelsea.png"), ("coffee", "coffee.png"),
+          ("rocket", "rocket.jpg"), ("motorcycle", "motorcycle_left.png"), ("galaxies", "hubble_deep_field.jpg"),
+          ("retina", "retina.jpg"), ("tissue", "ihc.png"), ("coins", "coins.png"), ("cameraman", "camera.png")]
+PHOTO_CROP_SIDE = (0.1, 0.25)  # a crop's side as a fraction of its photo's shorter side (before prepare's resize)
+
+
+def _photo(filename: str) -> np.ndarray:
+    from importlib.resources import files
+
+    try:
+        path = files("skimage") / "data" / filename
+    except ModuleNotFoundError:
+        raise DataError("dataset photos: scikit-image is not installed (pip install scikit-image)") from None
+    if not path.is_file():
+        raise DataError(f"dataset photos: {filename} is not in the installed scikit-image's data folder "
+                        f"({path.parent}); photos reads only the photographs its wheel ships")
+    return decode_rgb(Path(str(path)))
+
+
+def photos(crops: int, val_fraction: float, seed: int) -> Source:
+    """Random square crops of ten sample photographs shipped inside scikit-image's wheel; a photo is a class.
+
+    Train crops come from the left (1 - val_fraction) of each photo's width and val crops from the rest, so no
+    val pixel was seen in training; `crops` per class in all, round(crops x val_fraction) of them val. The
+    boxes depend on `seed` alone. A check that runs offline, not a benchmark (docs/photos.md)."""
+    n_val = max(1, round(crops * val_fraction))
+    splits: dict[str, list[Item]] = {"train": [], "val": []}
+    for label, (name, filename) in enumerate(PHOTOS):
+        image = _photo(filename)
+        h, w = image.shape[:2]
+        split_x = round(w * (1 - val_fraction))
+        rng = np.random.default_rng([seed, label])
+        for split, count, (x0, x1) in (("train", crops - n_val, (0, split_x)), ("val", n_val, (split_x, w))):
+            for k in range(count):
+                side = min(round(rng.uniform(*PHOTO_CROP_SIDE) * min(h, w)), x1 - x0, h)
+                x, y = int(rng.integers(x0, x1 - side + 1)), int(rng.integers(0, h - side + 1))
+                crop = (lambda x=x, y=y, s=side, a=image: np.ascontiguousarray(a[y:y + s, x:x + s]))
+                splits[split].append((f"{k:04d}", label, crop, f"photos/{filename}[{y}:{y + side}, {x}:{x + side}]"))
+    return Source([name for name, _ in PHOTOS], splits)
 
 
 def cifar(name: str, root: str, download: bool) -> Source:

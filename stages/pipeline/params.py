@@ -72,7 +72,7 @@ def section_modules() -> tuple[ModuleType, ...]:
 class Params(Section):
     """The shared keys; `schema()` adds every package's sections to these."""
     launcher: Annotated[str, AfterValidator(check_launcher)]  # dvc.yaml: `${launcher} -m stages.<stage>`
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder"]
+    dataset: Literal["digits", "photos", "cifar10", "cifar100", "imagefolder"]
     ipc: Positive
     seed: Annotated[int, Field(ge=0, lt=2 ** 32)]  # what numpy and scikit-learn accept as a seed
     class_names: Optional[list[str]]
