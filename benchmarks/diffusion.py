@@ -31,6 +31,7 @@ import torch
 from stages.generation import ldm
 from stages.generation.img2img import denoising_steps, generate, to_uint8
 from stages.pipeline import params
+from stages.pipeline.artifacts import write_record
 from stages.pipeline.seeds import derive_seed
 from stages.prepare import open_source
 from stages.synthesize import load_pipeline
@@ -46,6 +47,7 @@ def untrained_pipeline(p, folder: Path) -> Path:
     unet = ldm.build_unet(t.unet_channels, resolution // 2 ** (len(t.vae_channels) - 1),
                           text_encoder.config.hidden_size)
     ldm.assemble(vae, unet, tokenizer, text_encoder).save_pretrained(folder, safe_serialization=True)
+    write_record(folder)  # the content record the stages check, as the diffusion stage writes it
     return folder
 
 

@@ -13,7 +13,6 @@ ipc patches at its top-left. Soft labels for the student come from relabel (FKD)
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from stages.data.folder import normalise, read_classes, save_png
 from stages.data.prepared import open_images
 from stages.models import predict
 from stages.pipeline import cli, params, runlog
+from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import ParamsError
 from stages.pipeline.outputs import atomic_dir
@@ -108,10 +108,10 @@ def main() -> None:
     started = time.perf_counter()
     p = params.load()
     cfg = p.rded
-    data_meta = json.loads((Path(args.data) / "meta.json").read_text())
+    data_meta = read_data_meta(args.data)
     classes = read_classes(args.data)
     teachers = Teachers(args.teachers, [cfg.observer], data_meta)
-    size = data_meta["image_size"]
+    size = data_meta.image_size
     if cfg.factor > size:
         raise ParamsError(f"params.yaml: rded.factor = {cfg.factor}: above the image size {size}")
     train = open_images(Path(args.data) / "train", classes, size)

@@ -66,6 +66,7 @@ def main() -> None:
         teacher.to(world.device)
         mine = set(world.shard(range(args.epochs)))
         # baseline@random's draws: each its own labels in draw<k>/ (draw 0 keeps the stream a single set has)
+        records = []
         for draw in range(card.draws) if card.draws else [None]:
             if draw is not None:
                 _, images = load_set(args.set, args.data, draw)
@@ -88,8 +89,7 @@ def main() -> None:
                                     for s in plan.batches()])
                 write_epoch(out, plan, logits, topk)
                 resume.write_bytes(prefix + out.name, out.read_bytes())  # atomically: a kill leaves whole epochs only
-            if world.main:
-                write_json(folder / "fkd.json", {
+            records.append((folder, {
                     "epochs": args.epochs, "batch_size": batch_size, "num_images": len(images),
                     "augment": {"crop_scale": list(augment.crop_scale), "flip": augment.flip, "mix": augment.mix,
                                 "mix_alpha": augment.mix_alpha, "image_size": size},
@@ -99,10 +99,12 @@ def main() -> None:
                     "seed": derive_seed(p.seed, "relabel", *key), "topk": topk,
                     "logits": "raw teacher logits, fp16" if topk is None else
                               f"top-{topk} raw teacher logits and their classes, fp16; the rest as one logit",
-                    "files": fkd_files(folder),  # the content record evaluate checks each epoch against
-                })
+            }))
+        world.barrier()  # every rank's epochs are on disk before the record of them is made
         if not world.main:
             return
+        for folder, record in records:  # "files": the content record evaluate checks each epoch against
+            write_json(folder / "fkd.json", {**record, "files": fkd_files(folder)})
     resume.clear()
     print(f"relabel {card.method}: {args.epochs} epochs x {len(images)} images (batch {batch_size}) → {args.out}")
 

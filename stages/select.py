@@ -30,7 +30,7 @@ def main() -> None:
     classes = read_classes(args.data)
     train_dir = Path(args.data) / "train"
     files = {item.name: item for item in split_items(train_dir, classes)}
-    table = read_ranking(args.ranking, classes, list(files))
+    table = read_ranking(args.ranking, classes, list(files), train_dir if train_dir.is_dir() else None)
     width = max(3, len(str(p.ipc - 1)))
     with atomic_dir(args.out) as tmp:
         for name in classes:

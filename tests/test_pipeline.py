@@ -72,10 +72,12 @@ def test_repro_outputs_and_noop(reproduced):
     random = art / "ipc3" / "distilled" / "random"
     card = json.loads((random / "card.json").read_text())
     assert card["method"] == "random" and card["ipc"] == 3 and card["num_images"] == 30
-    assert len(list(random.rglob("*.png"))) == 30
+    assert card["draws"] == 2 and len(list(random.rglob("*.png"))) == 60  # a draw of 30 per student seed
+    assert len(list((random / "draw1").rglob("*.png"))) == 30
     full_card = json.loads((art / "full" / "distilled" / "full" / "card.json").read_text())
     assert full_card["images_from"] == "data/digits/train" and full_card["num_images"] == 1437
-    assert len(list((art / "ipc3" / "soft_labels" / "random").glob("epoch_*.parquet"))) == 30
+    for draw in ("draw0", "draw1"):  # each draw its own FKD labels
+        assert len(list((art / "ipc3" / "soft_labels" / "random" / draw).glob("epoch_*.parquet"))) == 30
     assert len(list((art / "full" / "soft_labels" / "full").glob("epoch_*.parquet"))) == 2
     check_metrics(art / "ipc3" / "metrics" / "random.json", 30)
     check_metrics(art / "full" / "metrics" / "full.json", 1437)

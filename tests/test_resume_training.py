@@ -105,10 +105,10 @@ def test_relabel_resumes_after_sigkill_of_dvc_without_redoing_finished_epochs(pi
     stage, out = "relabel@random", pipeline / ART / "ipc3" / "soft_labels" / "random"
     reference, copy = reference_then_forget(pipeline, stage)
     kept = out.with_name(".random.resume")
-    kill_mid_run(pipeline, stage, "relabel", lambda: any(kept.glob("epoch_*.parquet")), signal.SIGKILL,
+    kill_mid_run(pipeline, stage, "relabel", lambda: any(kept.glob("draw*-epoch_*.parquet")), signal.SIGKILL,
                  whole_group=True)
     assert not out.exists()  # atomic: a SIGKILL leaves at most a temp folder beside it (ignored by DVC)
-    finished = len(list(kept.glob("epoch_*.parquet")))
+    finished = len(list(kept.glob("draw0-epoch_*.parquet")))  # random: draw 0 is labelled first
     assert 0 < finished < 40
     log = dvc(pipeline, "repro", stage)
     assert f"relabel random: resumed - {finished} of 40 epochs kept in" in log, log
@@ -126,7 +126,7 @@ def test_evaluate_keeps_finished_students_and_resumes_the_next_after_sigkill(pip
     assert not metrics.exists()
     log = dvc(pipeline, "repro", stage)
     assert "evaluate random [fkd seed 0]: finished before the interruption; resumed" in log, log
-    assert re.search(r"evaluate random hard seed 0: resumed from epoch \d+ of 40", log), log
+    assert re.search(r"evaluate random \[hard seed 0\]: resumed from epoch \d+ of 40", log), log
     assert "[fkd seed 0]: top-1" not in log  # the finished student was not trained again
     reference_metrics = json.loads((copy / metrics.relative_to(pipeline)).read_text())
     assert untimed(json.loads(metrics.read_text())) == untimed(reference_metrics)
@@ -152,6 +152,6 @@ def test_a_diverging_loss_stops_training_and_writes_nothing(prepared, stage):
         out = folder / "metrics.json"
         result = run_stage(folder, "evaluate", "--set", subset, "--labels", "unused", "--teacher", str(teacher),
                            "--data", "data/digits", "--epochs", "5", "--out", str(out), check=False)
-        expected = r"evaluate random hard seed 0: training loss is (nan|inf|-inf) at epoch \d, step 1 of 1;"
+        expected = r"evaluate random \[hard seed 0\]: training loss is (nan|inf|-inf) at epoch \d, step 1 of 1;"
     assert_refused(result, "DivergedError", expected)
     assert_nothing_left(out)

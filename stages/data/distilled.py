@@ -55,11 +55,13 @@ def load_set(set_dir: str | Path, data_dir: str | Path, draw: int = 0) -> tuple[
 
 
 def check_counts(set_dir: Path, card: Card, images: ImageSet) -> None:
-    """The card's num_images and ipc against the images found: the count exact, and an integer ipc a budget
-    no method exceeds (ipc images per class in all; INFER and PoDD store fewer, a shard a part)."""
+    """The card's num_images against the images found, and an integer ipc a budget a set of plain images does
+    not exceed. Sets that ship labels are exempt: INFER stores its bases and their compensated copies, more
+    images than ipc x classes within its budget rule, and PoDD's crops are counted by its poster's pixels."""
     if len(images) != card.num_images:
         raise ArtifactError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")
-    if isinstance(card.ipc, int) and card.images_from is None and card.num_images > card.ipc * len(card.classes):
+    if isinstance(card.ipc, int) and card.images_from is None and card.labels is None \
+            and card.num_images > card.ipc * len(card.classes):
         raise ArtifactError(f"{set_dir}: holds {card.num_images} images, above card.json's ipc {card.ipc} x "
                             f"{len(card.classes)} classes")
 

@@ -171,8 +171,8 @@ def read_data_meta(data_dir: str | Path) -> DataMeta:
         raise DataError(f"{path}: classes_sha256 {meta.classes_sha256[:12]}... does not hash {classes_path}; "
                         "run prepare again")
     for key in ("train_counts", "val_counts"):
-        if list(getattr(meta, key)) != classes:
-            raise DataError(f"{path}: {key}: keys are not the classes of {classes_path} in order")
+        if sorted(getattr(meta, key)) != sorted(classes):  # JSON keys are written sorted, not in class order
+            raise DataError(f"{path}: {key}: keys are not the classes of {classes_path}")
     if meta.skipped.count != len(meta.skipped.files) or meta.ignored.count != len(meta.ignored.files):
         raise DataError(f"{path}: skipped/ignored count differs from its file list")
     return meta
@@ -199,11 +199,12 @@ class TeacherMeta(BaseModel):
 RANKING_COLUMNS = ["path", "class", "label", "score", "rank"]
 
 
-def read_ranking(path: Path, classes: list[str], train_names: list[str] | None = None):
+def read_ranking(path: Path, classes: list[str], train_names: list[str] | None = None,
+                 train_dir: Path | None = None):
     """rank's CSV as a DataFrame, every row checked: path '<class>/<file>' inside its class folder and listed
     once, class known, label its index, score a finite probability, rank the row's place in its class by
     score (0 = highest); with `train_names` (the train split's '<class>/<file>' names), every train image
-    is ranked, no other."""
+    is ranked, no other; with `train_dir` (a split of copies), no path leads out of it, symlinks included."""
     import pandas as pd
 
     path = Path(path)
@@ -255,6 +256,11 @@ def read_ranking(path: Path, classes: list[str], train_names: list[str] | None =
         worse = next((ref for (_, a, _), (_, b, ref) in zip(members, members[1:]) if b > a), None)
         if worse is not None:
             raise ArtifactError(f"{path}:{first[worse]}: score is above the score of the row ranked before it")
+    if train_dir is not None:
+        from stages.pipeline.paths import inside
+
+        for ref, number in first.items():
+            inside(train_dir, ref, f"{path}:{number}")
     if train_names is not None and set(train_names) != set(first):
         missing, extra = sorted(set(train_names) - set(first)), sorted(set(first) - set(train_names))
         raise ArtifactError(f"{path}: ranks {len(first)} images, the train split has {len(train_names)} "
