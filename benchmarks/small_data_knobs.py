@@ -1,9 +1,9 @@
 """The recover knobs at small scale: one recover method under several settings, each set evaluated as the
 pipeline does (recover → relabel → evaluate, protocols fkd and hard), into docs/small-data-knobs.md's table.
 
-    python benchmarks/small_data_knobs.py --root /tmp/knobs --dataset digits --ipc 10 \
+    python benchmarks/small_data_knobs.py --root knobs --dataset digits --ipc 10 \
         --method sre2l --settings default r_bn1 r_var11
-    python benchmarks/small_data_knobs.py --root /tmp/knobs --table
+    python benchmarks/small_data_knobs.py --root knobs --table
 
 Each setting is the shipped params.yaml with `dataset`, `ipc` and the setting's `<method>.recover` (or
 `<method>`) overrides. The stages run from their own folder per setting (`<root>/<dataset>-ipc<N>-<method>-

@@ -271,7 +271,7 @@ def test_prepare_images_and_names(tmp_path, full):
     image = "src/train/a/1.png"
     cases = {f"image:{k}": (image, v) for k, v in byte_damage((reference / image).read_bytes()).items()}
     cases["image:bomb-header"] = (image, png_header(200_000, 200_000))
-    for bad in ("../../outside", "/tmp/ddpipe-escape", ".hidden", "a\x01b", ".."):
+    for bad in ("../../outside", "/etc/ddpipe-escape", ".hidden", "a\x01b", ".."):
         cases[f"val_annotations class {bad!r}"] = ("src/val/val_annotations.txt", f"0.png\t{bad}\n".encode())
     cases["val_annotations image escape"] = ("src/val/val_annotations.txt", b"../../params.yaml\ta\n")
     cases["val_annotations non-utf8"] = ("src/val/val_annotations.txt", b"0.png\ta\xff\n")
