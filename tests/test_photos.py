@@ -16,15 +16,17 @@ from stages.data.distilled import load_set
 from stages.data.folder import decode_rgb, load_imagefolder, read_classes
 from stages.models import load_checkpoint
 from stages.models.probes import teacher_view
-from tests.conftest import TINY, dvc, make_project, merge, run_stage, write_params
+from tests.conftest import TINY, default_params, dvc, make_project, merge, run_stage, write_params
 
 # Tiny photos: 16 px, 30 crops per class; one small ConvNet teacher that every recover method reads.
 PHOTOS = {"dataset": "photos", "class_prompt": "a photo of {name}",
           "prepare": {"image_size": 16, "crops": 30},
           "teacher": {"archs": ["convnet"], "epochs": 8, "flip": True}, "evaluate": {"flip": True},
           "infer": {"teachers": ["convnet"]}}
-NOISE_FACTOR = 2.0    # a set the teacher reads below 2 x chance is noise (the report's `flags.noise_factor`)
-COPIES_MARGIN = 0.2   # near-copies: intra-class cosine above the real images' by more (`flags.copies_margin`)
+# The thresholds the report flags by (params `flags`): a test and the report cannot disagree on what noise is.
+FLAGS = default_params()["flags"]
+NOISE_FACTOR = FLAGS["noise_factor"]    # a set the teacher reads below this x chance is noise
+COPIES_MARGIN = FLAGS["copies_margin"]  # near-copies: intra-class cosine above the real images' by more
 
 
 def test_photos_build_offline_and_are_fixed_by_seed(monkeypatch):
@@ -138,11 +140,8 @@ def test_every_method_on_photos(tmp_path):
         check_not_noise_nor_copies(teacher_reading(project, art / "ipc3" / "distilled" / method), method)
     table = pd.read_csv(art / "results.csv")
     sets = table.drop_duplicates(["method", "ipc"])
-    assert set(sets.method) >= {"random", "sre2l", "delt", "infer", "d4m", "vlcp", "podd", "full"}
+    assert set(sets.method) >= {"random", "sre2l", "delt", "infer", "d4m", "vlcp", "rded", "podd", "full"}
     chance = 1 / len(json.loads((project / "data" / "photos" / "classes.json").read_text()))
     noise = sets[sets.teacher_fidelity < NOISE_FACTOR * chance]
-    if "flag" in table:  # the report's flags (issue 17 part 4)
-        unflagged = [m for m, flag in zip(noise.method, noise.flag.fillna("")) if not flag]
-        assert not unflagged, f"sets at chance that the report does not flag: {unflagged}"
-    else:  # a report without flags must at least have no noise set to hide
-        assert noise.empty, f"sets the teacher reads at chance, and the report has no flag column: {list(noise.method)}"
+    unflagged = [m for m, flag in zip(noise.method, noise.flag.fillna("")) if not flag]
+    assert not unflagged, f"sets at chance that the report does not flag: {unflagged}"
