@@ -241,20 +241,37 @@ def wall_time(row, p: dict, runs: dict[str, dict], used: list[dict]) -> str:
     return cell
 
 
+def score(r, key: str) -> str:
+    """A DD-Ranking score (fraction) as points, mean ± std over seeds; – where the report has none."""
+    mean, std = getattr(r, key, math.nan), getattr(r, f"{key}_std", math.nan)
+    return "–" if pd.isna(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def storage(r) -> tuple[str, str]:
+    """Label bytes and images + labels as % of the full train set's bytes (the report's budget columns)."""
+    labels, share = getattr(r, "label_bytes", math.nan), getattr(r, "budget_fraction", math.nan)
+    return ("–" if pd.isna(labels) else f"{int(labels):,}"), ("–" if pd.isna(share) else f"{100 * share:.2f}")
+
+
 def markdown(rows: pd.DataFrame, protocol: str, p: dict, runs: dict[str, dict], used: list[dict]) -> str:
     random = rows[rows.method == "random"]
     part = rows[rows.protocol == protocol]
     seeds = ", ".join(map(str, sorted(set(part.seeds))))
     lines = [f"### `{protocol}` protocol ({p['dataset']}, student {part.student.iloc[0]}, {seeds} seeds)", "",
-             "| method | IPC | top-1 % (mean ± std) | gain over random (pts) | teacher fidelity % "
-             "| diversity (intra-class cos) | synthesis wall time (s) | images | pixels | bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | IPC | top-1 % (mean ± std) | IOR: gain over random (pts) | HLR (pts) | LRS % | ARS % "
+             "| teacher fidelity % | diversity (intra-class cos) | synthesis wall time (s) | images | pixels "
+             "| image bytes | label bytes | storage % of train set | flag |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in part.itertuples():
         ipc = "all" if r.ipc == "all" else (f"{float(r.ipc):g} (own budget)" if r.method == "podd" else r.ipc)
         cosine = "–" if pd.isna(r.intra_class_cosine) else f"{r.intra_class_cosine:.3f}"
+        flag = getattr(r, "flag", "")
+        flag = "" if pd.isna(flag) else " & ".join(f"⚠ {why.split(':')[0]}" for why in str(flag).split("; ") if why)
+        labels, share = storage(r)
         lines.append(f"| {r.method} | {ipc} | {100 * r.top1:.1f} ± {100 * r.top1_std:.1f} | {gain(r, random)} | "
+                     f"{score(r, 'hlr')} | {score(r, 'lrs')} | {score(r, 'ars')} | "
                      f"{100 * r.teacher_fidelity:.1f} | {cosine} | {wall_time(r, p, runs, used)} | {r.images:,} | "
-                     f"{r.pixels:,} | {r.bytes:,} |")
+                     f"{r.pixels:,} | {r.bytes:,} | {labels} | {share} | {flag} |")
     return "\n".join(lines) + "\n"
 
 
@@ -285,6 +302,8 @@ def table(args: argparse.Namespace) -> None:
     notes_md = ["Top-1 after the last epoch on the real validation set. Gain: top-1 minus random's under the same "
                 "protocol at the same IPC (PoDD: at the smallest random IPC with at least its pixels). Diversity: "
                 "mean cosine of same-class teacher features (lower = more diverse; – where a class has one image). "
+                "HLR, LRS, ARS: DD-Ranking's scores as the report computes them (docs/evaluation.md). Storage: images "
+                "plus the labels the protocol needs, as a share of the full train set's bytes. "
                 "Synthesis wall time: the run-log line of the stage that wrote the set (recover, synthesize, rded, "
                 "poster); `baseline` does not log, so random and full say 'not in log'."]
     diffusion = runs.get(f"artifacts/{p['dataset']}/diffusion")

@@ -279,8 +279,12 @@ def test_results_grid_queues_and_tabulates(reproduced, tmp_path):
         for r in expected[expected.protocol == protocol].itertuples():
             cells = printed.pop((r.method, "0.8906 (own budget)" if r.method == "podd" else r.ipc))
             assert cells[2] == f"{100 * r.top1:.1f} ± {100 * r.top1_std:.1f}"
-            assert cells[4] == f"{100 * r.teacher_fidelity:.1f}" and cells[5] == f"{r.intra_class_cosine:.3f}"
-            assert cells[7:] == [f"{r.images:,}", f"{r.pixels:,}", f"{r.bytes:,}"]
+            assert cells[7] == f"{100 * r.teacher_fidelity:.1f}" and cells[8] == f"{r.intra_class_cosine:.3f}"
+            assert cells[10:13] == [f"{r.images:,}", f"{r.pixels:,}", f"{r.bytes:,}"]
+            for k, key in ((4, "hlr"), (5, "lrs"), (6, "ars")):  # DD-Ranking's scores, as the report has them
+                mean, std = getattr(r, key), getattr(r, key + "_std")
+                assert cells[k] == ("–" if pd.isna(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}")
+            assert cells[14] == ("–" if pd.isna(r.budget_fraction) else f"{100 * r.budget_fraction:.2f}")
             if r.method == "podd":  # against the smallest random budget with at least its pixels
                 ref = min((k for m, k in markdown_rows(text, protocol) if m == "random"), key=float)
                 assert cells[3].endswith(f" (vs IPC {ref})")
@@ -291,11 +295,11 @@ def test_results_grid_queues_and_tabulates(reproduced, tmp_path):
             elif r.method != "full":
                 assert cells[3] == f"{100 * r.gain_vs_random:+.1f}"
             if r.method in ("random", "full"):  # `baseline` logs no wall time
-                assert cells[6] == "not in log"
+                assert cells[9] == "not in log"
             else:
                 folder = f"artifacts/digits/{folders.get(r.method, 'ipc' + r.ipc)}/distilled/{r.method}"
-                assert cells[6].split(" (+")[0] == f"{seconds[folder]:.1f}", (r.method, r.ipc)
-                assert cells[6].endswith("(+ diffusion)") == (r.method in DIFFUSED)
+                assert cells[9].split(" (+")[0] == f"{seconds[folder]:.1f}", (r.method, r.ipc)
+                assert cells[9].endswith("(+ diffusion)") == (r.method in DIFFUSED)
         # rows left are other experiments' (the other queue test's IPC 1 and 2), never a duplicate of ours
         assert not [key for key in printed if key[1] in ("3", "4", "all") or key[0] == "podd"], printed
     assert "Sources: workspace (ipc 3), " in text and f"ipc4 (ipc 4, {exp['rev'][:7]})" in text
