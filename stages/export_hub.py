@@ -243,6 +243,29 @@ def export(set_dir: Path, out: Path, data_dir: Path | None, metrics_path: Path |
     return {"images": count, "fkd_epochs": fkd_epochs, "labels": kind, "metrics": metrics is not None}
 
 
+def run(set_dir: Path, out: Path, data: Path | None = None, metrics: Path | None = None,
+        soft_labels: Path | None = None, no_soft_labels: bool = False, license_id: str = "other",
+        repo_id: str | None = None, private: bool = False) -> dict:
+    """The export_hub stage: the set's Hub folder `out` (evaluate's metrics and relabel's FKD epochs found
+    beside the set unless given or left out), uploaded to `repo_id` when one is given. Returns what was
+    exported (images, labels, fkd_epochs, metrics) and, after an upload, its `url`."""
+    if not (set_dir / CARD).is_file():
+        raise ArtifactError(f"{set_dir / CARD}: missing; --set must be a distilled set folder")
+    if out.resolve() == set_dir.resolve() or set_dir.resolve() in out.resolve().parents:
+        raise ArtifactError(f"--out {out}: inside the set {set_dir}; write the export elsewhere")
+    metrics_path = metrics or sibling(set_dir, "metrics", ".json")
+    labels = None if no_soft_labels else soft_labels or sibling(set_dir, "soft_labels")
+    if metrics and not metrics.is_file():
+        raise ArtifactError(f"--metrics {metrics}: no such file")
+    done = export(set_dir, out, data, metrics_path, labels, license_id, repo_id)
+    print(f"export_hub: {done['images']} images, labels {done['labels']}, {done['fkd_epochs']} FKD epochs, "
+          f"{'with' if done['metrics'] else 'without'} results → {out}")
+    if repo_id:
+        done["url"] = upload(out, repo_id, private)
+        print(f"export_hub: uploaded → {done['url']}")
+    return done
+
+
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--set", required=True, type=Path, help="distilled set folder (with card.json)")
@@ -255,19 +278,8 @@ def main() -> None:
     parser.add_argument("--repo-id", help="upload to this Hub dataset repository (user/name)")
     parser.add_argument("--private", action="store_true", help="create the repository private")
     args = parser.parse_args()
-    if not (args.set / CARD).is_file():
-        raise ArtifactError(f"{args.set / CARD}: missing; --set must be a distilled set folder")
-    if args.out.resolve() == args.set.resolve() or args.set.resolve() in args.out.resolve().parents:
-        raise ArtifactError(f"--out {args.out}: inside the set {args.set}; write the export elsewhere")
-    metrics = args.metrics or sibling(args.set, "metrics", ".json")
-    labels = None if args.no_soft_labels else args.soft_labels or sibling(args.set, "soft_labels")
-    if args.metrics and not args.metrics.is_file():
-        raise ArtifactError(f"--metrics {args.metrics}: no such file")
-    done = export(args.set, args.out, args.data, metrics, labels, args.license, args.repo_id)
-    print(f"export_hub: {done['images']} images, labels {done['labels']}, {done['fkd_epochs']} FKD epochs, "
-          f"{'with' if done['metrics'] else 'without'} results → {args.out}")
-    if args.repo_id:
-        print(f"export_hub: uploaded → {upload(args.out, args.repo_id, args.private)}")
+    run(args.set, args.out, args.data, args.metrics, args.soft_labels, args.no_soft_labels, args.license,
+        args.repo_id, args.private)
 
 
 if __name__ == "__main__":

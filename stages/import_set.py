@@ -27,9 +27,10 @@ from PIL import Image
 from stages.data.distilled import load_set, write_labels
 from stages.data.folder import decode_rgb, read_classes, save_png, to_rgb
 from stages.pipeline import cli, params
-from stages.pipeline.card import EVALUATION_NOTE, read_card, write_card
+from stages.pipeline.card import EVALUATION_NOTE, Card, read_card, write_card
 from stages.pipeline.errors import DataError, ParamsError
 from stages.pipeline.outputs import atomic_dir
+from stages.pipeline.params import Params
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 LABEL_COLUMNS = ("logits", "probabilities")
@@ -106,21 +107,16 @@ def read_hub_folder(path: Path, classes: list[str]) -> tuple[list[tuple[int, str
     return items, labels
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("name", help="the set's entry under `external` in params.yaml")
-    parser.add_argument("--data", required=True, help="data/<dataset>")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    p = params.load()
-    if args.name not in p.external:
-        raise ParamsError(f"params.yaml: external.{args.name}: no such entry (entries: {sorted(p.external)})")
-    entry = p.external[args.name]
-    method = entry.method or args.name
+def run(p: Params, name: str, data: Path, out: Path) -> Card:
+    """The import_set stage: the folder params.yaml's `external.<name>` names, its classes mapped onto
+    classes.json, written as a ddpipe set (PNGs in class order, shipped labels, card); returns its card."""
+    if name not in p.external:
+        raise ParamsError(f"params.yaml: external.{name}: no such entry (entries: {sorted(p.external)})")
+    entry = p.external[name]
     source = Path(entry.path)
     if not source.is_dir():
-        raise DataError(f"params.yaml: external.{args.name}.path = {entry.path!r}: no such folder")
-    classes = read_classes(args.data)
+        raise DataError(f"params.yaml: external.{name}.path = {entry.path!r}: no such folder")
+    classes = read_classes(data)
     hub = is_hub_folder(source)
     items, labels = read_hub_folder(source, classes) if hub else (read_imagefolder(source, classes), None)
     order = sorted(range(len(items)), key=lambda i: items[i][0])  # class order of classes.json (stable)
@@ -129,31 +125,54 @@ def main() -> None:
         raise ParamsError(f"{source}: {len(items)} images for {len(classes)} classes ({counts.min()}-{counts.max()} "
                           f"per class), but ipc = {p.ipc}: evaluate it at its own budget (dvc exp run -S ipc="
                           f"{len(items) // len(classes)}) so the gain over random compares equal image counts")
-    origin = None
-    if (source / "card.json").is_file():  # a ddpipe set or export: keep what it says it is
-        try:
-            origin = read_card(source).model_dump(include={"method", "dataset", "ipc", "params", "teacher"})
-        except Exception:
-            origin = None
-    width = max(4, len(str(len(items) - 1)))
-    paths = []
-    with atomic_dir(args.out) as tmp:
-        for k, i in enumerate(order):
-            label, stem, pixels = items[i]
-            rel = f"{classes[label]}/{k:0{width}d}_{stem}.png"
-            save_png(pixels, tmp / rel)
-            paths.append(rel)
+    origin = read_origin(source)
+    with atomic_dir(out) as tmp:
+        paths = write_images(tmp, items, order, classes)
         if labels is not None:
             write_labels(tmp, LABELS, labels[1][torch.tensor(order)], paths, kind=labels[0])
-        write_card(tmp, method=method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=len(items),
-                   labels=LABELS if labels is not None else None, teacher=(origin or {}).get("teacher"),
-                   params={"external": {"name": args.name, "path": entry.path,
-                                        "format": "hub" if hub else "imagefolder"}, "origin": origin},
+        write_card(tmp, method=entry.method or name, dataset=p.dataset, ipc=p.ipc, classes=classes,
+                   num_images=len(items), labels=LABELS if labels is not None else None,
+                   teacher=(origin or {}).get("teacher"),
+                   params={"external": {"name": name, "path": entry.path, "format": "hub" if hub else "imagefolder"},
+                           "origin": origin},
                    synthesis={"imported": len(items), "per_class": counts.tolist()}, evaluation=EVALUATION_NOTE)
-    card, images = load_set(args.out, args.data)  # the set as relabel and evaluate will open it
+    card, images = load_set(out, data)  # the set as relabel and evaluate will open it
     kind = 'Hub folder' if hub else 'ImageFolder'
-    print(f"import_set@{args.name}: {len(images)} images of {len(classes)} classes ({kind}"
-          f"{', ' + labels[0] + ' shipped' if labels else ''}) as method {card.method!r} → {args.out}")
+    print(f"import_set@{name}: {len(images)} images of {len(classes)} classes ({kind}"
+          f"{', ' + labels[0] + ' shipped' if labels else ''}) as method {card.method!r} → {out}")
+    return card
+
+
+def read_origin(source: Path) -> dict | None:
+    """What a ddpipe set or export says it is (its card's method, dataset, ipc, params, teacher); None without."""
+    if not (source / "card.json").is_file():
+        return None
+    try:
+        return read_card(source).model_dump(include={"method", "dataset", "ipc", "params", "teacher"})
+    except Exception:
+        return None
+
+
+def write_images(tmp: Path, items: list[tuple[int, str, np.ndarray]], order: list[int],
+                 classes: list[str]) -> list[str]:
+    """The images as <class>/<k>_<stem>.png, k their place in class order; their relative paths in that order."""
+    width = max(4, len(str(len(items) - 1)))
+    paths = []
+    for k, i in enumerate(order):
+        label, stem, pixels = items[i]
+        rel = f"{classes[label]}/{k:0{width}d}_{stem}.png"
+        save_png(pixels, tmp / rel)
+        paths.append(rel)
+    return paths
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("name", help="the set's entry under `external` in params.yaml")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    run(params.load(), args.name, args.data, args.out)
 
 
 if __name__ == "__main__":

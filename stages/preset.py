@@ -159,19 +159,25 @@ def _dump_plain(tree: dict) -> str:
     return yaml.safe_dump(tree, sort_keys=False)
 
 
+def run(name: str | None, params_path: Path = Path("params.yaml"), list_only: bool = False) -> str:
+    """The preset command: merge presets/<name>.yaml into params_path, or (no name, or list_only) list the
+    presets with their first comment line. Prints and returns the diff, the note that nothing changed, or the list."""
+    if list_only or not name:
+        text = "".join(f"{path.stem:28s} {path.read_text().splitlines()[0].lstrip('# ')}\n"
+                       for path in sorted(PRESETS.glob("*.yaml")))
+    else:
+        text = apply(name, params_path) or f"{params_path}: already at preset {name}\n"
+    sys.stdout.write(text)
+    return text
+
+
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("name", nargs="?", help="a preset in presets/ (without .yaml)")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", type=Path)
     parser.add_argument("--list", action="store_true", help="list the presets and exit")
     args = parser.parse_args()
-    if args.list or not args.name:
-        for path in sorted(PRESETS.glob("*.yaml")):
-            first = path.read_text().splitlines()[0].lstrip("# ")
-            print(f"{path.stem:28s} {first}")
-        return
-    diff = apply(args.name, Path(args.params))
-    sys.stdout.write(diff or f"{args.params}: already at preset {args.name}\n")
+    run(args.name, args.params, args.list)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,13 @@ from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_file
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--teacher", required=True, help="ranker: a teacher folder")
-    parser.add_argument("--data", required=True, help="data/<dataset>")
-    parser.add_argument("--out", required=True, help="ranking CSV to write")
-    args = parser.parse_args()
-    params.load()
-    data_meta = read_data_meta(args.data)
-    classes = read_classes(args.data)
-    teacher, t_meta = load_checkpoint(args.teacher, data_meta.classes_sha256)
-    train = open_images(Path(args.data) / "train", classes, t_meta["image_size"])
+def run(teacher_dir: Path, data: Path, out: Path) -> pd.DataFrame:
+    """The rank stage: the teacher's probability of the true class for every train image, sorted and ranked
+    within its class; writes the CSV `out` and returns the table."""
+    data_meta = read_data_meta(data)
+    classes = read_classes(data)
+    teacher, t_meta = load_checkpoint(teacher_dir, data_meta.classes_sha256)
+    train = open_images(data / "train", classes, t_meta["image_size"])
     probabilities = torch.softmax(predict(teacher, train.normalised(t_meta["mean"], t_meta["std"])), 1)
     table = pd.DataFrame({
         "path": train.paths,
@@ -39,10 +35,21 @@ def main() -> None:
     })
     table = table.sort_values(["label", "score", "path"], ascending=[True, False, True], kind="stable")
     table["rank"] = table.groupby("label").cumcount()
-    with atomic_file(args.out) as tmp:
+    with atomic_file(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.8f")
     accuracy = float((probabilities.argmax(1) == train.labels).float().mean())
-    print(f"rank: {len(table)} images scored by {t_meta['arch']} (train top-1 {accuracy:.4f}) → {args.out}")
+    print(f"rank: {len(table)} images scored by {t_meta['arch']} (train top-1 {accuracy:.4f}) → {out}")
+    return table
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--teacher", required=True, type=Path, help="ranker: a teacher folder")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--out", required=True, type=Path, help="ranking CSV to write")
+    args = parser.parse_args()
+    params.load()  # rank reads no params, but an invalid params.yaml stops it as it stops every stage
+    run(args.teacher, args.data, args.out)
 
 
 if __name__ == "__main__":

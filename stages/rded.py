@@ -21,13 +21,15 @@ import torch
 import torch.nn.functional as F
 
 from stages.data.augment import crop_resize, sample_boxes
-from stages.data.folder import normalise, read_classes, save_png
+from stages.data.folder import ImageSet, normalise, read_classes, save_png
 from stages.data.prepared import open_images
 from stages.models import predict
+from stages.patches.params import Rded
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import ParamsError
+from stages.pipeline.params import Params
 from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.seeds import derive_seed
 from stages.recover import Teachers
@@ -99,42 +101,25 @@ def distil_class(observer, images: torch.Tensor, label: int, cfg, ipc: int, size
     return pixels, {"candidates": len(chosen), "kept_loss_mean": float(losses.min(1).values[index].mean())}
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--teachers", required=True, type=Path, help="artifacts/<ds>/teachers (rded.observer is read)")
-    parser.add_argument("--data", required=True, help="data/<dataset>")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+def run(p: Params, teachers_dir: Path, data: Path, out: Path) -> dict:
+    """The rded stage: every class's ipc images stitched from the patches the observer (rded.observer) finds
+    most realistic, written as a set with its card; returns the card's synthesis record."""
     started = time.perf_counter()
-    p = params.load()
     cfg = p.rded
-    data_meta = read_data_meta(args.data)
-    classes = read_classes(args.data)
-    teachers = Teachers(args.teachers, [cfg.observer], data_meta)
+    data_meta = read_data_meta(data)
+    classes = read_classes(data)
+    teachers = Teachers(teachers_dir, [cfg.observer], data_meta)
     size = data_meta.image_size
     if cfg.factor > size:
         raise ParamsError(f"params.yaml: rded.factor = {cfg.factor}: above the image size {size}")
-    train = open_images(Path(args.data) / "train", classes, size)
+    train = open_images(data / "train", classes, size)
     need = p.ipc * cfg.factor ** 2
     counts = torch.bincount(train.labels, minlength=len(classes)).tolist()
-    for label, count in enumerate(counts):
-        if min(count, cfg.candidates) < need:
-            raise ParamsError(f"params.yaml: rded: ipc x factor² = {p.ipc} x {cfg.factor}² = {need} patches per "
-                              f"class, but class {classes[label]!r} gives {min(count, cfg.candidates)} candidates "
-                              f"(rded.candidates = {cfg.candidates}, {count} train images)")
+    check_candidates(cfg, p.ipc, classes, counts)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # scoring only: the crops stay on the CPU
     observer = teachers.models[0].to(device)
-    width = max(3, len(str(p.ipc - 1)))
-    kept = []
-    with atomic_dir(args.out) as tmp:
-        for label, name in enumerate(classes):
-            rng = np.random.default_rng(derive_seed(p.seed, "rded", name))
-            members = torch.nonzero(train.labels == label).flatten()
-            pixels, info = distil_class(observer, train.images[members], label, cfg, p.ipc, size,
-                                        teachers.mean, teachers.std, rng)
-            kept.append(info["kept_loss_mean"])
-            for i, image in enumerate(pixels):
-                save_png(image.permute(1, 2, 0).numpy(), tmp / name / f"{i:0{width}d}.png")
+    with atomic_dir(out) as tmp:
+        kept = write_classes(tmp, observer, train, classes, size, p, teachers.mean, teachers.std)
         scored = sum(min(c, cfg.candidates) for c in counts) * cfg.crops
         synthesis = {"patches_scored": scored, "patches_kept": need * len(classes),
                      "observer_loss_kept": round(float(np.mean(kept)), 6)}
@@ -142,10 +127,47 @@ def main() -> None:
                    params={"ipc": p.ipc, "seed": p.seed, "rded": cfg.model_dump()}, teacher=teachers.card(),
                    evaluation=EVALUATION_NOTE, synthesis=synthesis, device=device)
     seconds = time.perf_counter() - started
-    runlog.record("rded", args.out, seconds, patches_scored=scored)
+    runlog.record("rded", out, seconds, patches_scored=scored)
     print(f"rded: {p.ipc} x {len(classes)} images from {need} of {scored // len(classes)} patches per class "
           f"(observer {cfg.observer}, factor {cfg.factor}, mean kept loss {synthesis['observer_loss_kept']:.4f}) "
-          f"in {seconds:.1f} s → {args.out}")
+          f"in {seconds:.1f} s → {out}")
+    return synthesis
+
+
+def check_candidates(cfg: Rded, ipc: int, classes: list[str], counts: list[int]) -> None:
+    """Every class must give ipc x factor² candidates (one patch each)."""
+    need = ipc * cfg.factor ** 2
+    for label, count in enumerate(counts):
+        if min(count, cfg.candidates) < need:
+            raise ParamsError(f"params.yaml: rded: ipc x factor² = {ipc} x {cfg.factor}² = {need} patches per "
+                              f"class, but class {classes[label]!r} gives {min(count, cfg.candidates)} candidates "
+                              f"(rded.candidates = {cfg.candidates}, {count} train images)")
+
+
+def write_classes(tmp: Path, observer: torch.nn.Module, train: ImageSet, classes: list[str], size: int, p: Params,
+                  mean, std) -> list[float]:
+    """Each class's stitched images as <class>/<i>.png (a seeded draw per class name); the mean observer loss
+    of the patches each class kept."""
+    width = max(3, len(str(p.ipc - 1)))
+    kept = []
+    for label, name in enumerate(classes):
+        rng = np.random.default_rng(derive_seed(p.seed, "rded", name))
+        members = torch.nonzero(train.labels == label).flatten()
+        pixels, info = distil_class(observer, train.images[members], label, p.rded, p.ipc, size, mean, std,
+                                    rng)
+        kept.append(info["kept_loss_mean"])
+        for i, image in enumerate(pixels):
+            save_png(image.permute(1, 2, 0).numpy(), tmp / name / f"{i:0{width}d}.png")
+    return kept
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--teachers", required=True, type=Path, help="artifacts/<ds>/teachers (rded.observer is read)")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    run(params.load(), args.teachers, args.data, args.out)
 
 
 if __name__ == "__main__":

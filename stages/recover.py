@@ -35,6 +35,7 @@ from stages.data.prepared import inputs_of, manifest_of, open_images
 from stages.models import load_checkpoint, predict
 from stages.pipeline.artifacts import DataMeta, read_data_meta
 from stages.pipeline import cli, distributed, params, runlog
+from stages.pipeline.params import Params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.distributed import World
 from stages.pipeline.errors import DataError, DivergedError, PipelineError
@@ -140,7 +141,7 @@ def delt_init(init_dir: Path, classes: list[str], ipc: int, size: int, mean, std
     return lambda labels, indices, gen: normalise(table[labels, indices].float() / 255, mean, std)
 
 
-def delt_span(p, num_classes: int):
+def delt_span(p: Params, num_classes: int):
     """span(labels, indices) → EarlyLate (join, stop) iterations of each image.
 
     A class runs its own R_c rounds (R_c = R unless min_iterations draws fewer) and its IPC is spread over
@@ -153,7 +154,7 @@ def delt_span(p, num_classes: int):
     return lambda labels, indices: (joins[labels, indices], stops[labels])
 
 
-def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: int, out: Path,
+def run_infer(p: Params, teachers: Teachers, train_dir: Path, classes: list[str], size: int, out: Path,
               world: World, finished: FinishedBatches) -> dict | None:
     """Bases (drawn from `train_dir`), compensators and static labels; returns the card's synthesis record
     (on rank 0; the other ranks only make their share of the compensators)."""
@@ -230,10 +231,83 @@ def run_infer(p, teachers: Teachers, train_dir: Path, classes: list[str], size: 
             "image_iterations": work, "seconds": seconds}
 
 
-def expect_init(args, what: str) -> Path:
-    if args.init == "noise" or not (Path(args.init).is_dir() or manifest_of(args.init)):
-        raise PipelineError(f"recover {args.method}: --init {args.init}: expected {what} (a folder)")
-    return Path(args.init)
+def expect_init(method: str, init: str, what: str) -> Path:
+    if init == "noise" or not (Path(init).is_dir() or manifest_of(init)):
+        raise PipelineError(f"recover {method}: --init {init}: expected {what} (a folder)")
+    return Path(init)
+
+
+def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: Path, stats: Path) -> dict | None:
+    """The recover stage: `method`'s images (and INFER's labels) from its teachers into the set `out`, resuming
+    finished batches; writes the card and `stats` and returns the stats (None on a torchrun rank other than 0).
+    `init` is `noise` (sre2l), the select stage's init set (delt) or the train folder of the bases (infer)."""
+    section = getattr(p, method)
+    data_meta = read_data_meta(data)
+    classes, size = read_classes(data), data_meta.image_size
+    archs = section.teachers if method == "infer" else [section.teacher]
+    teachers = Teachers(teachers_dir, archs, data_meta)
+    cfg = engine_config(section)
+    # what decides the images: the method's params and its inputs (teacher weights by hash, the init or
+    # train folder by listing, the data's meta.json), so other params or inputs start afresh
+    settings = {"method": method, "ipc": p.ipc, "seed": p.seed, method: section.model_dump(),
+                "teachers": teachers.card()}
+    inputs = [data / "meta.json"] + ([inputs_of(init)] if init != "noise" else [])
+
+    with distributed.world() as world, distributed.shared_dir(world, out) as tmp:
+        finished = FinishedBatches(world, out, settings, inputs)
+        if method == "infer":
+            record = run_infer(p, teachers, expect_init(method, init, "a train folder"), classes, size, tmp, world,
+                               finished)
+        else:
+            record = run_sre2l_or_delt(p, method, init, cfg, teachers, classes, size, tmp, world, finished)
+        if not world.main:
+            return None
+        images, work, seconds = write_set_card(tmp, p, method, classes, teachers, record)
+    rate = work / max(seconds, 1e-9)
+    stats_json = {"method": method, "images": images, "image_iterations": work,
+                  **{k: record[k] for k in ("sre2l_image_iterations", "saving_vs_sre2l") if k in record}}
+    write_json(stats, stats_json)
+    finished.clear()
+    runlog.record("recover", out, seconds, method=method, images=images, image_iterations=work,
+                  image_iterations_per_second=round(rate, 1))
+    saving = (f"; vs {record['sre2l_image_iterations']:,} for SRe2L at the same {cfg.iterations} iterations: "
+              f"{100 * record['saving_vs_sre2l']:.1f} % fewer") if method == "delt" else ""
+    print(f"recover {method}: {images} images, {work:,} image-iterations in {seconds:.1f} s "
+          f"({rate:.0f}/s){saving} → {out}")
+    return stats_json
+
+
+def run_sre2l_or_delt(p: Params, method: str, init: str, cfg: RecoverConfig, teachers: Teachers, classes: list[str],
+                      size: int, out: Path, world: World, finished: FinishedBatches) -> dict:
+    """SRe2L from noise, or DELT from the init set with EarlyLate's (join, stop) spans, through the engine;
+    the synthesis record with the saving against SRe2L at the same iterations."""
+    section = getattr(p, method)
+    start = span = None
+    if method == "sre2l" and init != "noise":
+        raise PipelineError(f"recover sre2l: --init {init}: SRe2L starts from noise (--init noise)")
+    if method == "delt":
+        start = delt_init(expect_init(method, init, "the select stage's init set"), classes, p.ipc, size,
+                          teachers.mean, teachers.std)
+        span = delt_span(p, len(classes))
+    work, seconds = run_engine(method, section, cfg, teachers, classes, size, p.ipc, p.seed, out, world, finished,
+                               start, span)
+    sre2l_work = cfg.iterations * sum(1 for _ in out.rglob("*.png"))  # SRe2L: every image, every iteration
+    return {"ipc_range": list(ipc_range(method, section, p.ipc)), "image_iterations": work, "seconds": seconds,
+            "sre2l_image_iterations": sre2l_work, "saving_vs_sre2l": round(1 - work / sre2l_work, 6)}
+
+
+def write_set_card(tmp: Path, p: Params, method: str, classes: list[str], teachers: Teachers,
+                   record: dict) -> tuple[int, int, float]:
+    """The set's card.json (its synthesis record without the timing); (images, image-iterations, seconds)."""
+    section = getattr(p, method)
+    work, seconds = record.pop("image_iterations"), record.pop("seconds")
+    images = sum(1 for _ in tmp.rglob("*.png"))
+    record["image_iterations"] = work
+    write_card(tmp, method=method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=images,
+               params={"ipc": p.ipc, "seed": p.seed, method: section.model_dump()},
+               teacher=teachers.card(), evaluation=EVALUATION_NOTE, synthesis=record,
+               labels=LABELS if method == "infer" else None)
+    return images, work, seconds
 
 
 def main() -> None:
@@ -243,60 +317,10 @@ def main() -> None:
     parser.add_argument("--init", required=True, help="starting images: `noise` (sre2l), the select stage's "
                         "init set (delt), or the real train folder the bases are drawn from (infer)")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
-    parser.add_argument("--out", required=True, help="distilled set folder")
-    parser.add_argument("--stats", required=True, help="synthesis stats JSON (work done) to write")
+    parser.add_argument("--out", required=True, type=Path, help="distilled set folder")
+    parser.add_argument("--stats", required=True, type=Path, help="synthesis stats JSON (work done) to write")
     args = parser.parse_args()
-    p = params.load()
-    section = getattr(p, args.method)
-    data_meta = read_data_meta(args.data)
-    classes, size = read_classes(args.data), data_meta.image_size
-    archs = section.teachers if args.method == "infer" else [section.teacher]
-    teachers = Teachers(args.teachers, archs, data_meta)
-    cfg = engine_config(section)
-    # what decides the images: the method's params and its inputs (teacher weights by hash, the init or
-    # train folder by listing, the data's meta.json), so other params or inputs start afresh
-    settings = {"method": args.method, "ipc": p.ipc, "seed": p.seed, args.method: section.model_dump(),
-                "teachers": teachers.card()}
-    inputs = [args.data / "meta.json"] + ([inputs_of(args.init)] if args.init != "noise" else [])
-
-    with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
-        finished = FinishedBatches(world, args.out, settings, inputs)
-        if args.method == "infer":
-            record = run_infer(p, teachers, expect_init(args, "a train folder"), classes, size, tmp, world,
-                               finished)
-        else:
-            init = span = None
-            if args.method == "sre2l" and args.init != "noise":
-                raise PipelineError(f"recover sre2l: --init {args.init}: SRe2L starts from noise (--init noise)")
-            if args.method == "delt":
-                init = delt_init(expect_init(args, "the select stage's init set"), classes, p.ipc, size,
-                                 teachers.mean, teachers.std)
-                span = delt_span(p, len(classes))
-            work, seconds = run_engine(args.method, section, cfg, teachers, classes, size, p.ipc, p.seed, tmp,
-                                       world, finished, init, span)
-            sre2l_work = cfg.iterations * sum(1 for _ in tmp.rglob("*.png"))  # SRe2L: every image, every iteration
-            record = {"ipc_range": list(ipc_range(args.method, section, p.ipc)), "image_iterations": work,
-                      "seconds": seconds, "sre2l_image_iterations": sre2l_work,
-                      "saving_vs_sre2l": round(1 - work / sre2l_work, 6)}
-        if not world.main:
-            return
-        work, seconds = record.pop("image_iterations"), record.pop("seconds")
-        images = sum(1 for _ in tmp.rglob("*.png"))
-        record["image_iterations"] = work
-        write_card(tmp, method=args.method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=images,
-                   params={"ipc": p.ipc, "seed": p.seed, args.method: section.model_dump()},
-                   teacher=teachers.card(), evaluation=EVALUATION_NOTE, synthesis=record,
-                   labels=LABELS if args.method == "infer" else None)
-    rate = work / max(seconds, 1e-9)
-    write_json(args.stats, {"method": args.method, "images": images, "image_iterations": work,
-                            **{k: record[k] for k in ("sre2l_image_iterations", "saving_vs_sre2l") if k in record}})
-    finished.clear()
-    runlog.record("recover", args.out, seconds, method=args.method, images=images, image_iterations=work,
-                  image_iterations_per_second=round(rate, 1))
-    saving = (f"; vs {record['sre2l_image_iterations']:,} for SRe2L at the same {cfg.iterations} iterations: "
-              f"{100 * record['saving_vs_sre2l']:.1f} % fewer") if args.method == "delt" else ""
-    print(f"recover {args.method}: {images} images, {work:,} image-iterations in {seconds:.1f} s "
-          f"({rate:.0f}/s){saving} → {args.out}")
+    run(params.load(), args.method, args.teachers, args.init, args.data, args.out, args.stats)
 
 
 if __name__ == "__main__":

@@ -170,3 +170,19 @@ def test_import_refuses_another_budget_and_params_refuse_a_builtin_name(tmp_path
     write_params(tmp_path, {"external": {"mine": {"path": "x", "method": "delt"}}})
     with pytest.raises(ParamsError, match="already names another evaluated set"):
         params.load()
+
+
+def test_export_and_import_runs_are_typed_functions_tests_call_in_process(tmp_path, monkeypatch, offline):
+    from pathlib import Path
+
+    from stages.pipeline import params
+
+    set_dir, data, _ = make_set(tmp_path)
+    done = export_hub.run(set_dir, tmp_path / "hub", data, no_soft_labels=True, license_id="cc-by-4.0")
+    assert done == {"images": 6, "labels": "logits", "fkd_epochs": 0, "metrics": True}  # metrics found beside it
+    assert not (tmp_path / "hub" / "fkd").exists() and (tmp_path / "hub" / "metrics.json").is_file()
+
+    import_project(tmp_path, monkeypatch, {"theirs": {"path": str(tmp_path / "hub")}})
+    card = import_set.run(params.load(), "theirs", Path("data/digits"), Path("out"))
+    assert card.method == "theirs" and card.labels == import_set.LABELS and card.params["external"]["format"] == "hub"
+    assert card.synthesis == {"imported": 6, "per_class": [2, 2, 2]} and card.params["origin"]["method"] == "toy"

@@ -2,6 +2,7 @@
 
 Bad sources (corrupt images, mismatched classes, links out of the root, ...) are in test_faults_input.py."""
 import json
+from pathlib import Path
 
 from PIL import Image
 
@@ -71,3 +72,24 @@ def test_tiny_imagenet_val_layout_is_understood(tmp_path, prepared):
     imagefolder_project(tmp_path, prepared)
     run_stage(tmp_path, "prepare", "--out", "data/imagefolder")
     assert files_of(tmp_path / "data" / "imagefolder" / "val") == ["n1/val_0.png", "n2/val_1.png"]
+
+
+def test_prepare_run_in_process_lists_the_files_and_measures_the_train_pixels(tmp_path, monkeypatch):
+    from stages import prepare
+    from stages.pipeline import params
+
+    make_tree(tmp_path / "src", {f"{split}/{c}/{i}.png": (i * 40, 100 + i * 20, 200 - i * 60)
+                                 for split in ("train", "val") for c in ("n02", "n01") for i in range(2)})
+    (tmp_path / "src" / "train" / "n01" / "broken.png").write_bytes(b"not a png")
+    write_params(tmp_path, {**TINY, "dataset": "imagefolder", "ipc": 1,
+                            "prepare": {"root": str(tmp_path / "src"), "copy": False, "on_corrupt": "skip"}})
+    monkeypatch.chdir(tmp_path)
+    meta = prepare.run(params.load(), Path("data/imagefolder"))
+    data = tmp_path / "data" / "imagefolder"
+    assert meta == json.loads((data / "meta.json").read_text())
+    assert meta["classes"] == ["n01", "n02"] and meta["train_counts"] == meta["val_counts"] == {"n01": 2, "n02": 2}
+    # two solid colours per class: per channel the mean of the pair and half their distance
+    assert meta["mean"] == [round(v / 255, 6) for v in (20, 110, 170)]
+    assert meta["std"] == [round(v / 255, 6) for v in (20, 10, 30)]
+    assert meta["skipped"]["files"] == [str(tmp_path / "src" / "train" / "n01" / "broken.png")]
+    assert (data / "manifest.parquet").is_file() and not list(data.rglob("*.png"))  # listed, not copied

@@ -44,6 +44,18 @@ def test_a_preset_missing_a_required_key_is_refused(tmp_path, monkeypatch):
         preset.load_preset("partial")
 
 
+
+def test_preset_run_lists_and_applies_in_process(tmp_path, monkeypatch, capsys):
+    listing = preset.run(None)
+    assert [line.split()[0] for line in listing.splitlines()] == NAMES and capsys.readouterr().out == listing
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)  # the merged params are validated against ./data (none here)
+    diff = preset.run("cifar10-sre2l", Path("params.yaml"))
+    assert diff.startswith("--- a/params.yaml\n+++ b/params.yaml\n") and capsys.readouterr().out == diff
+    raw = yaml.safe_load((REPO / "presets" / "cifar10-sre2l.yaml").read_text())
+    assert params.load().evaluate.temperature == raw["evaluate"]["temperature"]
+    assert preset.run("cifar10-sre2l", Path("params.yaml")) == "params.yaml: already at preset cifar10-sre2l\n"
+
 def dry_run(root: Path, monkeypatch) -> list[str]:
     """`dvc repro --dry` over the whole DAG. Every stage's outputs exist as empty placeholders first: a dry
     run still hashes each stage's dependencies, which would otherwise stop it at the first missing one."""

@@ -89,3 +89,22 @@ def test_the_stage_writes_a_verified_set_with_its_card(prepared, monkeypatch):
     first = (prepared / out / "card.json").read_bytes()
     rded.main()
     assert (prepared / out / "card.json").read_bytes() == first  # same seed: the same files (the card hashes them)
+
+
+def test_rded_run_is_a_typed_function_tests_call_in_process(prepared, monkeypatch):
+    from pathlib import Path
+
+    from stages.pipeline import params
+    from tests.conftest import workdir
+
+    folder = workdir(prepared, "rded_in_process", {"rded": {"factor": 2, "candidates": 20}})
+    (folder / "artifacts" / "digits").mkdir(parents=True)
+    (folder / "artifacts" / "digits" / "teachers").symlink_to(prepared / "artifacts" / "digits" / "teachers")
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("DDPIPE_RUN_LOG", str(folder / "runs.jsonl"))
+    p = params.load()
+    synthesis = rded.run(p, Path("artifacts/digits/teachers"), Path("data/digits"), Path("out"))
+    card, images = load_set(folder / "out", folder / "data" / "digits")
+    assert synthesis == card.synthesis and len(images) == 30
+    # factor 2: four patches per image, from 20 candidates per class with rded.crops crops each
+    assert synthesis["patches_kept"] == 10 * 3 * 4 and synthesis["patches_scored"] == 10 * 20 * p.rded.crops

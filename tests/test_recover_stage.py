@@ -139,3 +139,20 @@ def test_a_recover_that_returns_its_input_fails_loudly(prepared, method, init, m
     folder = workdir(prepared, f"still_{method}", {method: {"recover": {"lr": 1e-12, "iterations": 2}}})
     assert_refused(recover(folder, method, init, "out", check=False), "NotOptimisedError", message)
     assert_nothing_left(folder / "out")
+
+
+def test_recover_run_is_a_typed_function_tests_call_in_process(prepared, monkeypatch):
+    from stages import recover as stage
+    from stages.pipeline import params
+
+    folder = workdir(prepared, "in_process", {"ipc": 1})
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("DDPIPE_RUN_LOG", str(folder / "runs.jsonl"))
+    stats = stage.run(params.load(), "sre2l", Path("artifacts/digits/teachers"), "noise", Path("data/digits"),
+                      Path("out"), Path("out.stats.json"))
+    assert stats == json.loads((folder / "out.stats.json").read_text())
+    assert stats == {"method": "sre2l", "images": 10, "image_iterations": 10 * 20,
+                     "sre2l_image_iterations": 10 * 20, "saving_vs_sre2l": 0}
+    card, images = load_set(folder / "out", folder / "data" / "digits")  # the card's hashes match the files
+    assert card.num_images == 10 and torch.equal(images.labels, torch.arange(10))
+    assert not (folder / ".out.resume").exists()  # the finished batches are cleared

@@ -90,3 +90,24 @@ def test_full_set_reference_cannot_leave_data(prepared, tmp_path):
     shutil.copyfile(prepared / "sets" / "full" / "SHA256SUMS", evil / "SHA256SUMS")  # lists nothing: no own files
     with pytest.raises(ArtifactError, match="card.json: images_from: path '../../etc' leaves its folder"):
         load_set(evil, prepared / "data" / "digits")
+
+
+def test_baseline_run_is_a_typed_function_tests_call_in_process(prepared, monkeypatch):
+    from pathlib import Path
+
+    from stages import baseline
+    from stages.pipeline import params
+    from tests.conftest import workdir
+
+    folder = workdir(prepared, "baseline_in_process")
+    monkeypatch.chdir(folder)
+    p, data = params.load(), Path("data/digits")
+    card = baseline.run(p, "random", data, Path("random"))
+    assert card == json.loads(Path("random/card.json").read_text()) and card["draws"] == p.evaluate.seeds == 2
+    draws = [{f.relative_to(Path("random", f"draw{k}")).as_posix() for f in Path("random", f"draw{k}").rglob("*.png")}
+             for k in range(2)]
+    assert [len(d) for d in draws] == [30, 30] and draws[0] != draws[1]  # a subset per student seed
+    assert all(sum(f.startswith(f"{c}/") for f in d) == 3 for d in draws for c in map(str, range(10)))
+    full = baseline.run(p, "full", data, Path("full"))
+    assert full["num_images"] == 1437 and full["images_from"] == "data/digits/train"
+    assert not list(Path("full").rglob("*.png"))  # by reference: the train set stays where it is

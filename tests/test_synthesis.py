@@ -242,3 +242,29 @@ def test_static_labels_are_mixed_with_the_images_lambda():
         assert torch.allclose(mixed[batch], lam * own + (1 - lam) * own[plan.partner[batch]])
     plain = plan_epoch(10, 4, np.random.default_rng(0), Augment((0.5, 1.0), False, "none", 1.0, 8))
     assert torch.equal(static_labels(plain, logits), logits[plain.order])
+
+
+def test_rank_and_select_runs_are_typed_functions_tests_call_in_process(prepared, monkeypatch):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from stages import rank as rank_stage
+    from stages import select as select_stage
+    from stages.pipeline import params
+    from tests.conftest import workdir
+
+    monkeypatch.chdir(workdir(prepared, "rank_select_in_process", {"delt": {"criterion": "top"}}))
+    data = Path("data/digits")
+    table = rank_stage.run(prepared / "artifacts" / "digits" / "teachers" / "convnet", data, Path("ranking.csv"))
+    written = pd.read_csv("ranking.csv", dtype={"class": str})
+    assert written.path.tolist() == table.path.tolist() and written["rank"].tolist() == table["rank"].tolist()
+    assert np.allclose(written.score, table.score, rtol=0, atol=5e-9)  # the CSV keeps 8 decimals
+
+    picks = select_stage.run(params.load(), Path("ranking.csv"), data, Path("init"))
+    assert list(picks) == [str(d) for d in range(10)]
+    for name, paths in picks.items():  # top: the class's three highest scores, best first, as 000_, 001_, 002_
+        scores = written[written["class"] == name].set_index("path").score
+        assert [scores[p] for p in paths] == sorted(scores, reverse=True)[:3]
+        assert sorted(f.name for f in Path("init", name).iterdir()) == \
+            [f"{k:03d}_{p.split('/')[1]}" for k, p in enumerate(paths)]
