@@ -178,8 +178,8 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
     (folder / "artifacts" / "digits").mkdir(parents=True)
     (folder / "artifacts" / "digits" / "teachers").symlink_to(prepared / "artifacts" / "digits" / "teachers")
     art = "artifacts/digits"
-    run_stage(folder, "caption", "--data", "data/digits", "--out", f"{art}/captions.jsonl")
-    run_stage(folder, "diffusion", "--data", "data/digits", "--captions", f"{art}/captions.jsonl",
+    run_stage(folder, "caption", "--data", "data/digits", "--out", f"{art}/captions")
+    run_stage(folder, "diffusion", "--data", "data/digits", "--captions", f"{art}/captions",
               "--out", f"{art}/diffusion", "--metrics", f"{art}/diffusion.json")
     record = json.loads((folder / art / "diffusion.json").read_text())
     assert record["mode"] == "pretrained" and record["finetune"]["steps"] == 12  # ceil(1437 / 128)
@@ -204,7 +204,7 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
     assert latents.shape == (1437, 4, 16, 16) and len(paths) == 1437 and labels.max() == 9
 
     for method in ("d4m", "vlcp"):
-        extra = ["--captions", f"{art}/captions.jsonl"] if method == "vlcp" else []
+        extra = ["--captions", f"{art}/captions"] if method == "vlcp" else []
         run_stage(folder, "prototypes", method, "--latents", f"{art}/latents", "--data", "data/digits", *extra,
                   "--out", f"{art}/ipc2/prototypes/{method}")
         run_stage(folder, "synthesize", method, "--diffusion", f"{art}/diffusion", "--prototypes",
@@ -219,6 +219,6 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
         if method == "d4m":
             assert prompts == ["handwritten digit 3"] * 2
         else:  # VLCP prompts with member captions of class 3
-            captions = {json.loads(line)["caption"] for line in (folder / art / "captions.jsonl").open()
+            captions = {json.loads(line)["caption"] for line in (folder / art / "captions" / "captions.jsonl").open()
                         if json.loads(line)["class"] == "3"}
             assert set(prompts) <= captions
