@@ -278,3 +278,27 @@ def test_stage_refuses_captions_for_d4m_and_requires_them_for_vlcp(tmp_path):
                        "data/digits", "--out", "artifacts/digits/ipc2/prototypes/vlcp", check=False)
     assert result.returncode == 2 and "--captions is required" in result.stderr
     assert not (root / "artifacts" / "digits" / "ipc2").exists()
+
+
+def test_run_in_process_returns_the_record_it_wrote(tmp_path, monkeypatch):
+    """prototypes.run called directly: the JSON on disk is the record returned, synthesize reads the pair back,
+    and the captions option is checked before anything is read."""
+    from stages import prototypes
+    from stages.pipeline import params
+    from stages.pipeline.errors import PipelineError
+    from stages.synthesize import load_prototypes
+
+    root = fake_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    p = params.load()
+    art = Path("artifacts/digits")
+    out = art / "ipc2" / "prototypes" / "vlcp"
+    record = prototypes.run(p, "vlcp", art / "latents", Path("data/digits"), art / "captions", out)
+    assert record == json.loads(out.with_name("vlcp.json").read_text())
+    centroids, loaded = load_prototypes(out, "vlcp", 2, CLASSES)
+    assert centroids.shape == (3, 2, 4, 2, 2)
+    assert [[c.text_prototype for c in e.clusters] for e in loaded.classes] == \
+        [[c["text_prototype"] for c in e["clusters"]] for e in record["classes"]]
+    with pytest.raises(PipelineError, match="--captions is required"):
+        prototypes.run(p, "vlcp", art / "latents", Path("data/digits"), None, art / "other")
+    assert not (art / "other.json").exists()
