@@ -67,8 +67,8 @@ def captions_lines(folder: Path) -> list[str]:
 
 
 def captions_folder(folder: Path, lines: list[str], recorded: bool = True) -> Path:
-    """A captions folder holding `lines`; `recorded`: its SHA256SUMS is made over them, so a bad line is one
-    the folder's maker wrote (the record is checked before any line is read). Returns captions.jsonl."""
+    """A captions folder holding `lines`; `recorded`: its SHA256SUMS is made over them (a bad line is then one
+    the folder's maker wrote). Returns captions.jsonl."""
     captions = folder / "captions" / "captions.jsonl"
     captions.parent.mkdir(exist_ok=True)
     captions.write_text("".join(lines))

@@ -2,8 +2,8 @@
 and its content record SHA256SUMS.
 
 `path` is relative to the train folder ("<class>/<file>"), in the train folder's order. The folder is an input
-artifact (made here or fetched): its record is checked before a line is read (a file changed since the caption
-stage wrote it is refused), and every fault names the file and line (ArtifactError).
+artifact (made here or fetched): every fault names the file and line (ArtifactError), and once the lines check
+out, the record refuses a file changed since the caption stage wrote it.
 """
 from __future__ import annotations
 
@@ -49,16 +49,15 @@ def record_captions(folder: Path) -> None:
 
 
 def read_captions(folder: str | Path, expected_paths: list[str]) -> dict[str, str]:
-    """{train path: caption} from a captions folder, checked: its record first, then no malformed or duplicate
-    line, every train image captioned, no extras."""
+    """{train path: caption} from a captions folder, checked: no malformed or duplicate line, every train
+    image captioned, no extras; then the folder's record (as for every recorded kind: a broken line is reported
+    by what is wrong with it, a valid file changed since the caption stage wrote it by the record)."""
     folder = Path(folder)
     path = folder / FILE
     if folder.is_file():  # captions were one file before they had a record
         raise ArtifactError(f"{folder}: a file; captions are a folder ({FILE} + {SUMS}): {HINT}")
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; {HINT}")
-    if FILE not in verify_record(folder, "the captions folder"):
-        raise ArtifactError(f"{folder / SUMS}: does not list {FILE}; {HINT}")
     captions: dict[str, str] = {}
     line_of: dict[str, int] = {}
     expected = set(expected_paths)
@@ -77,4 +76,6 @@ def read_captions(folder: str | Path, expected_paths: list[str]) -> dict[str, st
     missing = [p for p in expected_paths if p not in captions]
     if missing:
         raise ArtifactError(f"{path}: no caption for train image {missing[0]!r} ({len(missing)} missing)")
+    if FILE not in verify_record(folder, "the captions folder"):  # last: lines that parse but were changed
+        raise ArtifactError(f"{folder / SUMS}: does not list {FILE}; {HINT}")
     return captions
