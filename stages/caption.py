@@ -1,4 +1,4 @@
-"""caption (VLCP step 1): one caption per train image → captions.jsonl.
+"""caption (VLCP step 1): one caption per train image → artifacts/<ds>/captions/ (captions.jsonl + SHA256SUMS).
 
 Captioners (params `caption.captioner`):
 attributes  offline and deterministic: colours, brightness, size, position and shape words
@@ -7,32 +7,36 @@ attributes  offline and deterministic: colours, brightness, size, position and s
             words would describe a photo as strokes and loops: photos need `llava`
 llava       LLaVA-1.5 through transformers, greedy decoding (stages/captions/llava.py)
 
-Lines follow the train folder's order. The stage resumes: progress goes to a hidden partial file
-next to the output (DVC deletes the outputs themselves before a run), flushed to disk after every
-batch; a rerun keeps its lines if the settings match, and the finished file is renamed into place.
+Lines follow the train folder's order. The stage resumes: progress goes to a partial file in the
+resume folder `.captions.resume/` beside the output (stages/pipeline/resume.py; DVC deletes the outputs
+themselves before a run), synced to disk after every batch; a rerun under the same settings and inputs keeps
+its whole batches, and the finished file is moved into the output folder beside its content record.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages.captions import attributes
-from stages.captions.jsonl import caption_line, parse_line
+from stages.captions.jsonl import FILE, caption_line, parse_line, record_captions
 from stages.data.folder import read_classes
-from stages.data.prepared import split_items
+from stages.data.prepared import Item, inputs_of, split_items
 from stages.pipeline import cli, params
 from stages.pipeline.errors import ArtifactError
-from stages.pipeline.outputs import write_json
+from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.progress import progress
+from stages.pipeline.resume import Resume
 
 ATTRIBUTE_BATCH = 256  # attribute captions are independent: this only sets how often progress is saved
+PARTIAL = "captions.partial.jsonl"  # in the Resume folder: the lines so far, synced after every batch
 
 
 def settings(p: params.Params, subjects: list[str]) -> dict:
-    """Everything that decides the captions besides the images; a partial file is resumed only under equal settings."""
+    """Everything that decides the captions besides the images: part of the Resume key (a partial file is
+    resumed only under equal settings)."""
     c = p.caption
     if c.captioner == "attributes":
         return {"captioner": attributes.VERSION, "subjects": subjects}
@@ -59,27 +63,13 @@ def open_captioner(p: params.Params):
     return c.llava.batch_size, LlavaCaptioner(c.llava.model, c.llava.question, c.llava.max_new_tokens)
 
 
-def progress_files(out: Path) -> tuple[Path, Path]:
-    """The hidden partial captions file next to `out`, and the settings it was made with."""
-    partial = out.with_name(f".{out.name}.partial")
-    return partial, partial.with_name(partial.name + ".json")
+def keep_valid_lines(partial: Path, expected: list[str], config: dict) -> int:
+    """Keep the partial file's valid lines (whole batches); returns how many.
 
-
-def resume(out: Path, expected: list[str], config: dict) -> int:
-    """Keep the partial file's valid lines (whole batches of the same settings); returns how many.
-
-    A torn last line (a kill mid-write) is dropped. Lines that do not continue the expected path order,
-    or were made under other settings, mean starting over.
+    A torn last line (a kill mid-write) is dropped. Lines that do not continue the expected path order, or
+    were made by another captioner, mean starting over (other settings never get here: Resume's key).
     """
-    partial, sidecar = progress_files(out)
-    if not partial.exists() or not sidecar.exists():
-        return 0
-    try:
-        same = json.loads(sidecar.read_text()) == config
-    except ValueError:
-        same = False
-    if not same:
-        print(f"{partial}: made with other caption settings; starting over")
+    if not partial.exists():
         return 0
     lines = partial.read_bytes().split(b"\n")[:-1]  # the piece after the last newline is torn (or empty)
     for k, raw in enumerate(lines):
@@ -98,44 +88,64 @@ def resume(out: Path, expected: list[str], config: dict) -> int:
     return kept
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, type=Path, help="data/<dataset> (captions its train folder)")
-    parser.add_argument("--out", required=True, type=Path, help="captions JSONL to write")
-    args = parser.parse_args()
-    p = params.load()
-    classes = read_classes(args.data)
+@dataclass
+class Work:
+    """What captioning needs: the train images in folder order, their names, class names and subjects."""
+    items: list[Item]
+    paths: list[str]
+    classes: list[str]
+    subjects: list[str]
+    config: dict
+
+
+def caption_from(p: params.Params, work: Work, partial: Path, done: int) -> None:
+    """Caption work.items[done:] batch by batch, appending to `partial`, each batch synced to disk."""
+    items, paths = work.items, work.paths
+    batch_size, captioner = open_captioner(p)
+    with open(partial, "ab") as f, progress(total=len(items), initial=done, desc="caption", unit="img") as bar:
+        for start in range(done, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            captions = captioner([item.load() for item in batch], [work.subjects[item.label] for item in batch])
+            f.write("".join(caption_line(paths[start + i], work.classes[item.label], text, work.config["captioner"])
+                            for i, (item, text) in enumerate(zip(batch, captions))).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(batch))
+
+
+def run(p: params.Params, data: Path, out: Path) -> Path:
+    """The caption stage: caption data/<ds>/train into the folder `out` (captions.jsonl + its SHA256SUMS),
+    resuming a killed or failed run's whole batches. Returns the captions file."""
+    classes = read_classes(data)
     subjects = params.class_prompts(p, classes)
-    train = args.data / "train"
-    items = split_items(train, classes)
-    paths = [item.name for item in items]
-    config = settings(p, subjects)
+    items = split_items(data / "train", classes)
+    work = Work(items, [item.name for item in items], classes, subjects, settings(p, subjects))
     if warning := misfit(p.caption.captioner, p.dataset):
         print(warning, file=sys.stderr)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial, sidecar = progress_files(args.out)
-    done = resume(args.out, paths, config)
+    resume = Resume(out, work.config, [data / "classes.json", inputs_of(data / "train")])
+    partial = resume.path(PARTIAL)
+    done = keep_valid_lines(partial, work.paths, work.config)
     if done:
         print(f"resumed: {done} of {len(items)} already captioned")
     else:
         partial.write_bytes(b"")
-        write_json(sidecar, config)
-
     if done < len(items):
-        batch_size, captioner = open_captioner(p)
-        with open(partial, "ab") as f, progress(total=len(items), initial=done, desc="caption", unit="img") as bar:
-            for start in range(done, len(items), batch_size):
-                batch = items[start:start + batch_size]
-                captions = captioner([item.load() for item in batch], [subjects[item.label] for item in batch])
-                f.write("".join(caption_line(paths[start + i], classes[item.label], text, config["captioner"])
-                                for i, (item, text) in enumerate(zip(batch, captions))).encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-                bar.update(len(batch))
-    os.replace(partial, args.out)
-    sidecar.unlink()
-    print(f"caption: {len(items)} images by {config['captioner']} → {args.out}")
+        caption_from(p, work, partial, done)
+    with atomic_dir(out) as tmp:
+        os.replace(partial, tmp / FILE)
+        record_captions(tmp)
+    resume.clear()
+    print(f"caption: {len(items)} images by {work.config['captioner']} → {out}")
+    return out / FILE
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset> (captions its train folder)")
+    parser.add_argument("--out", required=True, type=Path, help="the captions folder to write (captions.jsonl)")
+    args = parser.parse_args()
+    run(params.load(), args.data, args.out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 
 from stages.captions.jsonl import read_captions
 from stages.data.folder import read_classes
-from stages.data.prepared import inputs_of, open_images
+from stages.data.prepared import ImageSet, inputs_of, open_images
 from stages.data.stream import BatchView
 from stages.generation import ldm
 from stages.generation.folder import check_pipeline_folder
@@ -35,6 +35,7 @@ from stages.pipeline.artifacts import read_data_meta, write_record
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.errors import ParamsError, PipelineError
 from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.params import Params
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 
@@ -105,46 +106,62 @@ def pretrained_mode(p, x: BatchView, cond_inputs, gen: torch.Generator, resume: 
     return pipe, record
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
-    parser.add_argument("--captions", required=True, type=Path, help="captions.jsonl (used when caption_fraction > 0)")
-    parser.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
-    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
-    args = parser.parse_args()
-    p = params.load()
+def train_inputs(p: Params, data: Path, captions_dir: Path) -> tuple[ImageSet, int, list[str], list[str] | None]:
+    """The train images, the resolution the model works at, the class prompts and (caption_fraction > 0)
+    each image's caption in train folder order."""
     d = p.diffusion
-    classes = read_classes(args.data)
-    meta = read_data_meta(args.data)
+    classes = read_classes(data)
+    meta = read_data_meta(data)
     size = meta.image_size
     resolution = d.resolution or (size if d.mode == "train" else 512)
-    train = open_images(args.data / "train", classes, size, desc="load train")
+    train = open_images(data / "train", classes, size, desc="load train")
     prompts = params.class_prompts(p, classes)
     captions = None
     if d.caption_fraction > 0:
-        by_path = read_captions(args.captions, train.paths)
+        by_path = read_captions(captions_dir, train.paths)
         captions = [by_path[path] for path in train.paths]
+    return train, resolution, prompts, captions
+
+
+def run(p: Params, data: Path, captions_dir: Path, out: Path, metrics: Path) -> dict:
+    """The diffusion stage: build the pipeline folder `out` (train or pretrained mode, resuming a killed
+    run), write its content record and the metrics JSON. Returns the metrics."""
+    d = p.diffusion
+    train, resolution, prompts, captions = train_inputs(p, data, captions_dir)
     gen = ldm.seed_everything(derive_seed(p.seed, "diffusion"))
     # what decides the weights: these params and inputs (another value of any starts training afresh)
     settings = {"seed": p.seed, "prompts": prompts, "resolution": resolution,
                 "diffusion": d.model_dump(exclude={"check"})}
-    inputs = [args.data / "meta.json", inputs_of(args.data / "train"), *([args.captions] if captions else []),
+    inputs = [data / "meta.json", inputs_of(data / "train"), *([captions_dir] if captions else []),
               *([Path(d.pretrained)] if d.mode == "pretrained" and Path(d.pretrained).is_dir() else [])]
-    resume = Resume(args.out, settings, inputs)
+    resume = Resume(out, settings, inputs)
     x = BatchView(train.images, lambda images: from_uint8(images, resolution))  # per batch: never the float set
 
     began = time.perf_counter()
     build = train_mode if d.mode == "train" else pretrained_mode
     pipe, record = build(p, x, (prompts, train.labels, captions), gen, resume)
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(out) as tmp:
         pipe.to("cpu").save_pretrained(tmp, safe_serialization=True)
         write_record(tmp)  # the content record latents, synthesize and diffusion_check check
     seconds = time.perf_counter() - began
-    write_json(args.metrics, {"mode": d.mode, "resolution": resolution, "images": len(train),
-                              "captioned": captions is not None, **record})
+    result = {"mode": d.mode, "resolution": resolution, "images": len(train), "captioned": captions is not None,
+              **record}
+    write_json(metrics, result)
     resume.clear()
-    runlog.record("diffusion", args.out, seconds, mode=d.mode, images=len(train))
-    print(f"diffusion ({d.mode}): built in {seconds:.0f} s → {args.out}")
+    runlog.record("diffusion", out, seconds, mode=d.mode, images=len(train))
+    print(f"diffusion ({d.mode}): built in {seconds:.0f} s → {out}")
+    return result
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--captions", required=True, type=Path,
+                        help="artifacts/<ds>/captions, the captions folder (used when caption_fraction > 0)")
+    parser.add_argument("--out", required=True, type=Path, help="pipeline folder to write")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    args = parser.parse_args()
+    run(params.load(), args.data, args.captions, args.out, args.metrics)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from stages.models import load_checkpoint, predict
 from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.synthesize import load_pipeline
@@ -52,6 +53,38 @@ def grid(images: torch.Tensor, rows: int, path: Path, zoom: int = 4) -> None:
     Image.fromarray(tiled.numpy()).resize((cols * w * zoom, rows * h * zoom), Image.NEAREST).save(path)
 
 
+def run(p: Params, diffusion: Path, teacher: Path, data: Path, out: Path) -> dict:
+    """The diffusion_check stage: text-to-image samples of every class prompt, read by the teacher; writes
+    samples.png and metrics.json into `out` and warns when the model draws noise. Returns the metrics."""
+    c = p.diffusion.check
+    classes = read_classes(data)
+    meta = read_data_meta(data)
+    prompts = params.class_prompts(p, classes)
+    model, teacher_meta = load_checkpoint(teacher, meta.classes_sha256)
+    images = to_uint8(sample(load_pipeline(diffusion), prompts, c.samples, c.guidance, c.steps, p.seed),
+                      meta.image_size)
+    labels = torch.arange(len(classes)).repeat_interleave(c.samples)
+    x = normalise(images.permute(0, 3, 1, 2).float() / 255, teacher_meta["mean"], teacher_meta["std"])
+    hits = (predict(model, x).argmax(1) == labels).float()
+    threshold = p.flags.noise_factor / len(classes)
+    noise = hits.mean().item() < threshold
+    metrics = {"samples": len(labels), "guidance": c.guidance, "steps": c.steps, "prompts": prompts,
+               "teacher": teacher_meta["arch"], "teacher_fidelity": round(hits.mean().item(), 4),
+               "noise_threshold": round(threshold, 4), "noise": noise,
+               "per_class": {name: round(v, 3)
+                             for name, v in zip(classes, hits.view(len(classes), -1).mean(1).tolist())}}
+    with atomic_dir(out) as tmp:
+        grid(images, len(classes), tmp / "samples.png")
+        write_json(tmp / "metrics.json", metrics)
+    print(f"diffusion_check: the {teacher_meta['arch']} teacher reads {100 * hits.mean():.1f} % of "
+          f"{len(labels)} text-to-image samples as their class → {out}")
+    if noise:
+        print(f"warning: diffusion_check: {100 * hits.mean():.1f} % is under {p.flags.noise_factor:g} x chance "
+              f"({100 / len(classes):.1f} %): the model draws noise, not the classes, and D4M and VLCP sets made with "
+              f"it will be noise too (a bigger model: diffusion.train, or diffusion.mode: pretrained)", file=sys.stderr)
+    return metrics
+
+
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
@@ -59,32 +92,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--out", required=True, type=Path, help="folder for samples.png and metrics.json")
     args = parser.parse_args()
-    p = params.load()
-    c = p.diffusion.check
-    classes = read_classes(args.data)
-    meta = read_data_meta(args.data)
-    prompts = params.class_prompts(p, classes)
-    teacher, teacher_meta = load_checkpoint(args.teacher, meta.classes_sha256)
-    images = to_uint8(sample(load_pipeline(args.diffusion), prompts, c.samples, c.guidance, c.steps, p.seed),
-                      meta.image_size)
-    labels = torch.arange(len(classes)).repeat_interleave(c.samples)
-    x = normalise(images.permute(0, 3, 1, 2).float() / 255, teacher_meta["mean"], teacher_meta["std"])
-    hits = (predict(teacher, x).argmax(1) == labels).float()
-    threshold = p.flags.noise_factor / len(classes)
-    noise = hits.mean().item() < threshold
-    with atomic_dir(args.out) as tmp:
-        grid(images, len(classes), tmp / "samples.png")
-        write_json(tmp / "metrics.json", {
-            "samples": len(labels), "guidance": c.guidance, "steps": c.steps, "prompts": prompts,
-            "teacher": teacher_meta["arch"], "teacher_fidelity": round(hits.mean().item(), 4),
-            "noise_threshold": round(threshold, 4), "noise": noise,
-            "per_class": {name: round(v, 3) for name, v in zip(classes, hits.view(len(classes), -1).mean(1).tolist())}})
-    print(f"diffusion_check: the {teacher_meta['arch']} teacher reads {100 * hits.mean():.1f} % of "
-          f"{len(labels)} text-to-image samples as their class → {args.out}")
-    if noise:
-        print(f"warning: diffusion_check: {100 * hits.mean():.1f} % is under {p.flags.noise_factor:g} x chance "
-              f"({100 / len(classes):.1f} %): the model draws noise, not the classes, and D4M and VLCP sets made with "
-              f"it will be noise too (a bigger model: diffusion.train, or diffusion.mode: pretrained)", file=sys.stderr)
+    run(params.load(), args.diffusion, args.teacher, args.data, args.out)
 
 
 if __name__ == "__main__":

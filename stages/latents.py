@@ -20,6 +20,7 @@ from stages.generation.img2img import from_uint8
 from stages.pipeline import cli, params
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir
+from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 
@@ -46,24 +47,30 @@ def encode(vae: AutoencoderKL, images: torch.Tensor, resolution: int, posterior:
     return torch.cat(out)
 
 
+def run(p: Params, diffusion: Path, data: Path, out: Path) -> torch.Tensor:
+    """The latents stage: every train image through the pipeline folder's VAE into the latents folder `out`
+    (latents.safetensors + index.csv + SHA256SUMS). Returns the latents."""
+    classes = read_classes(data)
+    train = open_images(data / "train", classes, desc="load train")
+    vae, resolution = load_vae(diffusion)
+    if torch.cuda.is_available():
+        vae = vae.to("cuda")
+    gen = torch.Generator().manual_seed(derive_seed(p.seed, "latents"))
+    latents = encode(vae, train.images, resolution, p.latents.posterior, p.latents.batch_size, gen)
+    with atomic_dir(out) as tmp:
+        write_latents(tmp, latents, train.labels, train.paths)
+    print(f"latents: {len(latents)} x {'x'.join(map(str, latents.shape[1:]))} ({p.latents.posterior}, "
+          f"std {latents.std():.3f}) → {out}")
+    return latents
+
+
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--out", required=True, type=Path, help="artifacts/<ds>/latents")
     args = parser.parse_args()
-    p = params.load()
-    classes = read_classes(args.data)
-    train = open_images(args.data / "train", classes, desc="load train")
-    vae, resolution = load_vae(args.diffusion)
-    if torch.cuda.is_available():
-        vae = vae.to("cuda")
-    gen = torch.Generator().manual_seed(derive_seed(p.seed, "latents"))
-    latents = encode(vae, train.images, resolution, p.latents.posterior, p.latents.batch_size, gen)
-    with atomic_dir(args.out) as tmp:
-        write_latents(tmp, latents, train.labels, train.paths)
-    print(f"latents: {len(latents)} x {'x'.join(map(str, latents.shape[1:]))} ({p.latents.posterior}, "
-          f"std {latents.std():.3f}) → {args.out}")
+    run(params.load(), args.diffusion, args.data, args.out)
 
 
 if __name__ == "__main__":

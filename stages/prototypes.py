@@ -29,6 +29,7 @@ from stages.data.latents import read_latents
 from stages.pipeline import cli, params
 from stages.pipeline.errors import DataError, PipelineError
 from stages.pipeline.outputs import write_json
+from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 
@@ -101,49 +102,64 @@ def write_outputs(out: Path, record: dict, centroids: torch.Tensor) -> tuple[Pat
     return targets
 
 
+def check_captions_option(method: str, captions: Path | None) -> None:
+    """VLCP needs the captions folder; D4M prompts with the class prompt and takes none."""
+    if method == "vlcp" and captions is None:
+        raise PipelineError("prototypes vlcp: --captions is required (artifacts/<ds>/captions; "
+                            "dvc repro caption)")
+    if method == "d4m" and captions is not None:
+        raise PipelineError(f"prototypes d4m: --captions {captions}: D4M uses no captions (it prompts with "
+                            "the class prompt); drop the option")
+
+
+def summary(method: str, p: Params, record: dict, n_classes: int, n_images: int, targets: tuple[Path, Path]) -> str:
+    """The stage's closing line: what was clustered, and what VLCP dropped or fell back on."""
+    records = record["classes"]
+    outliers = sum(len(r["outliers"]) for r in records)
+    fallbacks = sum(cl.get("fallback", False) for r in records for cl in r["clusters"])
+    empty = sum(cl["size"] == 0 for r in records for cl in r["clusters"])  # online k-means can leave a centre bare
+    extra = f", {outliers} LOF outliers, {fallbacks} text fallbacks" if method == "vlcp" else ""
+    extra += f", {empty} empty clusters" if empty else ""
+    return (f"prototypes {method}: {n_classes} classes x {p.ipc} centroids of "
+            f"{'x'.join(map(str, record['latent_shape']))} latents from {n_images} images{extra} → "
+            f"{targets[1]}, {targets[0].name}")
+
+
+def run(p: Params, method: str, latents_dir: Path, data: Path, captions_dir: Path | None, out: Path) -> dict:
+    """The prototypes stage for `method` ("d4m" or "vlcp"): cluster each class's latents, pick VLCP's text
+    prototypes from the captions folder, write <out>.safetensors and <out>.json. Returns the JSON record."""
+    check_captions_option(method, captions_dir)
+    classes = read_classes(data)
+    prompts = params.class_prompts(p, classes)  # (params.load checked class_names against the data)
+    latents, labels, paths = read_latents(latents_dir)
+    check_rows(latents_dir, labels.tolist(), paths, classes)
+    captions = read_captions(captions_dir, paths) if method == "vlcp" else None
+
+    array = latents.numpy()
+    centroids, records = [], []
+    for c, (name, prompt) in enumerate(zip(progress(classes, desc=f"prototypes {method}", unit="class"), prompts)):
+        rows = np.flatnonzero(labels.numpy() == c)  # the latents' row order = train folder order
+        clusters = cluster_class(p, method, array[rows], derive_seed(p.seed, "prototypes", method, name), name)
+        centroids.append(torch.from_numpy(clusters.centroids))
+        records.append(class_record(p, method, name, prompt, [paths[i] for i in rows], clusters, captions))
+
+    record = {"method": method, "ipc": p.ipc, "seed": p.seed, "params": method_params(p, method),
+              "latent_shape": list(latents.shape[1:]), "classes": records}
+    targets = write_outputs(out, record, torch.stack(centroids))
+    print(summary(method, p, record, len(classes), len(paths), targets))
+    return record
+
+
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method", choices=["d4m", "vlcp"])
     parser.add_argument("--latents", required=True, type=Path, help="artifacts/<ds>/latents")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset> (for classes.json)")
-    parser.add_argument("--captions", type=Path, help="artifacts/<ds>/captions.jsonl (vlcp only)")
+    parser.add_argument("--captions", type=Path, help="artifacts/<ds>/captions, the captions folder (vlcp only)")
     parser.add_argument("--out", required=True, type=Path,
                         help="artifacts/<ds>/ipc<N>/prototypes/<method>: writes <out>.json and <out>.safetensors")
     args = parser.parse_args()
-    if args.method == "vlcp" and args.captions is None:
-        raise PipelineError("prototypes vlcp: --captions is required (artifacts/<ds>/captions.jsonl; "
-                            "dvc repro caption)")
-    if args.method == "d4m" and args.captions is not None:
-        raise PipelineError(f"prototypes d4m: --captions {args.captions}: D4M uses no captions (it prompts with "
-                            "the class prompt); drop the option")
-    p = params.load()
-    classes = read_classes(args.data)
-    prompts = params.class_prompts(p, classes)  # (params.load checked class_names against the data)
-    latents, labels, paths = read_latents(args.latents)
-    check_rows(args.latents, labels.tolist(), paths, classes)
-    captions = read_captions(args.captions, paths) if args.method == "vlcp" else None
-
-    array = latents.numpy()
-    centroids, records = [], []
-    for c, (name, prompt) in enumerate(zip(progress(classes, desc=f"prototypes {args.method}", unit="class"),
-                                           prompts)):
-        rows = np.flatnonzero(labels.numpy() == c)  # the latents' row order = train folder order
-        clusters = cluster_class(p, args.method, array[rows], derive_seed(p.seed, "prototypes", args.method, name),
-                                 name)
-        centroids.append(torch.from_numpy(clusters.centroids))
-        records.append(class_record(p, args.method, name, prompt, [paths[i] for i in rows], clusters, captions))
-
-    record = {"method": args.method, "ipc": p.ipc, "seed": p.seed, "params": method_params(p, args.method),
-              "latent_shape": list(latents.shape[1:]), "classes": records}
-    targets = write_outputs(args.out, record, torch.stack(centroids))
-    outliers = sum(len(r["outliers"]) for r in records)
-    fallbacks = sum(cl.get("fallback", False) for r in records for cl in r["clusters"])
-    empty = sum(cl["size"] == 0 for r in records for cl in r["clusters"])  # online k-means can leave a centre bare
-    extra = f", {outliers} LOF outliers, {fallbacks} text fallbacks" if args.method == "vlcp" else ""
-    extra += f", {empty} empty clusters" if empty else ""
-    print(f"prototypes {args.method}: {len(classes)} classes x {p.ipc} centroids of "
-          f"{'x'.join(map(str, latents.shape[1:]))} latents from {len(paths)} images{extra} → "
-          f"{targets[1]}, {targets[0].name}")
+    run(params.load(), args.method, args.latents, args.data, args.captions, args.out)
 
 
 if __name__ == "__main__":

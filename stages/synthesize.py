@@ -13,21 +13,22 @@ writes the card and stats once all are done.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from stages.data.folder import read_classes, save_png
 from stages.generation.folder import check_pipeline_folder
 from stages.generation.img2img import denoising_steps, generate, to_uint8
-from stages.pipeline.artifacts import read_data_meta
+from stages.pipeline.artifacts import PrototypesRecord, read_data_meta, read_model
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import ArtifactError, DataError
 from stages.pipeline.outputs import sha256_file, write_json
+from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 
@@ -49,18 +50,107 @@ def load_pipeline(folder: Path, device: torch.device | None = None):
     return pipe
 
 
-def load_prototypes(prefix: Path, method: str, ipc: int, classes: list[str]) -> tuple[torch.Tensor, dict]:
+def read_centroids(tensors: Path, method: str) -> torch.Tensor:
+    """<prototypes>.safetensors' one tensor `centroids`: finite float32 [classes, ipc, C, h, w]."""
+    try:
+        loaded = load_file(tensors)
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{tensors}: not a readable safetensors file ({e}); rerun prototypes@{method}") from None
+    if set(loaded) != {"centroids"}:
+        raise ArtifactError(f"{tensors}: expected the one tensor ['centroids'], found {sorted(loaded)}; "
+                            f"rerun prototypes@{method}")
+    centroids = loaded["centroids"]
+    if centroids.dtype != torch.float32 or centroids.dim() != 5:
+        raise ArtifactError(f"{tensors}: centroids {centroids.dtype} {list(centroids.shape)}; expected float32 "
+                            "[classes, ipc, C, h, w]")
+    if not bool(centroids.isfinite().all()):
+        raise ArtifactError(f"{tensors}: centroids hold NaN or inf; rerun prototypes@{method}")
+    return centroids
+
+
+def load_prototypes(prefix: Path, method: str, ipc: int, classes: list[str]) -> tuple[torch.Tensor, PrototypesRecord]:
+    """<prefix>.safetensors and <prefix>.json, checked against each other and against this run's method,
+    ipc and classes.json."""
     tensors, record_path = prefix.with_name(prefix.name + ".safetensors"), prefix.with_name(prefix.name + ".json")
     for path in (tensors, record_path):
         if not path.exists():
             raise DataError(f"{path}: missing; run prototypes@{method} first")
-    centroids, record = load_file(tensors)["centroids"], json.loads(record_path.read_text())
-    if record["method"] != method or record["ipc"] != ipc or [c["class"] for c in record["classes"]] != classes:
-        raise DataError(f"{record_path}: made for {record['method']} at ipc {record['ipc']}, not {method} at ipc "
+    centroids = read_centroids(tensors, method)
+    record = read_model(PrototypesRecord, record_path)
+    if record.method != method or record.ipc != ipc or [c.name for c in record.classes] != classes:
+        raise DataError(f"{record_path}: made for {record.method} at ipc {record.ipc}, not {method} at ipc "
                         f"{ipc} over classes.json; rerun prototypes@{method}")
+    for c, entry in enumerate(record.classes):
+        if len(entry.clusters) != ipc:
+            raise ArtifactError(f"{record_path}: classes.{c}.clusters: {len(entry.clusters)} clusters, expected "
+                                f"ipc = {ipc}; rerun prototypes@{method}")
+        missing = next((k for k, cluster in enumerate(entry.clusters) if cluster.text_prototype is None), None)
+        if method == "vlcp" and missing is not None:
+            raise ArtifactError(f"{record_path}: classes.{c}.clusters.{missing}.text_prototype: missing (VLCP "
+                                f"prompts with it); rerun prototypes@{method}")
     if tuple(centroids.shape[:2]) != (len(classes), ipc):
         raise DataError(f"{tensors}: centroids of shape {list(centroids.shape)}, expected [{len(classes)}, {ipc}, ...]")
     return centroids, record
+
+
+def synthesis_prompts(p: Params, method: str, classes: list[str], record: PrototypesRecord) -> list[list[str]]:
+    """[class][cluster] prompts: D4M's class prompt, VLCP's text prototypes."""
+    class_prompts = params.class_prompts(p, classes)
+    return [[class_prompts[c] if method == "d4m" else cluster.text_prototype for cluster in entry.clusters]
+            for c, entry in enumerate(record.classes)]
+
+
+def draw(p: Params, method: str, pipe, jobs: list[tuple[int, int]], centroids: torch.Tensor,
+         prompts: list[list[str]], classes: list[str], size: int, tmp: Path) -> None:
+    """Generate this rank's `jobs` ((class, index) pairs) batch by batch into tmp/<class>/<index>.png."""
+    s = getattr(p, method).synthesis
+    bar = progress(total=len(jobs), desc=f"synthesize {method}", unit="img")
+    for i in range(0, len(jobs), s.batch_size):
+        batch = jobs[i:i + s.batch_size]
+        gens = [torch.Generator().manual_seed(derive_seed(p.seed, method, classes[c], k)) for c, k in batch]
+        images = generate(pipe, torch.stack([centroids[c, k] for c, k in batch]), [prompts[c][k] for c, k in batch],
+                          s.negative_prompt, s.strength, s.guidance, s.steps, gens)
+        for (c, k), array in zip(batch, to_uint8(images, size).numpy()):
+            save_png(array, tmp / classes[c] / f"{k:03d}.png")
+        bar.update(len(batch))
+    bar.close()
+
+
+def run(p: Params, method: str, diffusion: Path, prototypes: Path, data: Path, out: Path, stats: Path) -> dict | None:
+    """The synthesize stage for `method`: img2img from every prototype into the set folder `out` (card
+    included) and the stats JSON. Under torchrun each rank draws its share; rank 0 writes card and stats and
+    returns the stats, the other ranks None."""
+    s = getattr(p, method).synthesis
+    classes = read_classes(data)
+    size = read_data_meta(data).image_size
+    centroids, record = load_prototypes(prototypes, method, p.ipc, classes)
+    prompts = synthesis_prompts(p, method, classes, record)
+    jobs = [(c, k) for c in range(len(classes)) for k in range(p.ipc)]
+    with distributed.world() as world, distributed.shared_dir(world, out) as tmp:
+        pipe = load_pipeline(diffusion, world.device)
+        began = time.perf_counter()
+        draw(p, method, pipe, world.shard(jobs), centroids, prompts, classes, size, tmp)
+        world.barrier()  # every rank's images are in tmp
+        if not world.main:
+            return None
+        seconds = time.perf_counter() - began
+        unet_weights = diffusion / "unet" / "diffusion_pytorch_model.safetensors"
+        synthesis = {"denoising_steps": denoising_steps(s.steps, s.strength),
+                     "scheduler": pipe.scheduler.__class__.__name__,
+                     "diffusion_unet_sha256": sha256_file(unet_weights),
+                     "prototypes_sha256": sha256_file(prototypes.with_name(prototypes.name + ".safetensors")),
+                     "prompts": {name: prompts[c] for c, name in enumerate(classes)}}
+        write_card(tmp, method=method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=len(jobs),
+                   params={"ipc": p.ipc, "seed": p.seed, "class_prompt": p.class_prompt, "class_names": p.class_names,
+                           method: getattr(p, method).model_dump(), "prototypes": record.params},
+                   teacher=None, evaluation=EVALUATION_NOTE, synthesis=synthesis, device=world.device)
+    result = {"method": method, "images": len(jobs), "denoising_steps": denoising_steps(s.steps, s.strength)}
+    write_json(stats, result)
+    runlog.record("synthesize", out, seconds, method=method, images=len(jobs),
+                  images_per_second=round(len(jobs) / max(seconds, 1e-9), 3))
+    print(f"synthesize {method}: {len(jobs)} images, {denoising_steps(s.steps, s.strength)} denoising steps "
+          f"each, {seconds:.1f} s → {out}")
+    return result
 
 
 def main() -> None:
@@ -73,50 +163,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="distilled set folder")
     parser.add_argument("--stats", required=True, type=Path, help="synthesis stats JSON (timings) to write")
     args = parser.parse_args()
-    p = params.load()
-    s = getattr(p, args.method).synthesis
-    classes = read_classes(args.data)
-    size = read_data_meta(args.data).image_size
-    centroids, record = load_prototypes(args.prototypes, args.method, p.ipc, classes)
-    class_prompts = params.class_prompts(p, classes)
-    prompts = [[class_prompts[c] if args.method == "d4m" else cluster["text_prototype"]
-                for cluster in entry["clusters"]] for c, entry in enumerate(record["classes"])]
-    jobs = [(c, k) for c in range(len(classes)) for k in range(p.ipc)]
-    with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
-        pipe = load_pipeline(args.diffusion, world.device)
-        began = time.perf_counter()
-        mine = world.shard(jobs)
-        bar = progress(total=len(mine), desc=f"synthesize {args.method}", unit="img")
-        for i in range(0, len(mine), s.batch_size):
-            batch = mine[i:i + s.batch_size]
-            gens = [torch.Generator().manual_seed(derive_seed(p.seed, args.method, classes[c], k)) for c, k in batch]
-            images = generate(pipe, torch.stack([centroids[c, k] for c, k in batch]),
-                              [prompts[c][k] for c, k in batch], s.negative_prompt, s.strength, s.guidance, s.steps,
-                              gens)
-            for (c, k), array in zip(batch, to_uint8(images, size).numpy()):
-                save_png(array, tmp / classes[c] / f"{k:03d}.png")
-            bar.update(len(batch))
-        bar.close()
-        world.barrier()  # every rank's images are in tmp
-        if not world.main:
-            return
-        seconds = time.perf_counter() - began
-        unet_weights = args.diffusion / "unet" / "diffusion_pytorch_model.safetensors"
-        synthesis = {"denoising_steps": denoising_steps(s.steps, s.strength),
-                     "scheduler": pipe.scheduler.__class__.__name__,
-                     "diffusion_unet_sha256": sha256_file(unet_weights),
-                     "prototypes_sha256": sha256_file(args.prototypes.with_name(args.prototypes.name + ".safetensors")),
-                     "prompts": {name: prompts[c] for c, name in enumerate(classes)}}
-        write_card(tmp, method=args.method, dataset=p.dataset, ipc=p.ipc, classes=classes, num_images=len(jobs),
-                   params={"ipc": p.ipc, "seed": p.seed, "class_prompt": p.class_prompt, "class_names": p.class_names,
-                           args.method: getattr(p, args.method).model_dump(), "prototypes": record["params"]},
-                   teacher=None, evaluation=EVALUATION_NOTE, synthesis=synthesis, device=world.device)
-    write_json(args.stats, {"method": args.method, "images": len(jobs),
-                            "denoising_steps": denoising_steps(s.steps, s.strength)})
-    runlog.record("synthesize", args.out, seconds, method=args.method, images=len(jobs),
-                  images_per_second=round(len(jobs) / max(seconds, 1e-9), 3))
-    print(f"synthesize {args.method}: {len(jobs)} images, {denoising_steps(s.steps, s.strength)} denoising steps "
-          f"each, {seconds:.1f} s → {args.out}")
+    run(params.load(), args.method, args.diffusion, args.prototypes, args.data, args.out, args.stats)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The caption stage (VLCP step 1) run as dvc.yaml runs it: attribute captions, a tiny LLaVA, resuming."""
+import os
 import re
 import shutil
 import signal
@@ -15,8 +16,9 @@ from stages.captions.jsonl import read_captions
 from stages.data.folder import decode_rgb, list_images, read_classes
 from tests.conftest import TINY, merge, run_stage, stage_env, workdir, write_params
 
-OUT = "artifacts/digits/captions.jsonl"
-PARTIAL = "artifacts/digits/.captions.jsonl.partial"
+OUT = "artifacts/digits/captions"  # the folder: captions.jsonl and its SHA256SUMS
+CAPTIONS = f"{OUT}/captions.jsonl"
+PARTIAL = "artifacts/digits/.captions.resume/captions.partial.jsonl"  # in the stage's Resume folder
 
 
 def caption(folder: Path, out: str = OUT, check: bool = True) -> subprocess.CompletedProcess:
@@ -59,11 +61,12 @@ def test_attribute_captions_are_deterministic_varied_and_complete(prepared):
     result = caption(folder)
     log = result.stdout
     assert "warning" not in result.stderr  # the attributes captioner is made for digits
-    out = folder / OUT
+    out = folder / CAPTIONS
     assert f"caption: {len(train_paths(folder))} images by {VERSION}" in log
-    assert sorted(p.name for p in out.parent.iterdir()) == ["captions.jsonl"]  # no progress files left
+    assert sorted(p.name for p in out.parent.parent.iterdir()) == ["captions"]  # no progress files left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["SHA256SUMS", "captions.jsonl"]
 
-    captions = read_captions(out, train_paths(folder))  # every line parses, every train image once
+    captions = read_captions(folder / OUT, train_paths(folder))  # every line parses, every train image once
     assert [line.split('"')[3] for line in lines(out)] == train_paths(folder)  # in the train folder's order
     assert all(f'"captioner": "{VERSION}"' in line for line in lines(out))
 
@@ -88,20 +91,25 @@ def test_a_failed_or_killed_run_resumes_to_the_same_bytes(prepared, tmp_path):
     shutil.copytree(prepared / "data" / "digits", data, ignore=shutil.ignore_patterns("val"))
     folder = workdir(prepared, "caption-resume", data=data)
     caption(folder)
-    whole = (folder / OUT).read_bytes()
-    (folder / OUT).unlink()  # DVC removes a stage's outputs before running it
+    whole = (folder / CAPTIONS).read_bytes()
+    shutil.rmtree(folder / OUT)  # DVC removes a stage's outputs before running it
 
+    # The resume key holds the train folder's identity (names, sizes, modification times): the broken
+    # image keeps its size and time, as a read failure that changes no file would
     broken = data / "train" / train_paths(folder)[600]
-    good = broken.read_bytes()
-    broken.write_bytes(b"not a png")
+    good, stat = broken.read_bytes(), broken.stat()
+    broken.write_bytes(b"not a png".ljust(len(good), b"\0"))
+    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     failed = caption(folder, check=False)
     assert failed.returncode == 2 and f"{broken.name}: unreadable image" in failed.stderr
     partial = folder / PARTIAL
     assert len(lines(partial)) == 512 and not (folder / OUT).exists()  # two whole batches of 256 were kept
     broken.write_bytes(good)
-    progress = {p: p.read_bytes() for p in partial.parent.iterdir()}  # the partial file and its settings
+    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    progress = {p: p.read_bytes() for p in partial.parent.iterdir()}  # the partial file and the resume key
 
     def interrupted(edit) -> None:
+        partial.parent.mkdir(exist_ok=True)  # a finished run removed the resume folder
         for path, content in progress.items():
             path.write_bytes(content)
         partial.write_text("".join(edit(lines(partial))), encoding="utf-8")
@@ -109,19 +117,67 @@ def test_a_failed_or_killed_run_resumes_to_the_same_bytes(prepared, tmp_path):
     interrupted(lambda head: [*head[:300], head[300][:40]])  # a kill mid-write: 300 lines and half the next
     log = caption(folder).stdout
     assert "resumed: 300 of 1437 already captioned" in log
-    assert (folder / OUT).read_bytes() == whole
-    assert sorted(p.name for p in (folder / OUT).parent.iterdir()) == ["captions.jsonl"]
+    assert (folder / CAPTIONS).read_bytes() == whole
+    assert sorted(p.name for p in (folder / OUT).parent.iterdir()) == ["captions"]  # the resume folder is gone
 
     interrupted(lambda head: [head[1], head[0], *head[2:]])  # out of order: not trusted
     log = caption(folder).stdout
     assert "is not the next train image" in log and "starting over" in log and "resumed" not in log
-    assert (folder / OUT).read_bytes() == whole
+    assert (folder / CAPTIONS).read_bytes() == whole
 
     interrupted(lambda head: head)  # other settings (class names, so other subjects): not resumed either
     write_params(folder, merge(TINY, {"class_names": [f"n{i}" for i in range(10)]}))
     log = caption(folder).stdout
-    assert "made with other caption settings; starting over" in log
-    assert "handwritten digit n3" in (folder / OUT).read_text()
+    assert "artifacts/digits/.captions.resume: made under other settings or inputs; starting afresh" in log
+    assert "resumed" not in log and "handwritten digit n3" in (folder / CAPTIONS).read_text()
+
+
+def test_run_in_process_resumes_a_failed_run_and_records_the_folder(prepared, tmp_path, monkeypatch, capsys):
+    """caption.run called directly: a run failing in its third batch leaves two, the next run resumes them
+    to the bytes of an uninterrupted run, and the folder's record refuses a later edit."""
+    from stages import caption as stage
+    from stages.pipeline import params
+    from stages.pipeline.errors import ArtifactError, DataError
+
+    data = mini_digits(prepared, tmp_path / "digits", per_class=3)  # 30 images
+    folder = workdir(prepared, "caption-in-process", data=data)
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(stage, "ATTRIBUTE_BATCH", 8)  # 4 batches
+    p = params.load(folder / "params.yaml", folder / "data")
+    out = Path(OUT)
+    assert stage.run(p, Path("data/digits"), out) == out / "captions.jsonl"
+    whole = (out / "captions.jsonl").read_bytes()
+    assert sorted(os.listdir(out)) == ["SHA256SUMS", "captions.jsonl"]
+    assert list(read_captions(out, train_paths(folder))) == train_paths(folder)
+
+    working = stage.open_captioner
+
+    def failing(p):
+        size, captioner = working(p)
+        calls = []
+
+        def third_fails(images, subjects):
+            calls.append(len(images))
+            if len(calls) == 3:
+                raise DataError("a failing batch")
+            return captioner(images, subjects)
+        return size, third_fails
+
+    shutil.rmtree(out)
+    monkeypatch.setattr(stage, "open_captioner", failing)
+    with pytest.raises(DataError, match="a failing batch"):
+        stage.run(p, Path("data/digits"), out)
+    assert len(lines(Path(PARTIAL))) == 16 and not out.exists()
+    monkeypatch.setattr(stage, "open_captioner", working)
+    capsys.readouterr()
+    stage.run(p, Path("data/digits"), out)
+    assert "resumed: 16 of 30 already captioned" in capsys.readouterr().out
+    assert (out / "captions.jsonl").read_bytes() == whole and not Path(PARTIAL).parent.exists()
+
+    edited = whole.replace(b"handwritten digit 3", b"handwritten digit 8", 1)
+    (out / "captions.jsonl").write_bytes(edited)  # still valid lines: only the record tells
+    with pytest.raises(ArtifactError, match=rf"^{out}/captions.jsonl: content differs from {out}/SHA256SUMS"):
+        read_captions(out, train_paths(folder))
 
 
 # --- LLaVA --------------------------------------------------------------------------------------------------
@@ -190,13 +246,13 @@ def test_llava_captions_through_the_stage_and_resume_after_a_kill(prepared, tmp_
     log = caption(folder).stdout
     assert f"caption: 10 images by llava:{llava_dir}" in log
     captions = read_captions(folder / OUT, train_paths(folder))
-    assert all(f'"captioner": "llava:{llava_dir}"' in line for line in lines(folder / OUT))
+    assert all(f'"captioner": "llava:{llava_dir}"' in line for line in lines(folder / CAPTIONS))
     for text in captions.values():  # only the generated words: no prompt, no padding, no image tokens
         assert text and text == text.strip()
         assert not re.search(r"user|assistant|describe|<image>|\[pad\]", text.lower()), text
     assert len(set(captions.values())) > 5  # each image's own words
-    whole = (folder / OUT).read_bytes()
-    (folder / OUT).unlink()
+    whole = (folder / CAPTIONS).read_bytes()
+    shutil.rmtree(folder / OUT)
 
     # SIGKILL the stage once its first batch is on disk, run it again: the same bytes.
     stage = subprocess.Popen([sys.executable, "-m", "stages.caption", "--data", "data/digits", "--out", OUT],
@@ -213,7 +269,7 @@ def test_llava_captions_through_the_stage_and_resume_after_a_kill(prepared, tmp_
     done = partial.read_bytes().count(b"\n")
     log = caption(folder).stdout
     assert f"resumed: {done - done % 2} of 10 already captioned" in log  # whole batches only
-    assert (folder / OUT).read_bytes() == whole
+    assert (folder / CAPTIONS).read_bytes() == whole
 
 
 def test_llava_batches_are_left_padded(prepared, llava_dir, offline):

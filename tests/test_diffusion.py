@@ -178,8 +178,8 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
     (folder / "artifacts" / "digits").mkdir(parents=True)
     (folder / "artifacts" / "digits" / "teachers").symlink_to(prepared / "artifacts" / "digits" / "teachers")
     art = "artifacts/digits"
-    run_stage(folder, "caption", "--data", "data/digits", "--out", f"{art}/captions.jsonl")
-    run_stage(folder, "diffusion", "--data", "data/digits", "--captions", f"{art}/captions.jsonl",
+    run_stage(folder, "caption", "--data", "data/digits", "--out", f"{art}/captions")
+    run_stage(folder, "diffusion", "--data", "data/digits", "--captions", f"{art}/captions",
               "--out", f"{art}/diffusion", "--metrics", f"{art}/diffusion.json")
     record = json.loads((folder / art / "diffusion.json").read_text())
     assert record["mode"] == "pretrained" and record["finetune"]["steps"] == 12  # ceil(1437 / 128)
@@ -204,7 +204,7 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
     assert latents.shape == (1437, 4, 16, 16) and len(paths) == 1437 and labels.max() == 9
 
     for method in ("d4m", "vlcp"):
-        extra = ["--captions", f"{art}/captions.jsonl"] if method == "vlcp" else []
+        extra = ["--captions", f"{art}/captions"] if method == "vlcp" else []
         run_stage(folder, "prototypes", method, "--latents", f"{art}/latents", "--data", "data/digits", *extra,
                   "--out", f"{art}/ipc2/prototypes/{method}")
         run_stage(folder, "synthesize", method, "--diffusion", f"{art}/diffusion", "--prototypes",
@@ -219,6 +219,113 @@ def test_pretrained_stable_diffusion_through_the_stages(prepared, sd_dir):
         if method == "d4m":
             assert prompts == ["handwritten digit 3"] * 2
         else:  # VLCP prompts with member captions of class 3
-            captions = {json.loads(line)["caption"] for line in (folder / art / "captions.jsonl").open()
+            captions = {json.loads(line)["caption"] for line in (folder / art / "captions" / "captions.jsonl").open()
                         if json.loads(line)["class"] == "3"}
             assert set(prompts) <= captions
+
+
+# --- each stage's run(...) called in this process, on a two-class project of six 16 px images ------------------
+
+SMALL = {"ipc": 1, "diffusion": {"train": {"vae_steps": 2, "unet_steps": 2, "batch_size": 4}}}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """data/digits (classes 0 and 1, three train images each, classes.json and meta.json as prepare writes
+    them), params for tiny models, and the captions folder caption.run makes."""
+    import numpy as np
+
+    from stages import caption
+    from stages.pipeline import params
+    from tests.conftest import write_params
+    from tests.fuzz import data_meta
+    from tests.tiny import TINY, merge
+
+    folder = tmp_path_factory.mktemp("in-process")
+    data = folder / "data" / "digits"
+    rng = np.random.default_rng(0)
+    for c in "01":
+        (data / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            pixels = np.clip(rng.normal(100 + 80 * int(c), 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(data / "train" / c / f"{i}.png")
+    data_meta(data, {"0": 3, "1": 3})
+    write_params(folder, merge(TINY, SMALL))
+    caption.run(params.load(folder / "params.yaml", folder / "data"), data, folder / "captions")
+    return folder
+
+
+def small_params(small: Path, monkeypatch, **override):
+    from stages.pipeline import params
+    from tests.conftest import write_params
+    from tests.tiny import TINY, merge
+
+    monkeypatch.chdir(small)  # the run log goes to artifacts/runs.jsonl under it
+    write_params(small, merge(TINY, {**SMALL, **override}))
+    return params.load(small / "params.yaml", small / "data")
+
+
+def test_diffusion_run_in_process(small, tmp_path, monkeypatch):
+    from stages import diffusion
+    from stages.generation.folder import check_pipeline_folder
+
+    p = small_params(small, monkeypatch)
+    out, metrics = tmp_path / "diffusion", tmp_path / "diffusion.json"
+    result = diffusion.run(p, small / "data" / "digits", small / "captions", out, metrics)
+    assert result == json.loads(metrics.read_text())
+    assert result["mode"] == "train" and result["images"] == 6 and result["captioned"] is True
+    assert result["vae"]["steps"] == 2 and result["vae"]["latent_shape"] == [4, 8, 8]
+    check_pipeline_folder(out)  # complete, and every file matches the content record it wrote
+    assert not (tmp_path / ".diffusion.resume").exists()
+
+
+def test_latents_run_in_process(small, sd_dir, tmp_path, monkeypatch):
+    from stages import latents
+
+    p = small_params(small, monkeypatch)
+    returned = latents.run(p, sd_dir, small / "data" / "digits", tmp_path / "latents")
+    stored, labels, paths = read_latents(tmp_path / "latents")
+    assert returned.shape == (6, 4, 16, 16) and torch.equal(returned, stored)  # the VAE works at 32 px
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1] and paths[3] == "1/0.png"
+
+
+def test_synthesize_run_in_process(small, sd_dir, tmp_path, monkeypatch):
+    from stages import synthesize
+    from stages.prototypes import write_outputs
+
+    p = small_params(small, monkeypatch, d4m={"synthesis": {"steps": 2, "strength": 0.5}})
+    prefix = tmp_path / "prototypes" / "d4m"
+    record = {"method": "d4m", "ipc": 1, "seed": 0, "params": {"kmeans": "full"}, "latent_shape": [4, 16, 16],
+              "classes": [{"class": c, "clusters": [{"text_prototype": None}]} for c in "01"]}
+    write_outputs(prefix, record, torch.randn(2, 1, 4, 16, 16, generator=torch.Generator().manual_seed(0)))
+    out, stats = tmp_path / "set", tmp_path / "stats.json"
+    result = synthesize.run(p, "d4m", sd_dir, prefix, small / "data" / "digits", out, stats)
+    assert result == json.loads(stats.read_text()) == {"method": "d4m", "images": 2, "denoising_steps": 1}
+    assert sorted(f.relative_to(out).as_posix() for f in out.rglob("*.png")) == ["0/000.png", "1/000.png"]
+    assert all(Image.open(f).size == (16, 16) for f in out.rglob("*.png"))
+    card = json.loads((out / "card.json").read_text())
+    assert card["synthesis"]["prompts"] == {"0": ["handwritten digit 0"], "1": ["handwritten digit 1"]}
+    assert card["params"]["prototypes"] == {"kmeans": "full"}
+
+
+def test_diffusion_check_run_in_process(small, sd_dir, tmp_path, monkeypatch):
+    from stages import diffusion_check
+    from stages.models import build, save_checkpoint
+    from stages.pipeline.outputs import sha256_file
+    from tests.tiny import TINY
+
+    p = small_params(small, monkeypatch)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    config = TINY["models"]["convnet"]
+    torch.manual_seed(0)
+    save_checkpoint(build("convnet", 2, 16, config), teacher, {
+        "arch": "convnet", "config": config, "num_classes": 2, "image_size": 16,
+        "classes_sha256": sha256_file(small / "data" / "digits" / "classes.json"), "mean": [0.5] * 3,
+        "std": [0.25] * 3})
+    metrics = diffusion_check.run(p, sd_dir, teacher, small / "data" / "digits", tmp_path / "check")
+    assert metrics == json.loads((tmp_path / "check" / "metrics.json").read_text())
+    assert metrics["samples"] == 2 and metrics["prompts"] == ["handwritten digit 0", "handwritten digit 1"]
+    assert metrics["noise"] == (metrics["teacher_fidelity"] < metrics["noise_threshold"])  # 2 x chance = 1.0
+    with Image.open(tmp_path / "check" / "samples.png") as grid:
+        assert grid.size == (16 * 4, 2 * 16 * 4)  # one row per class, one sample each, x4

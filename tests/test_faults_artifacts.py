@@ -1,6 +1,6 @@
 """Fault injection, models/artifacts and resources: one case per fault, each through a real stage process.
 
-Every case builds one broken input (a teacher checkpoint, a diffusion folder, a captions JSONL, a full disk),
+Every case builds one broken input (a teacher checkpoint, a diffusion folder, a captions folder, a full disk),
 runs the stage that reads it, and asserts the one error line (kind and message naming the file, line or
 component) and that nothing was left for DVC to cache. The matrix as run is printed by `pytest -s -k matrix`.
 """
@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stages.captions.jsonl import caption_line
+from stages.captions.jsonl import caption_line, record_captions
 from stages.data.folder import list_images, read_classes
 from stages.data.latents import write_latents
 from stages.models import build, save_checkpoint
@@ -66,12 +66,22 @@ def captions_lines(folder: Path) -> list[str]:
     return [caption_line(p, p.split("/")[0], f"a digit {p.split('/')[0]}", "test") for p in train_paths(folder)]
 
 
-def prototypes_vlcp(folder: Path, lines: list[str]):
-    captions = folder / "captions.jsonl"
+def captions_folder(folder: Path, lines: list[str], recorded: bool = True) -> Path:
+    """A captions folder holding `lines`; `recorded`: its SHA256SUMS is made over them (a bad line is then one
+    the folder's maker wrote). Returns captions.jsonl."""
+    captions = folder / "captions" / "captions.jsonl"
+    captions.parent.mkdir(exist_ok=True)
     captions.write_text("".join(lines))
+    if recorded:
+        record_captions(captions.parent)
+    return captions
+
+
+def prototypes_vlcp(folder: Path, lines: list[str], recorded: bool = True):
+    captions = captions_folder(folder, lines, recorded)
     out = folder / "artifacts" / "prototypes" / "vlcp"
     result = run_stage(folder, "prototypes", "vlcp", "--latents", str(fake_latents(folder)), "--data", "data/digits",
-                       "--captions", str(captions), "--out", str(out), check=False)
+                       "--captions", str(captions.parent), "--out", str(out), check=False)
     assert not out.with_name("vlcp.json").exists() and not out.with_name("vlcp.safetensors").exists()
     return result, out.with_name("vlcp.json"), captions
 
@@ -212,13 +222,66 @@ def captions_malformed_in_diffusion_training(folder, prepared, sd):
     """The other consumer: the diffusion stage's train mode (caption_fraction > 0) reads the same file."""
     lines = captions_lines(folder)
     lines[1] = "not json at all\n"
-    captions = folder / "captions.jsonl"
-    captions.write_text("".join(lines))
+    captions = captions_folder(folder, lines)
     out = folder / "artifacts" / "diffusion"
-    result = run_stage(folder, "diffusion", "--data", "data/digits", "--captions", str(captions), "--out", str(out),
-                       "--metrics", str(folder / "artifacts" / "diffusion.json"), check=False)
+    result = run_stage(folder, "diffusion", "--data", "data/digits", "--captions", str(captions.parent), "--out",
+                       str(out), "--metrics", str(folder / "artifacts" / "diffusion.json"), check=False)
     assert not (folder / "artifacts" / "diffusion.json").exists()
     return result, out, "ArtifactError", rf"{captions}:2: not valid JSON"
+
+
+def captions_edited_after_their_record(folder, prepared, sd):
+    """Valid lines, but not the ones the caption stage recorded: the record refuses them, naming the file."""
+    lines = captions_lines(folder)
+    captions = captions_folder(folder, lines)
+    lines[4] = lines[4].replace("a digit", "another digit")
+    result, out, _ = prototypes_vlcp(folder, lines, recorded=False)  # rewrites captions.jsonl, not the record
+    return result, out, "ArtifactError", (rf"{captions}: content differs from {captions.parent}/SHA256SUMS \(changed "
+                                          r"after the captions folder was made\)$")
+
+
+def captions_without_a_record(folder, prepared, sd):
+    result, out, captions = prototypes_vlcp(folder, captions_lines(folder), recorded=False)
+    return result, out, "ArtifactError", rf"{captions.parent}/SHA256SUMS: missing; the captions folder"
+
+
+def captions_as_one_file(folder, prepared, sd):
+    """Captions made before they were a folder: refused with what to do."""
+    captions = folder / "captions.jsonl"
+    captions.write_text("".join(captions_lines(folder)))
+    out = folder / "artifacts" / "prototypes" / "vlcp"
+    result = run_stage(folder, "prototypes", "vlcp", "--latents", str(fake_latents(folder)), "--data", "data/digits",
+                       "--captions", str(captions), "--out", str(out), check=False)
+    return result, out.with_name("vlcp.json"), "ArtifactError", (rf"{captions}: a file; captions are a folder "
+                                                                 r"\(captions.jsonl \+ SHA256SUMS\)")
+
+
+def synthesize_from_damaged_prototypes(damage: str):
+    """synthesize reading prototypes@vlcp's pair (before any model loads): a record missing a key, or a
+    truncated centroids file, is one error naming the file (no KeyError or safetensors traceback)."""
+    def case(folder, prepared, sd):
+        classes = read_classes(folder / "data" / "digits")
+        ipc = TINY["ipc"]
+        prefix = folder / "prototypes" / "vlcp"
+        prefix.parent.mkdir()
+        save_file({"centroids": torch.zeros(len(classes), ipc, 4, 2, 2)}, prefix.with_name("vlcp.safetensors"))
+        record = {"method": "vlcp", "ipc": ipc, "params": {},
+                  "classes": [{"class": c, "clusters": [{"text_prototype": f"digit {c}"}] * ipc} for c in classes]}
+        if damage == "record missing a key":
+            del record["params"]
+            message = rf"{prefix}.json: params: Field required"
+        else:
+            tensors = prefix.with_name("vlcp.safetensors")
+            tensors.write_bytes(tensors.read_bytes()[:100])
+            message = rf"{prefix}.safetensors: not a readable safetensors file \("
+        prefix.with_name("vlcp.json").write_text(json.dumps(record))
+        out = folder / "artifacts" / "vlcp"
+        result = run_stage(folder, "synthesize", "vlcp", "--diffusion", str(folder / "no-diffusion"), "--prototypes",
+                           str(prefix), "--data", "data/digits", "--out", str(out), "--stats",
+                           str(folder / "artifacts" / "vlcp.json"), check=False)
+        assert not (folder / "artifacts" / "vlcp.json").exists()
+        return result, out, "ArtifactError", message
+    return case
 
 
 def disk_full(stage: str, after: int):
@@ -259,6 +322,11 @@ CASES = {
     "captions: line missing a key": captions_line_missing_key,
     "captions: a train image without caption": captions_image_without_caption,
     "captions: malformed line, diffusion train mode": captions_malformed_in_diffusion_training,
+    "captions: captions.jsonl edited after its record": captions_edited_after_their_record,
+    "captions: no SHA256SUMS": captions_without_a_record,
+    "captions: one file, not a folder": captions_as_one_file,
+    "prototypes: record missing a key (synthesize)": synthesize_from_damaged_prototypes("record missing a key"),
+    "prototypes: centroids truncated (synthesize)": synthesize_from_damaged_prototypes("centroids truncated"),
     "disk full: baseline random, first byte": disk_full("baseline random", 0),
     "disk full: baseline random, mid-set": disk_full("baseline random", 6000),
     "disk full: baseline full (card only)": disk_full("baseline full", 100),

@@ -57,7 +57,7 @@ def stage(name: str, ds: str = "digits", ipc=3) -> tuple[list[str], str]:
                 f"{art}/ipc{ipc}/prototypes/{method}", "--data", data, "--out", f"{art}/ipc{ipc}/distilled/{method}",
                 "--stats", f"{art}/ipc{ipc}/synthesis/{method}.json"], f"{art}/ipc{ipc}/distilled/{method}"
     if name == "caption":
-        return ["caption", "--data", data, "--out", f"{art}/captions.jsonl"], f"{art}/captions.jsonl"
+        return ["caption", "--data", data, "--out", f"{art}/captions"], f"{art}/captions"
     if name == "poster":
         out = f"{art}/podd0.9/distilled/podd"
         return ["poster", "--data", data, "--out", out, "--stats", f"{art}/podd0.9/synthesis/podd.json"], out

@@ -441,12 +441,16 @@ def test_fkd_labels(base, tmp_path):
 
 
 def test_captions(tmp_path):
-    from stages.captions.jsonl import caption_line, read_captions
+    from stages.captions.jsonl import FILE, caption_line, read_captions, record_captions
 
     paths = ["0/a.png", "0/b.png", "1/c.png"]
-    target = tmp_path / "captions.jsonl"
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    target = folder / FILE
     lines = [caption_line(p, p[0], f"a digit {p[0]}", "attributes") for p in paths]
     target.write_text("".join(lines))
+    record_captions(folder)
+    sums = (folder / "SHA256SUMS").read_bytes()
     cases = dict(byte_damage(target.read_bytes()))
     record = json.loads(lines[1])
     for name, text in json_damage(record).items():
@@ -454,8 +458,65 @@ def test_captions(tmp_path):
     cases["duplicate-line"] = "".join([*lines, lines[0]]).encode()
     cases["escape"] = (lines[0] + caption_line("../../x.png", "0", "x", "a") + lines[2]).encode()
     cases["not-a-train-image"] = (lines[0] + caption_line("0/zz.png", "0", "x", "a") + lines[2]).encode()
-    reader_cases("captions JSONL", tmp_path, target, cases, lambda: read_captions(target, paths),
-                 tmp_path)
+    cases["other-caption-text"] = (lines[0] + caption_line("0/b.png", "0", "a bold digit", "attributes") +
+                                   lines[2]).encode()
+
+    put_back = lambda: (target.write_bytes("".join(lines).encode()), (folder / "SHA256SUMS").write_bytes(sums))  # noqa: E731
+    # the lines are checked before the record: a damaged line is refused by what is wrong with it, a file that
+    # still parses by the record (content differs); either way naming captions.jsonl
+    reader_cases("captions JSONL", folder, target, cases, lambda: read_captions(folder, paths), tmp_path,
+                 restore=put_back)
+    reader_cases("captions SHA256SUMS", folder, folder / "SHA256SUMS",
+                 {**byte_damage(sums), "escape": sums.split(b"  ")[0] + b"  ../x\n", "duplicate": sums + sums,
+                  "other-file": sums.replace(FILE.encode(), b"other.jsonl")},
+                 lambda: read_captions(folder, paths), tmp_path, restore=put_back)
+
+
+def test_prototypes(tmp_path):
+    """prototypes@vlcp's pair as synthesize reads it (load_prototypes): the JSON record and the centroids."""
+    from stages.prototypes import write_outputs
+    from stages.synthesize import load_prototypes
+
+    classes = ["0", "1"]
+    cluster = lambda c, k: {"size": 1, "members": [f"{c}/{k}.png"], "text_prototype": f"a digit {c}, {k}",  # noqa: E731
+                            "text_prototype_path": f"{c}/{k}.png", "top_words": [["bold", 1]], "fallback": False}
+    record = {"method": "vlcp", "ipc": 2, "seed": 0, "params": {"tpk": 5}, "latent_shape": [4, 2, 2],
+              "classes": [{"class": c, "prompt": f"digit {c}", "images": 2, "outliers": [],
+                           "clusters": [cluster(c, k) for k in range(2)]} for c in classes]}
+    prefix = tmp_path / "vlcp"
+    tensors, record_path = write_outputs(prefix, record, torch.randn(2, 2, 4, 2, 2))
+
+    def read():  # what synthesize takes from the pair: centroids and prompts (params only go to the card)
+        centroids, loaded = load_prototypes(prefix, "vlcp", 2, classes)
+        return digest_tensors(centroids), [[cl.text_prototype for cl in e.clusters] for e in loaded.classes]
+
+    cases = {**byte_damage(record_path.read_bytes()), **json_damage(record)}
+    for name, change in {"no-text-prototype": lambda r: r["classes"][1]["clusters"][0].pop("text_prototype"),
+                         "null-text-prototype": lambda r: r["classes"][0]["clusters"][1].update(text_prototype=None),
+                         "one-cluster-short": lambda r: r["classes"][1]["clusters"].pop(),
+                         "class-not-a-string": lambda r: r["classes"][0].update({"class": 0}),
+                         "clusters-not-a-list": lambda r: r["classes"][0].update(clusters={}),
+                         "other-method": lambda r: r.update(method="d4m")}.items():
+        changed = json.loads(json.dumps(record))
+        change(changed)
+        cases[name] = json.dumps(changed).encode()
+    reader_cases("prototypes JSON", tmp_path, record_path, cases, read, tmp_path)
+
+    good = tensors.read_bytes()
+    extra = {}
+    for name, values in {"nan": {"centroids": torch.full((2, 2, 4, 2, 2), float("nan"))},
+                         "float64": {"centroids": torch.randn(2, 2, 4, 2, 2, dtype=torch.float64)},
+                         "4d": {"centroids": torch.randn(2, 2, 4, 2)},
+                         "other-ipc": {"centroids": torch.randn(2, 3, 4, 2, 2)},
+                         "no-centroids": {"latents": torch.randn(2, 2, 4, 2, 2)},
+                         "extra-tensor": {"centroids": torch.randn(2, 2, 4, 2, 2), "x": torch.zeros(1)}}.items():
+        save_file(values, tensors)
+        extra[name] = tensors.read_bytes()
+    tensors.write_bytes(good)
+    # a byte flipped in the float data is another valid tensor: only a content record would tell, and the
+    # prototypes pair has none (synthesize records the file's sha256 in the set's card)
+    damaged = {k: v for k, v in byte_damage(good).items() if k != "flipped-byte"}
+    reader_cases("prototypes safetensors", tmp_path, tensors, {**damaged, **extra}, read, tmp_path)
 
 
 def test_latents(tmp_path):

@@ -98,7 +98,8 @@ def test_repro_outputs_and_noop(reproduced):
 
     # D4M/VLCP: a 5-step diffusion model draws noise, so only the plumbing is checked here (quality: the
     # shipped-default test). Captions, pipeline folder, latents, prototypes, sets, metrics.
-    assert len((art / "captions.jsonl").read_text().splitlines()) == 1437
+    assert len((art / "captions" / "captions.jsonl").read_text().splitlines()) == 1437
+    assert (art / "captions" / "SHA256SUMS").is_file()  # the captions folder's content record
     assert (art / "diffusion" / "model_index.json").exists() and (art / "diffusion" / "unet").is_dir()
     assert json.loads((art / "diffusion.json").read_text())["vae"]["latent_shape"] == [4, 8, 8]
     assert json.loads((art / "diffusion_check" / "metrics.json").read_text())["samples"] == 10

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.neighbors import LocalOutlierFactor
 
-from stages.captions.jsonl import caption_line
+from stages.captions.jsonl import caption_line, record_captions
 from stages.clustering.kmeans import full_kmeans, lof_inliers, minibatch_kmeans, stream_chunks, vlcp_clusters
 from stages.clustering.text_prototypes import (class_text_prototypes, name_words, pick_caption, stopwords,
                                                tokens)
@@ -180,7 +180,7 @@ WORDS = "red green blue round square thin thick tall small large bright dark lef
 
 
 def fake_project(root: Path) -> Path:
-    """stages/, params, data/digits/classes.json and a latents folder + captions.jsonl for 3 classes."""
+    """stages/, params, data/digits/classes.json and a latents folder + captions folder for 3 classes."""
     root.mkdir()
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     write_params(root, {"ipc": 2, "vlcp": {"prototypes": {"contamination": 0.1, "tpk": 5}},
@@ -193,15 +193,17 @@ def fake_project(root: Path) -> Path:
     paths = [f"{CLASSES[c]}/{i:03d}.png" for c, n in enumerate(sizes) for i in range(n)]
     x = torch.from_numpy(rng.normal(size=(len(paths), 4, 2, 2)).astype(np.float32)) + labels.view(-1, 1, 1, 1) * 3
     write_latents(root / "artifacts" / "digits" / "latents", x, labels, paths)
-    with open(root / "artifacts" / "digits" / "captions.jsonl", "w") as f:
+    (root / "artifacts" / "digits" / "captions").mkdir()
+    with open(root / "artifacts" / "digits" / "captions" / "captions.jsonl", "w") as f:
         for path in paths:
             words = " ".join(rng.choice(WORDS, size=4))
             f.write(caption_line(path, path.split("/")[0], f"A handwritten digit {path[0]}, {words}.", "test"))
+    record_captions(root / "artifacts" / "digits" / "captions")  # as the caption stage does
     return root
 
 
 def prototypes_stage(root: Path, method: str, *extra: str, check: bool = True):
-    captions = ["--captions", "artifacts/digits/captions.jsonl"] if method == "vlcp" else []
+    captions = ["--captions", "artifacts/digits/captions"] if method == "vlcp" else []
     return run_stage(root, "prototypes", method, "--latents", "artifacts/digits/latents", "--data", "data/digits",
                      *captions, *extra, "--out", f"artifacts/digits/ipc2/prototypes/{method}", check=check)
 
@@ -212,7 +214,7 @@ def test_stage_writes_both_files_deterministically(tmp_path):
     lat, _, paths = read_latents(root / "artifacts" / "digits" / "latents")
     x = dict(zip(paths, lat.numpy()))
     captions = {json.loads(line)["path"]: json.loads(line)["caption"]
-                for line in (root / "artifacts" / "digits" / "captions.jsonl").read_text().splitlines()}
+                for line in (root / "artifacts" / "digits" / "captions" / "captions.jsonl").read_text().splitlines()}
 
     for method in ("vlcp", "d4m"):
         log = prototypes_stage(root, method).stdout
@@ -270,9 +272,33 @@ def test_stage_writes_both_files_deterministically(tmp_path):
 
 def test_stage_refuses_captions_for_d4m_and_requires_them_for_vlcp(tmp_path):
     root = fake_project(tmp_path / "project")
-    result = prototypes_stage(root, "d4m", "--captions", "artifacts/digits/captions.jsonl", check=False)
+    result = prototypes_stage(root, "d4m", "--captions", "artifacts/digits/captions", check=False)
     assert result.returncode == 2 and "D4M uses no captions" in result.stderr
     result = run_stage(root, "prototypes", "vlcp", "--latents", "artifacts/digits/latents", "--data",
                        "data/digits", "--out", "artifacts/digits/ipc2/prototypes/vlcp", check=False)
     assert result.returncode == 2 and "--captions is required" in result.stderr
     assert not (root / "artifacts" / "digits" / "ipc2").exists()
+
+
+def test_run_in_process_returns_the_record_it_wrote(tmp_path, monkeypatch):
+    """prototypes.run called directly: the JSON on disk is the record returned, synthesize reads the pair back,
+    and the captions option is checked before anything is read."""
+    from stages import prototypes
+    from stages.pipeline import params
+    from stages.pipeline.errors import PipelineError
+    from stages.synthesize import load_prototypes
+
+    root = fake_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    p = params.load()
+    art = Path("artifacts/digits")
+    out = art / "ipc2" / "prototypes" / "vlcp"
+    record = prototypes.run(p, "vlcp", art / "latents", Path("data/digits"), art / "captions", out)
+    assert record == json.loads(out.with_name("vlcp.json").read_text())
+    centroids, loaded = load_prototypes(out, "vlcp", 2, CLASSES)
+    assert centroids.shape == (3, 2, 4, 2, 2)
+    assert [[c.text_prototype for c in e.clusters] for e in loaded.classes] == \
+        [[c["text_prototype"] for c in e["clusters"]] for e in record["classes"]]
+    with pytest.raises(PipelineError, match="--captions is required"):
+        prototypes.run(p, "vlcp", art / "latents", Path("data/digits"), None, art / "other")
+    assert not (art / "other.json").exists()

@@ -144,13 +144,13 @@ def test_diffusion_training_resumes_mid_unet_after_sigkill(upstream, tmp_path):
 @pytest.mark.slow  # caption's resume is also tested in test_caption.py (a failed run, a kill mid-write, LLaVA killed)
 def test_caption_resumes_after_sigterm(upstream, tmp_path):
     def started(project: Path) -> bool:
-        partial = project / "artifacts/digits/.captions.jsonl.partial"
+        partial = project / "artifacts/digits/.captions.resume/captions.partial.jsonl"
         return partial.exists() and partial.stat().st_size > 0
 
     # other class names: captions (and every downstream stage) rerun, upstream stays cached
     override = {"class_prompt": "a handwritten {name}"}
     check_resume(upstream, tmp_path, "caption", "caption", override, started, signal.SIGTERM,
-                 ["artifacts/digits/captions.jsonl"], "resumed: ")
+                 ["artifacts/digits/captions"], "resumed: ")
 
 
 # the poster's resume is also tested in test_podd.py (SIGKILL, the same bytes); dvc's side by the others

@@ -1,17 +1,22 @@
-"""captions.jsonl: one line per train image, {"path", "class", "caption", "captioner"}.
+"""The captions folder: captions.jsonl, one line per train image, {"path", "class", "caption", "captioner"},
+and its content record SHA256SUMS.
 
-`path` is relative to the train folder ("<class>/<file>"), in the train folder's order. The file is an input
-artifact (made here or fetched): every fault names the file and line (ArtifactError).
+`path` is relative to the train folder ("<class>/<file>"), in the train folder's order. The folder is an input
+artifact (made here or fetched): every fault names the file and line (ArtifactError), and once the lines check
+out, the record refuses a file changed since the caption stage wrote it.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from stages.pipeline.artifacts import SUMS, verify_record, write_record
 from stages.pipeline.paths import relative
 from stages.pipeline.errors import ArtifactError
 
 FIELDS = ("path", "class", "caption", "captioner")
+FILE = "captions.jsonl"  # inside the captions folder, beside its SHA256SUMS
+HINT = "run the caption stage first (dvc repro caption)"
 
 
 def caption_line(path: str, class_name: str, caption: str, captioner: str) -> str:
@@ -38,11 +43,21 @@ def parse_line(text: str, where: str) -> dict:
     return record
 
 
-def read_captions(path: str | Path, expected_paths: list[str]) -> dict[str, str]:
-    """{train path: caption}, checked: no malformed or duplicate line, every train image captioned, no extras."""
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: missing; run the caption stage first (dvc repro caption)")
+def record_captions(folder: Path) -> None:
+    """The captions folder's content record (SHA256SUMS over captions.jsonl), which read_captions checks."""
+    write_record(folder, [FILE])
+
+
+def read_captions(folder: str | Path, expected_paths: list[str]) -> dict[str, str]:
+    """{train path: caption} from a captions folder, checked: no malformed or duplicate line, every train
+    image captioned, no extras; then the folder's record (as for every recorded kind: a broken line is reported
+    by what is wrong with it, a valid file changed since the caption stage wrote it by the record)."""
+    folder = Path(folder)
+    path = folder / FILE
+    if folder.is_file():  # captions were one file before they had a record
+        raise ArtifactError(f"{folder}: a file; captions are a folder ({FILE} + {SUMS}): {HINT}")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {HINT}")
     captions: dict[str, str] = {}
     line_of: dict[str, int] = {}
     expected = set(expected_paths)
@@ -61,4 +76,6 @@ def read_captions(path: str | Path, expected_paths: list[str]) -> dict[str, str]
     missing = [p for p in expected_paths if p not in captions]
     if missing:
         raise ArtifactError(f"{path}: no caption for train image {missing[0]!r} ({len(missing)} missing)")
+    if FILE not in verify_record(folder, "the captions folder"):  # last: lines that parse but were changed
+        raise ArtifactError(f"{folder / SUMS}: does not list {FILE}; {HINT}")
     return captions

@@ -15,12 +15,13 @@ Kinds and where they are read (docs/hardening.md lists what each check refuses):
   card.json, SHA256SUMS        stages/pipeline/card.py (read_card, verify_content)
   labels safetensors           stages/data/distilled.py (read_labels, with labels_metadata here)
   FKD Parquet, fkd.json        read_fkd_meta (here), stages/training/soft_labels.py (read_checked_epoch)
-  captions JSONL               stages/captions/jsonl.py (read_captions)
+  captions folder (+ record)   stages/captions/jsonl.py (read_captions)
   latents + index.csv          stages/data/latents.py (read_latents)
   teacher weights + meta.json  stages/models/__init__.py (load_checkpoint, with TeacherMeta here)
   diffusion folder             stages/generation/folder.py (check_pipeline_folder)
+  prototypes JSON + tensors    stages/synthesize.py (load_prototypes, with PrototypesRecord here)
   resume state                 stages/pipeline/resume.py (Resume)
-  content records              write_record, verify_record (here): SHA256SUMS for teachers, latents, ...
+  content records              write_record, verify_record (here): SHA256SUMS for teachers, captions, latents, ...
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -192,6 +193,31 @@ class TeacherMeta(BaseModel):
     mean: Annotated[list[Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]], Field(min_length=3, max_length=3)]
     std: Annotated[list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]], Field(min_length=3, max_length=3)]
 
+
+# --- the prototypes record: ipc<N>/prototypes/<method>.json -------------------------------------------------------
+
+class PrototypeCluster(BaseModel):
+    """One cluster as synthesize reads it: VLCP prompts with its text prototype (D4M with the class prompt)."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    text_prototype: Optional[str] = None
+
+
+class PrototypeClass(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = Field(alias="class")
+    clusters: list[PrototypeCluster]
+
+
+class PrototypesRecord(BaseModel):
+    """prototypes@<method>'s JSON record, the keys synthesize reads (members, outliers, words are kept, not read)."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    method: Literal["d4m", "vlcp"]
+    ipc: Annotated[int, Field(gt=0)]
+    params: dict
+    classes: list[PrototypeClass]
 
 
 # --- ranking.csv ---------------------------------------------------------------------------------------------
