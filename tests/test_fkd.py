@@ -247,3 +247,25 @@ def test_evaluate_run_is_a_typed_function_tests_call_in_process(relabelled, monk
     rows = list(csv.DictReader((folder / "curves.csv").open()))
     assert {(r["protocol"], r["seed"]) for r in rows} == {(pr, s) for pr in ("fkd", "hard") for s in "01"}
     assert not list(folder.glob(".m.json*"))  # the resume folder is cleared
+
+
+def test_relabel_run_is_a_typed_function_tests_call_in_process(relabelled, monkeypatch):
+    """relabel.run(params, ...) in this process writes the files the stage's command line wrote, byte for byte."""
+    import os
+    from pathlib import Path
+
+    from stages import relabel
+    from stages.pipeline import params
+
+    folder = workdir(relabelled, "relabel_in_process")
+    (folder / "artifacts").symlink_to(relabelled / "artifacts")
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("DDPIPE_RUN_LOG", os.devnull)
+    relabel.run(params.load(folder / "params.yaml", folder / "data"), Path(SET), Path(TEACHER), Path("data/digits"),
+                3, Path("labels"))
+    cli = relabelled / LABELS
+    made = sorted(p.relative_to(folder / "labels").as_posix() for p in (folder / "labels").rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(cli).as_posix() for p in cli.rglob("*") if p.is_file())
+    assert "draw1/epoch_0002.parquet" in made
+    assert all((folder / "labels" / name).read_bytes() == (cli / name).read_bytes() for name in made)
+    assert not list(folder.glob(".labels*"))  # no temp or resume folder left
