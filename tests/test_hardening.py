@@ -222,6 +222,24 @@ def test_a_damaged_metrics_json_stops_report(metrics_base, tmp_path, case, messa
     assert not (folder / "summary.json").exists()
 
 
+def test_verify_run_is_a_typed_function_tests_call_in_process(base, tmp_path, monkeypatch, capsys):
+    """verify.run(set, data) in this process: the verdict it prints, with and without the dataset; a damaged
+    set raises the error cli.run turns into the one line."""
+    from stages import verify
+    from stages.pipeline.errors import ArtifactError
+
+    folder = project(base, tmp_path / "p")
+    monkeypatch.chdir(folder)
+    card = json.loads((folder / "set" / "card.json").read_text())
+    verdict = verify.run(Path("set"), Path("data/digits"))
+    assert verdict == (f"set: ok - random on digits, ipc 3, 30 images of 10 classes, {card['content']['files']} "
+                       "files match SHA256SUMS")
+    assert verify.run(Path("set")) == verdict and capsys.readouterr().out == f"{verdict}\n{verdict}\n"
+    next((folder / "set").rglob("*.png")).write_bytes(b"not a png")
+    with pytest.raises(ArtifactError, match=r"set/draw\d/.*\.png: content differs from SHA256SUMS"):
+        verify.run(Path("set"))
+
+
 # --- class 3: shipped labels, FKD, teacher, latents, resume -------------------------------------------------------
 
 def run_reader(read):
