@@ -260,7 +260,7 @@ def train_students(world: distributed.World, st: Students, jobs: list[tuple[str,
     share = world.shard(jobs)
     mine = map_side_by_side(lambda job: student_run(st, *job, world.device, resume), share,
                             jobs_at_once(world.device, len(share)))
-    return dict(zip(jobs, (run for share in world.gather(mine) for run in share)))
+    return dict(zip(jobs, (result for part in world.gather(mine) for result in part)))
 
 
 def summarise(cfg: Evaluate, protocols: list[str], done: dict) -> dict[str, dict[str, dict]]:
