@@ -23,27 +23,32 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from stages.data.augment import EpochPlan, plain_epoch, plan_epoch, render
+from stages.data.augment import Augment, EpochPlan, plain_epoch, plan_epoch, render
 from stages.data.distilled import images_root, load_set, read_labels
-from stages.data.folder import read_classes, renormalise
+from stages.data.folder import ImageSet, read_classes, renormalise
 from stages.data.prepared import open_images, stored_bytes
 from stages.models import build, load_checkpoint, predict
 from stages.models.probes import teacher_view
 from stages.pipeline.artifacts import read_data_meta, read_fkd_meta, read_json
 from stages.pipeline import cli, distributed, params, runlog
+from stages.pipeline.params import Params
+from stages.pipeline.card import Card
 from stages.pipeline.errors import DataError
 from stages.pipeline.paths import inside
 from stages.pipeline.outputs import dir_bytes, write_csv, write_json
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
-from stages.training.loop import Optim, hard_loss, kd_loss, train
+from stages.training.loop import Batch, Optim, hard_loss, kd_loss, train
+from stages.training.params import Evaluate
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, read_checked_epoch
 
@@ -76,36 +81,54 @@ def mean_std(values: list[float]) -> dict:
             "std": round(statistics.stdev(values), 6) if len(values) > 1 else 0.0}
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--set", required=True, help="distilled set folder (with card.json)")
-    parser.add_argument("--labels", required=True, help="relabel output (FKD soft labels) of this set")
-    parser.add_argument("--teacher", required=True, help="teacher folder, for the `teacher` protocol")
-    parser.add_argument("--data", required=True, help="data/<dataset>")
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--out", required=True, help="metrics JSON to write")
-    parser.add_argument("--curves", help="CSV to write: val top-1/top-5 and train loss per validation point, "
-                                         "protocol and seed (the student curves of `dvc plots show`)")
-    args = parser.parse_args()
-    p = params.load()
-    cfg = p.evaluate
-    started = time.perf_counter()
-    data_meta = read_data_meta(args.data)
-    classes = read_classes(args.data)
-    card, images = load_set(args.set, args.data)
-    size, norm = data_meta.image_size, (data_meta.mean, data_meta.std)
-    valset = open_images(Path(args.data) / "val", classes, size)
-    val = (valset.normalised(*norm), valset.labels)
-    teacher, t_meta = load_checkpoint(args.teacher, data_meta.classes_sha256)
-    teacher_norm = (t_meta["mean"], t_meta["std"])  # a teacher sees images in its own normalisation
-    draws = [images] + [load_set(args.set, args.data, k)[1] for k in range(1, card.draws or 1)]
-    batch_size = eval_batch_size(cfg, len(images), len(classes))
-    augment = eval_augment(cfg, size)
-    student_configs = {a: p.models[a].model_dump() if p.models.get(a) else None for a in cfg.students}
+@dataclass
+class Students:
+    """What every student run reads: the set's draws and labels, the recipe and the val data. One per evaluate
+    run, shared by the side-by-side threads (read only, but for `whole_logits`, filled before they start)."""
+    p: Params
+    method: str
+    num_classes: int
+    size: int
+    norm: tuple[list[float], list[float]]
+    val: tuple
+    draws: list[ImageSet]
+    set_draws: int | None  # the card's draws (baseline@random), else None
+    labels: Path
+    epochs: int
+    batch_size: int
+    augment: Augment
+    student_configs: dict[str, dict | None]
+    shipped: torch.Tensor | None  # the labels the set ships (`static`)
+    losses: dict[str, Callable[[torch.Tensor, Batch], torch.Tensor]]
+    whole_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # noaug: the teacher's logits, per draw
+    # the initial weights come from torch's global generator, shared by the threads
+    initialising: threading.Lock = field(default_factory=threading.Lock)
 
-    def labels_dir(s: int) -> Path:  # a set of draws keeps each draw's FKD files in draw<k>/
-        return Path(args.labels) / f"draw{s % card.draws}" if card.draws else Path(args.labels)
+    @property
+    def cfg(self) -> Evaluate:
+        return self.p.evaluate
 
+    def labels_dir(self, s: int) -> Path:
+        """Seed s's FKD files: a set of draws keeps each draw's in draw<k>/."""
+        return self.labels / f"draw{s % self.set_draws}" if self.set_draws else self.labels
+
+
+@dataclass
+class Evaluation:
+    """The set under evaluation, its teacher and what its students read."""
+    card: Card
+    teacher: torch.nn.Module
+    teacher_norm: tuple[list[float], list[float]]  # a teacher sees images in its own normalisation
+    students: Students
+
+    @property
+    def images(self) -> ImageSet:
+        return self.students.draws[0]
+
+
+def protocol_losses(cfg: Evaluate, teacher: torch.nn.Module, norm: tuple, teacher_norm: tuple,
+                    kind: str | None) -> dict[str, Callable[[torch.Tensor, Batch], torch.Tensor]]:
+    """Each protocol's loss; `static` depends on the `kind` of labels the set ships."""
     def online_kd(logits, batch):
         return kd_loss(logits, predict(teacher, renormalise(batch.x, norm, teacher_norm)), cfg.temperature)
 
@@ -118,80 +141,131 @@ def main() -> None:
     def soft_targets(logits, batch):
         return F.cross_entropy(logits, batch.soft)
 
-    shipped, kind = read_labels(args.set, card, images) if card.labels else (None, None)
-    losses = {"fkd": stored_kd, "static": soft_targets if kind == "probabilities" else static_kd,
-              "teacher": online_kd, "hard": hard_loss, "noaug": stored_kd}
+    return {"fkd": stored_kd, "static": soft_targets if kind == "probabilities" else static_kd,
+            "teacher": online_kd, "hard": hard_loss, "noaug": stored_kd}
+
+
+def load_inputs(p: Params, set_dir: Path, labels: Path, teacher_dir: Path, data: Path, epochs: int) -> Evaluation:
+    """The set (every draw), val, the teacher and the shipped labels, checked against the prepared data."""
+    cfg = p.evaluate
+    data_meta = read_data_meta(data)
+    classes = read_classes(data)
+    card, images = load_set(set_dir, data)
+    size, norm = data_meta.image_size, (data_meta.mean, data_meta.std)
+    valset = open_images(data / "val", classes, size)
+    val = (valset.normalised(*norm), valset.labels)
+    teacher, t_meta = load_checkpoint(teacher_dir, data_meta.classes_sha256)
+    teacher_norm = (t_meta["mean"], t_meta["std"])
+    draws = [images] + [load_set(set_dir, data, k)[1] for k in range(1, card.draws or 1)]
+    batch_size = eval_batch_size(cfg, len(images), len(classes))
+    augment = eval_augment(cfg, size)
+    student_configs = {a: p.models[a].model_dump() if p.models.get(a) else None for a in cfg.students}
+    shipped, kind = read_labels(set_dir, card, images) if card.labels else (None, None)
+    students = Students(p, card.method, len(classes), size, norm, val, draws, card.draws, labels, epochs, batch_size,
+                        augment, student_configs, shipped, protocol_losses(cfg, teacher, norm, teacher_norm, kind))
+    return Evaluation(card, teacher, teacher_norm, students)
+
+
+def runnable_protocols(cfg: Evaluate, ev: Evaluation) -> list[str]:
+    """evaluate.protocols, less `static` for a set that ships no labels (said once)."""
+    shipped = ev.students.shipped
     if "static" in cfg.protocols and shipped is None:
-        print(f"evaluate {card.method}: protocol static skipped (the set ships no labels)")
-    protocols = [pr for pr in cfg.protocols if pr != "static" or shipped is not None]
-    jobs = [(student, protocol, s) for student in cfg.students for protocol in protocols for s in range(cfg.seeds)]
-    label_bytes = {"fkd": dir_bytes(labels_dir(0)) if "fkd" in protocols else None, "hard": 0,
-                   "noaug": len(images) * len(classes) * 4,  # whole-image logits, float32 as sets ship labels
-                   "teacher": (Path(args.teacher) / "model.safetensors").stat().st_size,
-                   "static": inside(args.set, card.labels, "card labels").stat().st_size if card.labels else None}
+        print(f"evaluate {ev.card.method}: protocol static skipped (the set ships no labels)")
+    return [pr for pr in cfg.protocols if pr != "static" or shipped is not None]
 
-    # keyed by what decides a student: the params this stage reads, its arguments and its inputs
-    settings = {"seed": p.seed, "evaluate": cfg.model_dump(exclude={"teacher", "protocols", "seeds", "epochs",
-                                                                         "full_epochs", "students"}),
-                "student_configs": student_configs, "epochs": args.epochs}
-    inputs = [args.set, args.labels, args.teacher, args.data]
 
-    initialising = threading.Lock()
-    whole_logits = {}  # noaug: the teacher's logits of each whole image, per draw
+def label_bytes(ev: Evaluation, set_dir: Path, teacher_dir: Path, protocols: list[str]) -> dict[str, int | None]:
+    """What each protocol needs besides the images, in bytes."""
+    card, images = ev.card, ev.images
+    return {"fkd": dir_bytes(ev.students.labels_dir(0)) if "fkd" in protocols else None, "hard": 0,
+            "noaug": len(images) * ev.students.num_classes * 4,  # whole-image logits, float32 as sets ship labels
+            "teacher": (teacher_dir / "model.safetensors").stat().st_size,
+            "static": inside(set_dir, card.labels, "card labels").stat().st_size if card.labels else None}
 
-    def student_run(arch: str, protocol: str, s: int, device: torch.device, resume: Resume) -> dict:
-        # the first student keeps the names (and resume files) a single-student run has
-        name = f"{protocol}-seed{s}" if arch == cfg.students[0] else f"{arch}-{protocol}-seed{s}"
-        desc = f"{card.method} [{protocol} seed {s}" + ("]" if arch == cfg.students[0] else f" {arch}]")
-        if resume.done(f"{name}.json"):
-            print(f"evaluate {desc}: finished before the interruption; resumed")
-            return read_json(resume.path(f"{name}.json"), hint=f"the progress folder {resume.folder} can be removed")
-        with initialising:  # the initial weights come from torch's global generator, shared by the threads
-            torch.manual_seed(derive_seed(p.seed, "evaluate", protocol, s))
-            student = build(arch, len(classes), size, student_configs[arch]).to(device)
-        rng, data = None, draws[s % len(draws)]
-        if protocol == "fkd":
-            plans = fkd_plans(labels_dir(s), args.epochs, batch_size, len(data), len(classes))
-        else:
-            rng = np.random.default_rng(derive_seed(p.seed, "evaluate", protocol, s, "augment"))
-            def plans(epoch, rng=rng, static=protocol == "static"):
-                if protocol == "noaug":
-                    plan = plain_epoch(rng.permutation(len(data)), batch_size)
-                    return plan, static_labels(plan, whole_logits[s % len(draws)])
-                plan = plan_epoch(len(data), batch_size, rng, augment)
-                return plan, static_labels(plan, shipped) if static else None
-        history = train(student, data, norm, args.epochs, batch_size, plans, losses[protocol],
-                        Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, cfg.eval_points,
-                        desc=f"evaluate {desc}", resume=resume, state=name, rng=rng)
-        summary = history.summary()
-        print(f"evaluate {desc}: top-1 {summary['top1']:.4f} "
-              f"(best {summary['top1_best']:.4f}), {summary['images_per_second']:.0f} img/s")
-        curve = [{"method": card.method, "protocol": protocol, "seed": s, "epoch": e, "top1": round(t1, 6),
-                  "top5": round(t5, 6), "loss": round(loss, 6)}
-                 for e, t1, t5, loss in zip(history.epochs, history.top1, history.top5, history.loss)]
-        resume.write_bytes(f"{name}.json", json.dumps({"summary": summary, "curve": curve}).encode())
-        return {"summary": summary, "curve": curve}
 
-    with distributed.world() as world:  # the students are independent: each rank trains its share
-        # rank 0 keys (or resets) the resume folder first; then every rank keeps its own students there
-        resume = Resume(args.out, settings, inputs) if world.main else None
-        world.barrier()
-        resume = resume or Resume(args.out, settings, inputs)
-        teacher.to(world.device)
-        if "noaug" in protocols:
-            for k, data in enumerate(draws):
-                whole = plain_epoch(np.arange(len(data)), batch_size)
-                whole_logits[k] = torch.cat([predict(teacher, render(data.images, whole, b, *teacher_norm, size)).cpu()
-                                             for b in whole.batches()])
-        share = world.shard(jobs)
-        mine = map_side_by_side(lambda job: student_run(*job, world.device, resume), share,
-                                jobs_at_once(world.device, len(share)))
-        done = dict(zip(jobs, (run for share in world.gather(mine) for run in share)))
-    if not world.main:
-        return
+def resume_settings(p: Params, students: Students) -> dict:
+    """What decides a student, for the resume folder's key: the params this stage reads and its arguments."""
+    cfg = p.evaluate
+    return {"seed": p.seed, "evaluate": cfg.model_dump(exclude={"teacher", "protocols", "seeds", "epochs",
+                                                                "full_epochs", "students"}),
+            "student_configs": students.student_configs, "epochs": students.epochs}
+
+
+def open_resume(world: distributed.World, out: Path, settings: dict, inputs: list[Path]) -> Resume:
+    """The resume folder: rank 0 keys (or resets) it first; then every rank keeps its own students there."""
+    resume = Resume(out, settings, inputs) if world.main else None
+    world.barrier()
+    return resume or Resume(out, settings, inputs)
+
+
+def whole_image_logits(ev: Evaluation) -> dict[int, torch.Tensor]:
+    """noaug: the teacher's logits of each whole image (no crop, flip or mix), per draw."""
+    st = ev.students
+    logits = {}
+    for k, data in enumerate(st.draws):
+        whole = plain_epoch(np.arange(len(data)), st.batch_size)
+        logits[k] = torch.cat([predict(ev.teacher, render(data.images, whole, b, *ev.teacher_norm, st.size)).cpu()
+                               for b in whole.batches()])
+    return logits
+
+
+def epoch_plans(st: Students, protocol: str, s: int, data: ImageSet, rng: np.random.Generator | None):
+    """`plans(epoch)` for `train`: each epoch's augmentation plan and the labels it replays (None: the loss
+    computes them). fkd reads relabel's stored plans and logits; the others draw from `rng`."""
+    if protocol == "fkd":
+        return fkd_plans(st.labels_dir(s), st.epochs, st.batch_size, len(data), st.num_classes)
+
+    def plans(epoch):
+        if protocol == "noaug":
+            plan = plain_epoch(rng.permutation(len(data)), st.batch_size)
+            return plan, static_labels(plan, st.whole_logits[s % len(st.draws)])
+        plan = plan_epoch(len(data), st.batch_size, rng, st.augment)
+        return plan, static_labels(plan, st.shipped) if protocol == "static" else None
+    return plans
+
+
+def student_run(st: Students, arch: str, protocol: str, s: int, device: torch.device, resume: Resume) -> dict:
+    """One student (architecture, protocol, seed) trained and validated: its summary and curve (kept in the
+    resume folder, so a rerun after a kill skips it)."""
+    cfg = st.cfg
+    # the first student keeps the names (and resume files) a single-student run has
+    name = f"{protocol}-seed{s}" if arch == cfg.students[0] else f"{arch}-{protocol}-seed{s}"
+    desc = f"{st.method} [{protocol} seed {s}" + ("]" if arch == cfg.students[0] else f" {arch}]")
+    if resume.done(f"{name}.json"):
+        print(f"evaluate {desc}: finished before the interruption; resumed")
+        return read_json(resume.path(f"{name}.json"), hint=f"the progress folder {resume.folder} can be removed")
+    with st.initialising:
+        torch.manual_seed(derive_seed(st.p.seed, "evaluate", protocol, s))
+        student = build(arch, st.num_classes, st.size, st.student_configs[arch]).to(device)
+    data = st.draws[s % len(st.draws)]
+    rng = None if protocol == "fkd" else \
+        np.random.default_rng(derive_seed(st.p.seed, "evaluate", protocol, s, "augment"))
+    history = train(student, data, st.norm, st.epochs, st.batch_size, epoch_plans(st, protocol, s, data, rng),
+                    st.losses[protocol], Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), st.val, cfg.eval_points,
+                    desc=f"evaluate {desc}", resume=resume, state=name, rng=rng)
+    summary = history.summary()
+    print(f"evaluate {desc}: top-1 {summary['top1']:.4f} "
+          f"(best {summary['top1_best']:.4f}), {summary['images_per_second']:.0f} img/s")
+    curve = [{"method": st.method, "protocol": protocol, "seed": s, "epoch": e, "top1": round(t1, 6),
+              "top5": round(t5, 6), "loss": round(loss, 6)}
+             for e, t1, t5, loss in zip(history.epochs, history.top1, history.top5, history.loss)]
+    resume.write_bytes(f"{name}.json", json.dumps({"summary": summary, "curve": curve}).encode())
+    return {"summary": summary, "curve": curve}
+
+
+def train_students(world: distributed.World, st: Students, jobs: list[tuple[str, str, int]],
+                   resume: Resume) -> dict[tuple[str, str, int], dict]:
+    """Every job's student run, keyed by job: this rank trains its share (side by side on the CPU) and the
+    ranks gather them all."""
+    share = world.shard(jobs)
+    mine = map_side_by_side(lambda job: student_run(st, *job, world.device, resume), share,
+                            jobs_at_once(world.device, len(share)))
+    return dict(zip(jobs, (result for part in world.gather(mine) for result in part)))
+
+
+def summarise(cfg: Evaluate, protocols: list[str], done: dict) -> dict[str, dict[str, dict]]:
+    """Per student architecture and protocol: mean ± std over seeds, and each seed's top-1."""
     results = {arch: {} for arch in cfg.students}
-    # the curves plot draws one line per set and protocol: the first student's
-    curves = [row for job in jobs if job[0] == cfg.students[0] for row in done[job]["curve"]]
     for arch in cfg.students:
         for protocol in protocols:
             runs = [done[arch, protocol, s]["summary"] for s in range(cfg.seeds)]
@@ -199,14 +273,22 @@ def main() -> None:
                 **{k: mean_std([r[k] for r in runs]) for k in ("top1", "top5", "top1_best", "top5_best")},
                 "per_seed_top1": [round(r["top1"], 6) for r in runs],
             }
-    write_json(args.out, {
-        **teacher_view(teacher.cpu(), images.normalised(*teacher_norm), images.labels),
+    return results
+
+
+def metrics_record(ev: Evaluation, set_dir: Path, data: Path, protocols: list[str], label_bytes: dict,
+                   results: dict) -> dict:
+    """The metrics JSON: the set's size and storage, the teacher's view of it and every student's results."""
+    st, card, images = ev.students, ev.card, ev.images
+    cfg = st.cfg
+    return {
+        **teacher_view(ev.teacher.cpu(), images.normalised(*ev.teacher_norm), images.labels),
         "method": card.method, "dataset": card.dataset, "ipc": card.ipc, "images": len(images),
-        "bytes": stored_bytes(images_root(Path(args.set), card)), "draws": card.draws,
+        "bytes": stored_bytes(images_root(set_dir, card)), "draws": card.draws,
         "label_bytes": {pr: label_bytes[pr] for pr in protocols},
-        "train_bytes": stored_bytes(Path(args.data) / "train"),
-        "pixels": (card.synthesis or {}).get("pixels", len(images) * size * size), "student": cfg.students[0],
-        "epochs": args.epochs, "batch_size": batch_size, "seeds": cfg.seeds, "protocols": results[cfg.students[0]],
+        "train_bytes": stored_bytes(data / "train"),
+        "pixels": (card.synthesis or {}).get("pixels", len(images) * st.size * st.size), "student": cfg.students[0],
+        "epochs": st.epochs, "batch_size": st.batch_size, "seeds": cfg.seeds, "protocols": results[cfg.students[0]],
         "students": results,
         "note": "top1/top5 are after the last epoch; *_best are the max of each over validation points (optimistic); "
                 "protocols: the first student's (students: every student's); bytes: one draw's images; "
@@ -214,16 +296,56 @@ def main() -> None:
                 "pixels: the budget per channel (images x h x w, or a poster's own pixel count); "
                 "teacher_fidelity: the teacher's top-1 on the set's own images; intra_class_cosine: mean "
                 "cosine similarity of same-class teacher penultimate features (lower = more diverse)",
-    })
-    runlog.record("evaluate", args.out, time.perf_counter() - started, method=card.method, students=len(jobs),
+    }
+
+
+def run(p: Params, set_dir: Path, labels: Path, teacher_dir: Path, data: Path, epochs: int, out: Path,
+        curves: Path | None = None) -> dict | None:
+    """Train every (student, protocol, seed) on the set; write the metrics JSON `out` (and the first student's
+    `curves` CSV). Returns the metrics on rank 0, None on the other ranks."""
+    cfg = p.evaluate
+    started = time.perf_counter()
+    ev = load_inputs(p, set_dir, labels, teacher_dir, data, epochs)
+    protocols = runnable_protocols(cfg, ev)
+    jobs = [(student, protocol, s) for student in cfg.students for protocol in protocols for s in range(cfg.seeds)]
+    needs = label_bytes(ev, set_dir, teacher_dir, protocols)
+    settings, inputs = resume_settings(p, ev.students), [set_dir, labels, teacher_dir, data]
+
+    with distributed.world() as world:  # the students are independent: each rank trains its share
+        resume = open_resume(world, out, settings, inputs)
+        ev.teacher.to(world.device)
+        if "noaug" in protocols:
+            ev.students.whole_logits.update(whole_image_logits(ev))
+        done = train_students(world, ev.students, jobs, resume)
+    if not world.main:
+        return None
+    results = summarise(cfg, protocols, done)
+    metrics = metrics_record(ev, set_dir, data, protocols, needs, results)
+    write_json(out, metrics)
+    runlog.record("evaluate", out, time.perf_counter() - started, method=ev.card.method, students=len(jobs),
                   train_seconds=round(sum(done[job]["summary"]["train_seconds"] for job in jobs), 2),
                   images_per_second=round(statistics.fmean(done[job]["summary"]["images_per_second"]
                                                            for job in jobs), 1))
-    if args.curves:
-        write_csv(args.curves, curves)
+    if curves:  # the curves plot draws one line per set and protocol: the first student's
+        write_csv(curves, [row for job in jobs if job[0] == cfg.students[0] for row in done[job]["curve"]])
     resume.clear()
     first = results[cfg.students[0]]
     print(" | ".join(f"{k}: {v['top1']['mean']:.4f}±{v['top1']['std']:.4f}" for k, v in first.items()))
+    return metrics
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--set", required=True, type=Path, help="distilled set folder (with card.json)")
+    parser.add_argument("--labels", required=True, type=Path, help="relabel output (FKD soft labels) of this set")
+    parser.add_argument("--teacher", required=True, type=Path, help="teacher folder, for the `teacher` protocol")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--curves", type=Path, help="CSV to write: val top-1/top-5 and train loss per validation "
+                                                    "point, protocol and seed (the student curves of `dvc plots show`)")
+    args = parser.parse_args()
+    run(params.load(), args.set, args.labels, args.teacher, args.data, args.epochs, args.out, args.curves)
 
 
 if __name__ == "__main__":

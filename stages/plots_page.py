@@ -75,14 +75,20 @@ def page() -> str:
             .replace("{bundle}", bundle))
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True, help="HTML template to write (see .dvc/config)")
-    args = parser.parse_args()
-    out = Path(args.out)
+def run(out: Path) -> int:
+    """Write the page to `out` (atomically); its size in bytes."""
     with atomic_file(out) as tmp:
         tmp.write_text(page(), encoding="utf-8")
-    print(f"plots_page: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    size = out.stat().st_size
+    print(f"plots_page: {out} ({size / 1e6:.1f} MB)")
+    return size
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, type=Path, help="HTML template to write (see .dvc/config)")
+    args = parser.parse_args()
+    run(args.out)
 
 
 if __name__ == "__main__":

@@ -12,19 +12,22 @@ killed run relabels only the epochs it had not finished (their plans are drawn a
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stages.data.augment import plan_epoch, render
+from stages.data.augment import Augment, plan_epoch, render
 from stages.data.distilled import load_set
-from stages.data.folder import read_classes
+from stages.data.folder import ImageSet, read_classes
 from stages.models import load_checkpoint, predict
 from stages.pipeline.artifacts import fkd_files, read_data_meta
 from stages.pipeline import cli, distributed, params
+from stages.pipeline.card import Card
 from stages.pipeline.errors import ParamsError
 from stages.pipeline.outputs import sha256_file, write_json
+from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
@@ -32,81 +35,129 @@ from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, write_epoch
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--set", required=True, help="distilled set folder (with card.json)")
-    parser.add_argument("--teacher", required=True, help="teacher folder (model.safetensors + meta.json)")
-    parser.add_argument("--data", required=True, help="data/<dataset>")
-    parser.add_argument("--epochs", type=int, required=True, help="evaluation epochs to store")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    p = params.load()
-    data_meta = read_data_meta(args.data)
-    card, images = load_set(args.set, args.data)
-    teacher, t_meta = load_checkpoint(args.teacher, data_meta.classes_sha256)
+@dataclass
+class Labelling:
+    """What labelling a draw reads: the set, the teacher and the evaluation recipe whose plans it labels."""
+    p: Params
+    card: Card
+    teacher: torch.nn.Module
+    t_meta: dict
+    teacher_dir: Path
+    size: int
+    norm: tuple[list[float], list[float]]  # the teacher's own normalisation
+    batch_size: int
+    augment: Augment
+    epochs: int
+
+    @property
+    def topk(self) -> int | None:
+        return self.p.relabel.topk
+
+
+def load_inputs(p: Params, set_dir: Path, teacher_dir: Path, data: Path, epochs: int) -> tuple[Labelling, ImageSet]:
+    """The set (draw 0), the teacher and the recipe; relabel.topk checked against the class count."""
+    data_meta = read_data_meta(data)
+    card, images = load_set(set_dir, data)
+    teacher, t_meta = load_checkpoint(teacher_dir, data_meta.classes_sha256)
     size, norm = images.images.shape[-1], (t_meta["mean"], t_meta["std"])
-    classes = read_classes(args.data)
+    classes = read_classes(data)
     batch_size = eval_batch_size(p.evaluate, len(images), len(classes))
     augment = eval_augment(p.evaluate, size)
     topk = p.relabel.topk
     if topk is not None and topk > len(classes):
-        raise ParamsError(f"relabel.topk = {topk}: more than the {len(classes)} classes of {args.data}")
+        raise ParamsError(f"relabel.topk = {topk}: more than the {len(classes)} classes of {data}")
+    return Labelling(p, card, teacher, t_meta, teacher_dir, size, norm, batch_size, augment, epochs), images
 
-    # keyed by what decides the labels: the params this stage reads and its inputs (an epoch's file does not
-    # depend on --epochs: a run asked for more epochs reuses the ones it has)
-    settings = {"seed": p.seed, "evaluate": p.evaluate.model_dump(include={"batch_size", "crop_scale", "flip", "mix",
-                                                                           "mix_alpha"}),
-                "topk": topk}
-    inputs = [args.set, args.teacher, args.data]
-    with distributed.world() as world, distributed.shared_dir(world, args.out) as tmp:
-        # rank 0 keys (or resets) the resume folder first; then every rank keeps its own epochs there
-        resume = Resume(args.out, settings, inputs) if world.main else None
-        world.barrier()
-        resume = resume or Resume(args.out, settings, inputs)
-        teacher.to(world.device)
-        mine = set(world.shard(range(args.epochs)))
+
+def resume_settings(p: Params) -> dict:
+    """What decides the labels, for the resume folder's key: the params this stage reads (an epoch's file does
+    not depend on --epochs: a run asked for more epochs reuses the ones it has)."""
+    return {"seed": p.seed, "evaluate": p.evaluate.model_dump(include={"batch_size", "crop_scale", "flip", "mix",
+                                                                       "mix_alpha"}),
+            "topk": p.relabel.topk}
+
+
+def open_resume(world: distributed.World, out: Path, settings: dict, inputs: list[Path]) -> Resume:
+    """The resume folder: rank 0 keys (or resets) it first; then every rank keeps its own epochs there."""
+    resume = Resume(out, settings, inputs) if world.main else None
+    world.barrier()
+    return resume or Resume(out, settings, inputs)
+
+
+def label_epochs(lab: Labelling, images: ImageSet, folder: Path, prefix: str, key: tuple, mine: set[int],
+                 resume: Resume) -> None:
+    """Every epoch's plan drawn from the draw's stream (by every rank: one stream), and this rank's epochs
+    labelled by the teacher into `folder` (or copied from the resume folder, where `prefix` names the draw)."""
+    rng = np.random.default_rng(derive_seed(lab.p.seed, "relabel", *key))
+    kept = [e for e in sorted(mine) if resume.done(prefix + epoch_file(Path(), e).name)]
+    if kept:
+        print(f"relabel {lab.card.method}: resumed - {len(kept)} of {len(mine)} epochs kept in {resume.folder}")
+    for epoch in progress(range(lab.epochs), desc=f"relabel {lab.card.method}", unit="epoch"):
+        plan = plan_epoch(len(images), lab.batch_size, rng, lab.augment)
+        if epoch not in mine:
+            continue
+        out = epoch_file(folder, epoch)
+        if epoch in kept:
+            shutil.copyfile(resume.path(prefix + out.name), out)
+            continue
+        logits = torch.cat([predict(lab.teacher, render(images.images, plan, s, *lab.norm, lab.size))
+                            for s in plan.batches()])
+        write_epoch(out, plan, logits, lab.topk)
+        resume.write_bytes(prefix + out.name, out.read_bytes())  # atomically: a kill leaves whole epochs only
+
+
+def fkd_record(lab: Labelling, images: ImageSet, draw: int | None, key: tuple) -> dict:
+    """A draw's fkd.json, less the content record of its epoch files (made once every rank wrote its own)."""
+    augment, topk = lab.augment, lab.topk
+    return {
+        "epochs": lab.epochs, "batch_size": lab.batch_size, "num_images": len(images),
+        "augment": {"crop_scale": list(augment.crop_scale), "flip": augment.flip, "mix": augment.mix,
+                    "mix_alpha": augment.mix_alpha, "image_size": lab.size},
+        "teacher": {"arch": lab.t_meta["arch"], "sha256": sha256_file(lab.teacher_dir / "model.safetensors")},
+        "set": {"method": lab.card.method, "paths": images.paths, **({} if draw is None else {"draw": draw})},
+        "seed": derive_seed(lab.p.seed, "relabel", *key), "topk": topk,
+        "logits": "raw teacher logits, fp16" if topk is None else
+                  f"top-{topk} raw teacher logits and their classes, fp16; the rest as one logit",
+    }
+
+
+def run(p: Params, set_dir: Path, teacher_dir: Path, data: Path, epochs: int, out: Path) -> None:
+    """Label `epochs` evaluation epochs of the set (each draw of baseline@random in its own draw<k>/) into the
+    folder `out`, with an fkd.json per labelled folder."""
+    lab, images = load_inputs(p, set_dir, teacher_dir, data, epochs)
+    inputs = [set_dir, teacher_dir, data]
+    with distributed.world() as world, distributed.shared_dir(world, out) as tmp:
+        resume = open_resume(world, out, resume_settings(p), inputs)
+        lab.teacher.to(world.device)
+        mine = set(world.shard(range(epochs)))
         # baseline@random's draws: each its own labels in draw<k>/ (draw 0 keeps the stream a single set has)
         records = []
-        for draw in range(card.draws) if card.draws else [None]:
+        for draw in range(lab.card.draws) if lab.card.draws else [None]:
             if draw is not None:
-                _, images = load_set(args.set, args.data, draw)
+                _, images = load_set(set_dir, data, draw)
             folder, prefix, key = (tmp, "", ()) if draw is None else \
                 (tmp / f"draw{draw}", f"draw{draw}-", (draw,) * (draw > 0))
             folder.mkdir(exist_ok=True)
-            rng = np.random.default_rng(derive_seed(p.seed, "relabel", *key))
-            kept = [e for e in sorted(mine) if resume.done(prefix + epoch_file(Path(), e).name)]
-            if kept:
-                print(f"relabel {card.method}: resumed - {len(kept)} of {len(mine)} epochs kept in {resume.folder}")
-            for epoch in progress(range(args.epochs), desc=f"relabel {card.method}", unit="epoch"):
-                plan = plan_epoch(len(images), batch_size, rng, augment)  # drawn by every rank: one stream
-                if epoch not in mine:
-                    continue
-                out = epoch_file(folder, epoch)
-                if epoch in kept:
-                    shutil.copyfile(resume.path(prefix + out.name), out)
-                    continue
-                logits = torch.cat([predict(teacher, render(images.images, plan, s, *norm, size))
-                                    for s in plan.batches()])
-                write_epoch(out, plan, logits, topk)
-                resume.write_bytes(prefix + out.name, out.read_bytes())  # atomically: a kill leaves whole epochs only
-            records.append((folder, {
-                    "epochs": args.epochs, "batch_size": batch_size, "num_images": len(images),
-                    "augment": {"crop_scale": list(augment.crop_scale), "flip": augment.flip, "mix": augment.mix,
-                                "mix_alpha": augment.mix_alpha, "image_size": size},
-                    "teacher": {"arch": t_meta["arch"],
-                                "sha256": sha256_file(Path(args.teacher) / "model.safetensors")},
-                    "set": {"method": card.method, "paths": images.paths, **({} if draw is None else {"draw": draw})},
-                    "seed": derive_seed(p.seed, "relabel", *key), "topk": topk,
-                    "logits": "raw teacher logits, fp16" if topk is None else
-                              f"top-{topk} raw teacher logits and their classes, fp16; the rest as one logit",
-            }))
+            label_epochs(lab, images, folder, prefix, key, mine, resume)
+            records.append((folder, fkd_record(lab, images, draw, key)))
         world.barrier()  # every rank's epochs are on disk before the record of them is made
         if not world.main:
             return
         for folder, record in records:  # "files": the content record evaluate checks each epoch against
             write_json(folder / "fkd.json", {**record, "files": fkd_files(folder)})
     resume.clear()
-    print(f"relabel {card.method}: {args.epochs} epochs x {len(images)} images (batch {batch_size}) → {args.out}")
+    print(f"relabel {lab.card.method}: {epochs} epochs x {len(images)} images (batch {lab.batch_size}) → {out}")
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--set", required=True, type=Path, help="distilled set folder (with card.json)")
+    parser.add_argument("--teacher", required=True, type=Path, help="teacher folder (model.safetensors + meta.json)")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--epochs", type=int, required=True, help="evaluation epochs to store")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    run(params.load(), args.set, args.teacher, args.data, args.epochs, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ each other (intra-class cosine far above real images').
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -29,9 +28,11 @@ from stages.data.distilled import images_root  # noqa: E402
 from stages.data.folder import read_classes  # noqa: E402
 from stages.data.prepared import split_items  # noqa: E402
 from stages.pipeline import cli, params  # noqa: E402
+from stages.pipeline.artifacts import EvaluateMetrics, read_metrics  # noqa: E402
 from stages.pipeline.card import read_card  # noqa: E402
 from stages.pipeline.errors import DataError  # noqa: E402
 from stages.pipeline.outputs import atomic_dir, atomic_file, write_json  # noqa: E402
+from stages.pipeline.params import Params  # noqa: E402
 
 GRID_COLUMNS = 10
 
@@ -57,30 +58,12 @@ def seed_mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 def collect(metric_dirs: list[Path], lrs_weight: float = 0.5, ars_weight: float = 0.5) -> pd.DataFrame:
+    """One row per metrics file under `metric_dirs` and protocol, each file read through its schema, with the
+    gain over random and DD-Ranking's scores; random first, full last."""
     rows = []
     for folder in metric_dirs:
         for path in sorted(folder.glob("*.json")):
-            m = json.loads(path.read_text())
-            students = m.get("students") or {m["student"]: m["protocols"]}
-            for protocol, r in m["protocols"].items():
-                label_bytes = (m.get("label_bytes") or {}).get(protocol)
-                per_arch = {f"student_{arch}": res[protocol]["top1"]["mean"] for arch, res in students.items()}
-                rows.append({
-                    **per_arch, **({"top1_arch_mean": float(np.mean(list(per_arch.values())))}
-                                   if len(students) > 1 else {}),
-                    "per_seed": np.array(r["per_seed_top1"]), "draws": m.get("draws"),
-                    "label_bytes": np.nan if label_bytes is None else label_bytes,
-                    "total_bytes": np.nan if label_bytes is None else m["bytes"] + label_bytes,
-                    "budget_fraction": np.nan if label_bytes is None else (m["bytes"] + label_bytes) / m["train_bytes"],
-                    "method": m["method"], "protocol": protocol, "ipc": m["ipc"] if m["ipc"] is not None else "all",
-                    "top1": r["top1"]["mean"], "top1_std": r["top1"]["std"],
-                    "top1_best": r["top1_best"]["mean"], "top1_best_std": r["top1_best"]["std"],
-                    "top5": r["top5"]["mean"], "seeds": m["seeds"], "images": m["images"], "pixels": m["pixels"],
-                    "bytes": m["bytes"],
-                    "student": m["student"], "epochs": m["epochs"],
-                    "teacher_fidelity": m["teacher_fidelity"],
-                    "intra_class_cosine": np.nan if m["intra_class_cosine"] is None else m["intra_class_cosine"],
-                })
+            rows += metric_rows(read_metrics(path))
     if not rows:
         raise DataError(f"no metrics under {', '.join(map(str, metric_dirs))}; run the evaluate stages first")
     table = pd.DataFrame(rows)
@@ -92,6 +75,32 @@ def collect(metric_dirs: list[Path], lrs_weight: float = 0.5, ars_weight: float 
     rank = {"random": 0, "full": 2}
     table["_order"] = [rank.get(m, 1) for m in table.method]
     return table.sort_values(["_order", "method", "protocol"]).drop(columns="_order").reset_index(drop=True)
+
+
+def metric_rows(m: EvaluateMetrics) -> list[dict]:
+    """A metrics file's table rows, one per protocol (before the columns that compare sets)."""
+    students = m.students or {m.student: m.protocols}
+    rows = []
+    for protocol, r in m.protocols.items():
+        label_bytes = (m.label_bytes or {}).get(protocol)
+        per_arch = {f"student_{arch}": res[protocol].top1.mean for arch, res in students.items()}
+        rows.append({
+            **per_arch, **({"top1_arch_mean": float(np.mean(list(per_arch.values())))}
+                           if len(students) > 1 else {}),
+            "per_seed": np.array(r.per_seed_top1), "draws": m.draws,
+            "label_bytes": np.nan if label_bytes is None else label_bytes,
+            "total_bytes": np.nan if label_bytes is None else m.bytes + label_bytes,
+            "budget_fraction": np.nan if label_bytes is None else (m.bytes + label_bytes) / m.train_bytes,
+            "method": m.method, "protocol": protocol, "ipc": m.ipc if m.ipc is not None else "all",
+            "top1": r.top1.mean, "top1_std": r.top1.std,
+            "top1_best": r.top1_best.mean, "top1_best_std": r.top1_best.std,
+            "top5": r.top5.mean, "seeds": m.seeds, "images": m.images, "pixels": m.pixels,
+            "bytes": m.bytes,
+            "student": m.student, "epochs": m.epochs,
+            "teacher_fidelity": m.teacher_fidelity,
+            "intra_class_cosine": np.nan if m.intra_class_cosine is None else m.intra_class_cosine,
+        })
+    return rows
 
 
 def flag_sets(table: pd.DataFrame, num_classes: int, noise_factor: float, copies_margin: float) -> list[str]:
@@ -249,32 +258,19 @@ def image_grid(set_dir: Path, classes: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = cli.ArgumentParser(description=__doc__)
-    parser.add_argument("--metrics", nargs="+", required=True, type=Path, help="folders of evaluate outputs")
-    parser.add_argument("--sets", nargs="+", required=True, type=Path, help="folders of distilled sets")
-    parser.add_argument("--data", required=True, help="data/<dataset>")
-    parser.add_argument("--out", required=True, help="report folder")
-    parser.add_argument("--summary", required=True, help="summary metrics JSON for `dvc exp show`")
-    parser.add_argument("--table", help="results.csv again, at a path that does not depend on ipc: DVC matches a "
-                                        "plot's files across experiments by path (the accuracy-vs-IPC plot)")
-    args = parser.parse_args()
-    classes = read_classes(args.data)
-    weights = params.load().report
-    table = collect(args.metrics, weights.lrs_weight, weights.ars_weight)
-    f = params.load().flags
-    table["flag"] = flag_sets(table, len(classes), f.noise_factor, f.copies_margin)
-    for r in table[table.flag != ""].drop_duplicates(["method", "ipc"]).itertuples():
-        print(f"warning: report: {r.method} (IPC {r.ipc}) is flagged - {r.flag}", file=sys.stderr)
-    ipc = next((i for i in table.ipc if i != "all" and float(i).is_integer()), "all")  # not a poster's own IPC
-    title = f"{Path(args.data).name}, IPC {ipc}"
+def report_ipc(table: pd.DataFrame) -> int | str:
+    """The IPC the report is titled by: the first integer one (not a poster's own IPC), else 'all'."""
+    return next((i for i in table.ipc if i != "all" and float(i).is_integer()), "all")
 
-    with atomic_dir(args.out) as tmp:
+
+def write_report(table: pd.DataFrame, sets: list[Path], classes: list[str], out: Path, title: str) -> None:
+    """The report folder: results.csv, accuracy.png, an image grid per set (and PoDD's posters), results.md."""
+    with atomic_dir(out) as tmp:
         table.to_csv(tmp / "results.csv", index=False, float_format="%.6f")
         plot(table, tmp / "accuracy.png", title)
         (tmp / "grids").mkdir()
         posters = []
-        for folder in args.sets:
+        for folder in sets:
             for set_dir in sorted(d for d in folder.iterdir() if (d / "card.json").exists()):
                 image_grid(set_dir, classes, tmp / "grids" / f"{set_dir.name}.png")
                 if (set_dir / "poster.png").exists():  # PoDD: the poster itself, crops are views of it
@@ -284,6 +280,10 @@ def main() -> None:
         (tmp / "results.md").write_text(markdown(table, title) + "".join(
             f"\n![{name} poster](posters/{name}.png)\n\n`{name}` poster: every training image of the set is an "
             f"image-sized crop of it (`grids/{name}.png`).\n" for name in posters))
+
+
+def summary_of(table: pd.DataFrame, ipc: int | str) -> dict:
+    """summary.json: per method its fidelity, diversity and flag, and per protocol top-1 and the scores."""
     summary = {"ipc": ipc}
     for r in table.drop_duplicates("method").itertuples():
         summary[r.method] = {"teacher_fidelity": r.teacher_fidelity, **({"flag": r.flag} if r.flag else {}),
@@ -295,11 +295,40 @@ def main() -> None:
                  if hasattr(r, column) and not np.isnan(getattr(r, column))}
         summary.setdefault(r.method, {})[r.protocol] = {"top1": round(r.top1, 4), "top1_std": round(r.top1_std, 4),
                                                         **extra}
-    write_json(args.summary, summary)
-    if args.table:
-        with atomic_file(args.table) as tmp:
-            shutil.copy(Path(args.out) / "results.csv", tmp)
-    print((Path(args.out) / "results.md").read_text())
+    return summary
+
+
+def run(p: Params, metrics: list[Path], sets: list[Path], data: Path, out: Path, summary: Path,
+        table_copy: Path | None = None) -> pd.DataFrame:
+    """Tabulate every metrics file under `metrics`, flag what is not a distilled dataset, write the report
+    folder `out` and `summary` (and results.csv again at `table_copy`); print results.md. Returns the table."""
+    classes = read_classes(data)
+    table = collect(metrics, p.report.lrs_weight, p.report.ars_weight)
+    table["flag"] = flag_sets(table, len(classes), p.flags.noise_factor, p.flags.copies_margin)
+    for r in table[table.flag != ""].drop_duplicates(["method", "ipc"]).itertuples():
+        print(f"warning: report: {r.method} (IPC {r.ipc}) is flagged - {r.flag}", file=sys.stderr)
+    ipc = report_ipc(table)
+    write_report(table, sets, classes, out, f"{data.name}, IPC {ipc}")
+    write_json(summary, summary_of(table, ipc))
+    if table_copy:
+        with atomic_file(table_copy) as tmp:
+            shutil.copy(out / "results.csv", tmp)
+    print((out / "results.md").read_text())
+    return table
+
+
+def main() -> None:
+    parser = cli.ArgumentParser(description=__doc__)
+    parser.add_argument("--metrics", nargs="+", required=True, type=Path, help="folders of evaluate outputs")
+    parser.add_argument("--sets", nargs="+", required=True, type=Path, help="folders of distilled sets")
+    parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
+    parser.add_argument("--out", required=True, type=Path, help="report folder")
+    parser.add_argument("--summary", required=True, type=Path, help="summary metrics JSON for `dvc exp show`")
+    parser.add_argument("--table", type=Path, help="results.csv again, at a path that does not depend on ipc: DVC "
+                                                   "matches a plot's files across experiments by path (the "
+                                                   "accuracy-vs-IPC plot)")
+    args = parser.parse_args()
+    run(params.load(), args.metrics, args.sets, args.data, args.out, args.summary, args.table)
 
 
 if __name__ == "__main__":

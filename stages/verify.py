@@ -12,9 +12,32 @@ import argparse
 from pathlib import Path
 
 from stages.data.distilled import check_counts, images_root, load_set
+from stages.data.folder import ImageSet
 from stages.data.prepared import open_images
 from stages.pipeline import cli
-from stages.pipeline.card import read_card, verify_content
+from stages.pipeline.card import Card, read_card, verify_content
+
+
+def open_checked(set_dir: Path, data: Path | None) -> tuple[Card, ImageSet]:
+    """The set's card and images, every check done: against the dataset's classes with `data`, else alone
+    (the card, SHA256SUMS, every image decoded and counted)."""
+    if data is not None:
+        return load_set(set_dir, data)
+    card = read_card(set_dir)
+    verify_content(set_dir, card)
+    images = open_images(images_root(set_dir, card), card.classes, desc=f"load {set_dir.name}")
+    check_counts(set_dir, card, images)
+    return card, images
+
+
+def run(set_dir: Path, data: Path | None = None) -> str:
+    """Check the set (see the module's docstring); the one-line verdict, also printed."""
+    card, images = open_checked(set_dir, data)
+    verdict = (f"{set_dir}: ok - {card.method} on {card.dataset}, ipc {card.ipc}, {len(images)} images of "
+               f"{len(card.classes)} classes, {card.content.files} files match SHA256SUMS"
+               + (f", teachers {card.teacher['archs']}" if card.teacher else ""))
+    print(verdict)
+    return verdict
 
 
 def main() -> None:
@@ -22,16 +45,7 @@ def main() -> None:
     parser.add_argument("set", type=Path, help="distilled set folder (with card.json)")
     parser.add_argument("--data", type=Path, help="data/<dataset> the set claims to distil (compares classes.json)")
     args = parser.parse_args()
-    if args.data is not None:
-        card, images = load_set(args.set, args.data)
-    else:
-        card = read_card(args.set)
-        verify_content(args.set, card)
-        images = open_images(images_root(args.set, card), card.classes, desc=f"load {args.set.name}")
-        check_counts(args.set, card, images)
-    print(f"{args.set}: ok - {card.method} on {card.dataset}, ipc {card.ipc}, {len(images)} images of "
-          f"{len(card.classes)} classes, {card.content.files} files match SHA256SUMS"
-          + (f", teachers {card.teacher['archs']}" if card.teacher else ""))
+    run(args.set, args.data)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """DD-Ranking's scores in the report (HLR, IOR, LRS, ARS), cross-checked against the `ddranking` package's own
 compute_metrics when it is importable; random's per-seed draws; storage columns; the *_best fields."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,35 @@ def test_random_draws_students_and_noaug_end_to_end(prepared):
     assert set(m["protocols"]) == {"fkd", "hard", "noaug"} and m["draws"] == 2
     assert m["label_bytes"]["hard"] == 0 and m["label_bytes"]["noaug"] == 30 * 10 * 4
     assert m["label_bytes"]["fkd"] > 0 and m["train_bytes"] > m["bytes"] > 0
+
+
+def test_report_run_is_a_typed_function_tests_call_in_process(tmp_path, monkeypatch, capsys):
+    """report.run(params, ...) in this process: the table it returns is results.csv (also at the IPC-free
+    path), summary.json holds its scores, and results.md is printed."""
+    import pandas as pd
+
+    from stages import report
+    from stages.pipeline import params
+    from tests.conftest import TINY, write_params
+
+    write_metrics(tmp_path / "m")
+    (tmp_path / "data" / "digits").mkdir(parents=True)
+    (tmp_path / "data" / "digits" / "classes.json").write_text(json.dumps([str(c) for c in range(10)]))
+    (tmp_path / "sets").mkdir()
+    write_params(tmp_path, TINY)
+    monkeypatch.chdir(tmp_path)
+    p = params.load(tmp_path / "params.yaml", tmp_path / "data")
+    table = report.run(p, [Path("m")], [Path("sets")], Path("data/digits"), Path("report"), Path("summary.json"),
+                       Path("results.csv"))
+    assert (tmp_path / "results.csv").read_bytes() == (tmp_path / "report" / "results.csv").read_bytes()
+    written = pd.read_csv(tmp_path / "results.csv")
+    assert list(written.columns) == list(table.columns)
+    assert list(zip(written.method, written.protocol)) == list(zip(table.method, table.protocol))
+    for column in ("top1", "top1_std", "gain_vs_random", "hlr", "lrs", "ars", "budget_fraction"):
+        np.testing.assert_allclose(written[column], table[column], atol=1e-6)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    row = table.set_index(["method", "protocol"]).loc["sre2l", "fkd"]
+    assert summary["ipc"] == 1 and summary["sre2l"]["fkd"]["lrs"] == round(row.lrs, 4)
+    assert summary["sre2l"]["fkd"]["lrs"] == round(expected_lrs("sre2l", "fkd").mean(), 4)
+    assert (tmp_path / "report" / "accuracy.png").stat().st_size > 0
+    assert capsys.readouterr().out.startswith("# digits, IPC 1\n")

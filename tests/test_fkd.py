@@ -218,3 +218,54 @@ def test_topk_above_the_class_count_is_refused(relabelled):
     result = run_stage(folder, "relabel", "--set", SET, "--teacher", TEACHER, "--data", "data/digits",
                        "--epochs", "1", "--out", "labels", check=False)
     assert_refused(result, "ParamsError", "relabel.topk = 11: more than the 10 classes of data/digits")
+
+
+def test_evaluate_run_is_a_typed_function_tests_call_in_process(relabelled, monkeypatch):
+    """evaluate.run(params, ...) in this process: the metrics it returns are the file it writes, every
+    protocol and seed trained on the stored labels, and the first student's curves written."""
+    import csv
+    import os
+    from pathlib import Path
+
+    from stages import evaluate
+    from stages.pipeline import params
+    from stages.pipeline.outputs import dir_bytes
+
+    folder = workdir(relabelled, "evaluate_in_process", {"evaluate": {"protocols": ["fkd", "hard", "static"],
+                                                                      "seeds": 2}})
+    (folder / "artifacts").symlink_to(relabelled / "artifacts")
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("DDPIPE_RUN_LOG", os.devnull)
+    p = params.load(folder / "params.yaml", folder / "data")
+    metrics = evaluate.run(p, Path(SET), Path(LABELS), Path(TEACHER), Path("data/digits"), 3, Path("m.json"),
+                           Path("curves.csv"))
+    assert metrics == json.loads((folder / "m.json").read_text())
+    assert list(metrics["protocols"]) == ["fkd", "hard"]  # random ships no labels: static is skipped
+    assert metrics["label_bytes"] == {"fkd": dir_bytes(folder / DRAW0), "hard": 0}
+    assert metrics["images"] == 30 and metrics["epochs"] == 3 and metrics["draws"] == 2
+    assert all(len(r["per_seed_top1"]) == 2 for r in metrics["protocols"].values())
+    rows = list(csv.DictReader((folder / "curves.csv").open()))
+    assert {(r["protocol"], r["seed"]) for r in rows} == {(pr, s) for pr in ("fkd", "hard") for s in "01"}
+    assert not list(folder.glob(".m.json*"))  # the resume folder is cleared
+
+
+def test_relabel_run_is_a_typed_function_tests_call_in_process(relabelled, monkeypatch):
+    """relabel.run(params, ...) in this process writes the files the stage's command line wrote, byte for byte."""
+    import os
+    from pathlib import Path
+
+    from stages import relabel
+    from stages.pipeline import params
+
+    folder = workdir(relabelled, "relabel_in_process")
+    (folder / "artifacts").symlink_to(relabelled / "artifacts")
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("DDPIPE_RUN_LOG", os.devnull)
+    relabel.run(params.load(folder / "params.yaml", folder / "data"), Path(SET), Path(TEACHER), Path("data/digits"),
+                3, Path("labels"))
+    cli = relabelled / LABELS
+    made = sorted(p.relative_to(folder / "labels").as_posix() for p in (folder / "labels").rglob("*") if p.is_file())
+    assert made == sorted(p.relative_to(cli).as_posix() for p in cli.rglob("*") if p.is_file())
+    assert "draw1/epoch_0002.parquet" in made
+    assert all((folder / "labels" / name).read_bytes() == (cli / name).read_bytes() for name in made)
+    assert not list(folder.glob(".labels*"))  # no temp or resume folder left

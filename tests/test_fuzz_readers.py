@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import TINY, write_params
+from tests.conftest import TINY, merge, write_params
 from tests.fuzz import byte_damage, judge, json_damage, run_inprocess, tree_digest
 from tests.test_faults_artifacts import TEACHER
 
@@ -74,6 +74,8 @@ def project(base: Path, tmp: Path) -> Path:
     shutil.copytree(base / "data", tmp / "data", symlinks=True)
     shutil.copyfile(base / "params.yaml", tmp / "params.yaml")
     shutil.copytree(base / "set", tmp / "set")
+    if (base / "metrics").is_dir():  # metrics_base's evaluate output
+        shutil.copytree(base / "metrics", tmp / "metrics")
     return tmp
 
 
@@ -183,6 +185,58 @@ def test_set_images(base, tmp_path, full):
     image = sorted((base / "set").rglob("*.png"))[0].relative_to(base).as_posix()
     cases = byte_damage((base / image).read_bytes())
     run_cases("set image", share(cases, 2, full), image, verify_run, base, tmp_path)
+
+
+# --- evaluate's metrics JSON: stages.report -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def metrics_base(base, prepared, tmp_path_factory) -> Path:
+    """The base project and metrics/random.json made by the real evaluate (in-process, one short protocol)."""
+    from stages import evaluate
+
+    folder = project(base, tmp_path_factory.mktemp("metrics"))
+    write_params(folder, merge(TINY, {"evaluate": {"protocols": ["hard", "noaug"], "eval_points": 1}}))
+    outcome = run_inprocess(evaluate.main, ["--set", "set", "--labels", "unused", "--teacher", str(prepared / TEACHER),
+                                            "--data", "data/digits", "--epochs", "1", "--out", "metrics/random.json"],
+                            folder)
+    assert outcome.code == 0, outcome.stderr
+    return folder
+
+
+def report_run(folder: Path):
+    """report over metrics/ (no image grids: the sets folder holds none; the metrics are what is damaged)."""
+    from stages import report
+
+    outcome = run_inprocess(report.main, ["--metrics", "metrics", "--sets", "data", "--data", "data/digits",
+                                          "--out", "report", "--summary", "summary.json"], folder)
+    return outcome, lambda: tree_digest(folder / "report") + (tree_digest(folder / "summary.json")
+                                                              if (folder / "summary.json").exists() else "")
+
+
+# Variants the schema accepts as real values, which report tabulates as given (it has nothing to check them
+# against): an optional key absent or null, another valid cosine or IPC. Their output differs from the reference.
+METRICS_VALUES = {"draws:missing", "draws:null", "intra_class_cosine:null", "intra_class_cosine:negative",
+                  "ipc:null", "ipc:float", "label_bytes:missing", "label_bytes:null", "label_bytes/hard:missing",
+                  "label_bytes/hard:null", "label_bytes/noaug:missing", "label_bytes/noaug:null"}
+
+
+@FULL
+def test_metrics_json(metrics_base, tmp_path, full):
+    started = time.perf_counter()
+    good = (metrics_base / "metrics" / "random.json").read_bytes()
+    cases = {**byte_damage(good), **json_damage(json.loads(good))}
+    reference = project(metrics_base, tmp_path / "reference")
+    expected = report_run(reference)
+    assert expected[0].code == 0, expected[0].stderr
+    results = {}
+    for i, (name, data) in enumerate(share(cases, 8, full).items()):
+        folder = project(metrics_base, tmp_path / f"c{i}")
+        (folder / "metrics" / "random.json").write_bytes(data)
+        outcome, digest = report_run(folder)
+        results[name] = judge(outcome, "random.json", lambda: name in METRICS_VALUES or digest() == expected[1](),
+                              folder / "report")
+        shutil.rmtree(folder)
+    report("metrics JSON (report)", results, started)
 
 
 # --- ranking.csv: stages.select ---------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import yaml
 from tests.conftest import TINY, write_params
 from tests.fuzz import leftovers, run_inprocess
 from tests.test_faults_artifacts import TEACHER
-from tests.test_fuzz_readers import base, baseline_run, png_header, project, verify_run  # noqa: F401
+from tests.test_fuzz_readers import base, baseline_run, metrics_base, png_header, project, report_run, \
+    verify_run  # noqa: F401
 
 
 def refused(outcome, kind: str, message: str, out: Path | None = None) -> str:
@@ -189,6 +190,54 @@ def test_card_not_utf8_and_counts_checked_by_verify(base, tmp_path):
             rf"{raw['content']['files'] + 1}")
     card.write_text(json.dumps({**raw, "ipc": 2}))
     refused(verify_run(folder)[0], "ArtifactError", r"set: holds 30 images, above card.json's ipc 2 x 10 classes")
+
+
+def damaged_metrics(case: str, raw: dict, text: bytes) -> bytes:
+    if case == "not-json":
+        return text[:len(text) // 2]
+    if case == "not-utf8":
+        return text.replace(b'"random"', b'"r\xe9ndom"', 1)
+    if case == "nan":
+        return text.replace(b'"mean": ', b'"mean": NaN, "was": ', 1)
+    changed = {"missing-key": {k: v for k, v in raw.items() if k != "train_bytes"},
+               "wrong-type": {**raw, "teacher_fidelity": "0.9"},
+               "seeds": {**raw, "seeds": 3}}[case]
+    return json.dumps(changed).encode()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not-json", r"metrics/random.json: not valid JSON \(.* at line \d+, column \d+\)"),
+    ("not-utf8", r"metrics/random.json: not UTF-8 \(invalid continuation byte at byte \d+\)"),
+    ("nan", r"metrics/random.json: not valid JSON \(NaN is not a number JSON allows\)"),
+    ("missing-key", r"metrics/random.json: train_bytes: Field required"),
+    ("wrong-type", r"metrics/random.json: teacher_fidelity: Input should be a valid number"),
+    ("seeds", r"metrics/random.json: \(top level\): students.convnet.hard.per_seed_top1: 2 values, seeds = 3"),
+])
+def test_a_damaged_metrics_json_stops_report(metrics_base, tmp_path, case, message):
+    """report reads each metrics file through its schema: one line naming the file, no report folder."""
+    folder = project(metrics_base, tmp_path / case)
+    path = folder / "metrics" / "random.json"
+    path.write_bytes(damaged_metrics(case, json.loads(path.read_text()), path.read_bytes()))
+    refused(report_run(folder)[0], "ArtifactError", message, folder / "report")
+    assert not (folder / "summary.json").exists()
+
+
+def test_verify_run_is_a_typed_function_tests_call_in_process(base, tmp_path, monkeypatch, capsys):
+    """verify.run(set, data) in this process: the verdict it prints, with and without the dataset; a damaged
+    set raises the error cli.run turns into the one line."""
+    from stages import verify
+    from stages.pipeline.errors import ArtifactError
+
+    folder = project(base, tmp_path / "p")
+    monkeypatch.chdir(folder)
+    card = json.loads((folder / "set" / "card.json").read_text())
+    verdict = verify.run(Path("set"), Path("data/digits"))
+    assert verdict == (f"set: ok - random on digits, ipc 3, 30 images of 10 classes, {card['content']['files']} "
+                       "files match SHA256SUMS")
+    assert verify.run(Path("set")) == verdict and capsys.readouterr().out == f"{verdict}\n{verdict}\n"
+    next((folder / "set").rglob("*.png")).write_bytes(b"not a png")
+    with pytest.raises(ArtifactError, match=r"set/draw\d/.*\.png: content differs from SHA256SUMS"):
+        verify.run(Path("set"))
 
 
 # --- class 3: shipped labels, FKD, teacher, latents, resume -------------------------------------------------------

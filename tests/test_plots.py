@@ -172,3 +172,17 @@ def test_plots_page_renders_offline_in_chromium(plotted):
     assert "random" in text["accuracy vs IPC"] and "full" not in text["accuracy vs IPC"]
     images = result["images"]
     assert len(images) == 3 and all(i["loaded"] for i in images), images  # accuracy.png and two grids
+
+
+def test_plots_page_run_is_a_typed_function_tests_call_in_process(tmp_path, capsys):
+    """plots_page.run(out) in this process: the page, with dvc-render's placeholders and the bundle inlined."""
+    from stages import plots_page
+
+    out = tmp_path / "page.html"
+    size = plots_page.run(out)
+    page = out.read_text(encoding="utf-8")
+    assert size == out.stat().st_size > 100_000
+    assert "{plot_divs}" in page and "{refresh_tag}" in page and "{scripts}" not in page
+    assert "window.vegaEmbed" in page and "<script src" not in page
+    assert capsys.readouterr().out == f"plots_page: {out} ({size / 1e6:.1f} MB)\n"
+    assert not list(tmp_path.glob(".page.html*"))

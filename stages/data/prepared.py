@@ -19,7 +19,6 @@ refuses a file changed since `prepare` (DataError), so a run never mixes two ver
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from PIL import Image
 
 from stages.data.augment import roi_align_kernel
 from stages.data.folder import ImageSet, decode_rgb, list_images, load_imagefolder, save_png
+from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline.paths import relative
 from stages.data.stream import LazyImages
 from stages.pipeline.errors import DataError
@@ -104,11 +104,15 @@ def manifest_of(root: str | Path) -> Path | None:
 
 def read_manifest(manifest: Path, split: str, classes: list[str]) -> tuple[list[Item], int]:
     """The split's items (sorted as a copy's folder lists them: class order, then file name) and the image size."""
-    meta = json.loads((manifest.parent / "meta.json").read_text())
+    meta = read_data_meta(manifest.parent)  # validated, and checked against classes.json
+    source_root = (meta.model_extra or {}).get("source_root")
+    if not isinstance(source_root, str) or not source_root:
+        raise DataError(f"{manifest.parent / 'meta.json'}: source_root = {source_root!r}: expected the folder "
+                        "prepare listed (a non-empty string); run prepare again")
     table = pq.read_table(manifest, filters=[("split", "==", split)])
-    if meta.get("classes") != classes:
+    if meta.classes != classes:
         raise DataError(f"{manifest.parent / 'meta.json'}: classes differ from the ones asked for")
-    root, size = Path(meta["source_root"]), meta["image_size"]
+    root, size = Path(source_root), meta.image_size
     col = table.to_pydict()
     items = []
     for i, (path, name, label) in enumerate(zip(col["path"], col["name"], col["label"])):
