@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from stages.data.distilled import images_root, load_set, read_labels
 from stages.data.folder import list_images
 from stages.pipeline import cli
+from stages.pipeline.artifacts import read_json, read_metrics
 from stages.pipeline.card import CARD, SUMS, read_card, verify_content
 from stages.pipeline.errors import ArtifactError, PipelineError
 from stages.pipeline.outputs import atomic_dir, dir_bytes, write_json
@@ -222,7 +223,10 @@ def upload(out: Path, repo_id: str, private: bool) -> str:
 def export(set_dir: Path, out: Path, data_dir: Path | None, metrics_path: Path | None, labels_dir: Path | None,
            license_id: str, repo_id: str | None) -> dict:
     card = read_card(set_dir)
-    metrics = json.loads(metrics_path.read_text()) if metrics_path and metrics_path.is_file() else None
+    metrics = None
+    if metrics_path and metrics_path.is_file():  # the schema report reads it by; exported as written
+        read_metrics(metrics_path)
+        metrics = read_json(metrics_path)
     with atomic_dir(out) as tmp:
         count, kind = write_images(tmp, set_dir, card, data_dir)
         fkd_epochs = write_fkd(tmp, labels_dir) if labels_dir and (labels_dir / "fkd.json").is_file() else 0

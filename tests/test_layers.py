@@ -34,3 +34,26 @@ def test_params_sections_come_from_their_packages():
     expected = ["launcher", "dataset", "ipc", "seed", "class_names", "class_prompt", "prepare", "models", "teacher",
                 "evaluate", "sre2l", "delt", "infer", "caption", "diffusion", "latents", "d4m", "vlcp", "podd"]
     assert [key for key in order if key in expected] == expected
+
+
+MAIN_LINES = 15  # argument parsing and one call: the work itself lives in run()
+
+
+def stage_shapes() -> dict[str, tuple[int, bool]]:
+    """Each stage module (stages/<name>.py with a main) -> (main's line count, whether it has a top-level run)."""
+    import ast
+    shapes = {}
+    for path in sorted((ROOT / "stages").glob("*.py")):
+        functions = {n.name: n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+        if "main" in functions:
+            main = functions["main"]
+            shapes[path.stem] = (main.end_lineno - main.lineno + 1, "run" in functions)
+    return shapes
+
+
+def test_every_stage_is_a_run_function_and_a_short_main():
+    """A stage module is a typed run(...) that tests call in-process, and a main that parses and calls it."""
+    shapes = stage_shapes()
+    assert len(shapes) >= 20, shapes  # every dvc.yaml stage module is seen
+    assert [name for name, (_, has_run) in shapes.items() if not has_run] == []
+    assert {name: lines for name, (lines, _) in shapes.items() if lines > MAIN_LINES} == {}
