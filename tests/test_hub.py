@@ -58,8 +58,11 @@ def make_set(root, with_labels=True):
     metrics = set_dir.parent.parent / "metrics" / "toy.json"
     metrics.parent.mkdir()
     stat = {"mean": 0.5, "std": 0.01}
-    metrics.write_text(json.dumps({"protocols": {"fkd": {"top1": stat, "top1_best": stat, "top5": stat}},
-                                   "seeds": 2, "student": "convnet", "epochs": 10, "teacher_fidelity": 0.9}))
+    fkd_result = {"top1": stat, "top1_best": stat, "top5": stat, "per_seed_top1": [0.49, 0.51]}
+    metrics.write_text(json.dumps({"method": "toy", "ipc": IPC, "images": len(paths), "pixels": 1, "bytes": 1,
+                                   "train_bytes": 10, "protocols": {"fkd": fkd_result}, "seeds": 2,
+                                   "student": "convnet", "epochs": 10, "teacher_fidelity": 0.9,
+                                   "intra_class_cosine": None}))  # the keys evaluate writes (report's schema)
     return set_dir, data, logits
 
 
@@ -109,6 +112,23 @@ def test_upload_without_network_stops_with_an_error_after_writing_the_folder(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: UploadError: upload of") and "hf upload u/toy" in err[-1]
     assert (out / "README.md").is_file() and (out / export_hub.TRAIN_FILE).is_file()
+
+
+def test_export_refuses_damaged_metrics_naming_the_file(tmp_path, monkeypatch, capsys, offline):
+    """The metrics exported beside a set are read by the report's schema: a NaN accuracy is one error line."""
+    from stages.pipeline import cli
+
+    set_dir, _, _ = make_set(tmp_path, with_labels=False)
+    metrics = set_dir.parent.parent / "metrics" / "toy.json"
+    metrics.write_text(metrics.read_text().replace('"teacher_fidelity": 0.9', '"teacher_fidelity": NaN'))
+    out = tmp_path / "hub"
+    monkeypatch.setattr(sys, "argv", ["export_hub", "--set", str(set_dir), "--out", str(out)])
+    with pytest.raises(SystemExit) as stop:
+        cli.run(export_hub.main)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: ArtifactError: {metrics}: "), err
+    assert not out.exists()
 
 
 def import_project(root, monkeypatch, external):
