@@ -191,13 +191,6 @@ def resume_settings(p: Params, students: Students) -> dict:
             "student_configs": students.student_configs, "epochs": students.epochs}
 
 
-def open_resume(world: distributed.World, out: Path, settings: dict, inputs: list[Path]) -> Resume:
-    """The resume folder: rank 0 keys (or resets) it first; then every rank keeps its own students there."""
-    resume = Resume(out, settings, inputs) if world.main else None
-    world.barrier()
-    return resume or Resume(out, settings, inputs)
-
-
 def whole_image_logits(ev: Evaluation) -> dict[int, torch.Tensor]:
     """noaug: the teacher's logits of each whole image (no crop, flip or mix), per draw."""
     st = ev.students
@@ -312,7 +305,7 @@ def run(p: Params, set_dir: Path, labels: Path, teacher_dir: Path, data: Path, e
     settings, inputs = resume_settings(p, ev.students), [set_dir, labels, teacher_dir, data]
 
     with distributed.world() as world:  # the students are independent: each rank trains its share
-        resume = open_resume(world, out, settings, inputs)
+        resume = Resume.shared(world, out, settings, inputs)
         ev.teacher.to(world.device)
         if "noaug" in protocols:
             ev.students.whole_logits.update(whole_image_logits(ev))

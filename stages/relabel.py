@@ -77,13 +77,6 @@ def resume_settings(p: Params) -> dict:
             "topk": p.relabel.topk}
 
 
-def open_resume(world: distributed.World, out: Path, settings: dict, inputs: list[Path]) -> Resume:
-    """The resume folder: rank 0 keys (or resets) it first; then every rank keeps its own epochs there."""
-    resume = Resume(out, settings, inputs) if world.main else None
-    world.barrier()
-    return resume or Resume(out, settings, inputs)
-
-
 def label_epochs(lab: Labelling, images: ImageSet, folder: Path, prefix: str, key: tuple, mine: set[int],
                  resume: Resume) -> None:
     """Every epoch's plan drawn from the draw's stream (by every rank: one stream), and this rank's epochs
@@ -127,7 +120,7 @@ def run(p: Params, set_dir: Path, teacher_dir: Path, data: Path, epochs: int, ou
     lab, images = load_inputs(p, set_dir, teacher_dir, data, epochs)
     inputs = [set_dir, teacher_dir, data]
     with distributed.world() as world, distributed.shared_dir(world, out) as tmp:
-        resume = open_resume(world, out, resume_settings(p), inputs)
+        resume = Resume.shared(world, out, resume_settings(p), inputs)
         lab.teacher.to(world.device)
         mine = set(world.shard(range(epochs)))
         # baseline@random's draws: each its own labels in draw<k>/ (draw 0 keeps the stream a single set has)

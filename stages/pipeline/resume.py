@@ -65,6 +65,14 @@ class Resume:
             self.folder.mkdir(parents=True)
             _replace(self.folder / KEY, (json.dumps({"key": self.key, "settings": key}, indent=1) + "\n").encode())
 
+    @classmethod
+    def shared(cls, world, out: str | Path, settings: dict, inputs: list[str | Path] = ()) -> "Resume":
+        """The folder every rank of a torchrun job keeps its own pieces in: rank 0 keys (or resets) it first,
+        the others open it after a barrier (`world`: stages.pipeline.distributed.World)."""
+        first = cls(out, settings, inputs) if world.main else None
+        world.barrier()
+        return first or cls(out, settings, inputs)
+
     def _saved_key(self, saved: Path) -> str | None:
         """The key a previous run wrote; a torn or foreign key.json is refused (the folder is ours to keep)."""
         try:

@@ -36,9 +36,7 @@ def save_pixels(folder: Path, classes: list[str], labels: torch.Tensor, indices:
 
 class FinishedBatches:
     def __init__(self, world: World, out: str | Path, settings: dict, inputs: list[Path]):
-        self.resume = Resume(out, settings, inputs) if world.main else None
-        world.barrier()
-        self.resume = self.resume or Resume(out, settings, inputs)
+        self.resume = Resume.shared(world, out, settings, inputs)
 
     def load(self, names: list[str], what: str) -> dict[str, dict]:
         """The saved ones among `names` (this rank's batches), by name; says how many were resumed."""
