@@ -101,10 +101,12 @@ def test_a_blank_launcher_is_refused(tmp_path):
 
 def test_ddp_teacher_matches_one_process_and_only_rank_zero_writes(prepared):
     # Instance norm: no batch statistics, so DDP's averaged gradients equal one process's up to rounding.
-    # 1437 images at batch 700: the last batch (37) splits 18 / 19, which exercises the share weighting
-    # (unweighted, the last step's gradient is off by ~3 %).
+    # 1437 images at batch 717: the last batch (3) splits 1 / 2, which exercises the share weighting.
+    # Measured (2-core Xeon, AVX-512): weighted, the weights differ by at most 7.5e-8; with the weighting
+    # removed, by 3.3e-3. Rounding alone can reach ~2e-5 (one process, 1 vs 2 threads, or batch 700), so the
+    # bound sits between the two.
     folder = workdir(prepared, "ddp-teacher", {"models": {"convnet": {"norm": "instance"}},
-                                               "teacher": {"epochs": 1, "batch_size": 700}})
+                                               "teacher": {"epochs": 1, "batch_size": 717}})
     for nproc in (1, 2):
         launch(folder, nproc, "teacher", "--arch", "convnet", "--data", "data/digits", "--out", f"out{nproc}/convnet")
         no_leftovers(folder / f"out{nproc}", "convnet")
@@ -115,7 +117,7 @@ def test_ddp_teacher_matches_one_process_and_only_rank_zero_writes(prepared):
     w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     assert {k: v.shape for k, v in w1.items()} == {k: v.shape for k, v in w2.items()}
     for key in w1:
-        torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=3e-7)
+        torch.testing.assert_close(w1[key], w2[key], rtol=0, atol=1e-4)
 
 
 def test_relabel_and_evaluate_split_over_ranks_match_one_process(prepared):
