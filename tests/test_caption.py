@@ -240,6 +240,7 @@ def llava_params(model: Path | None, **llava) -> dict:
     return {"caption": {"captioner": "llava", "llava": {"model": model and str(model), **llava}}}
 
 
+@pytest.mark.slow  # ~32 s; caption's resume after a kill runs in CI with the attributes captioner (same Resume folder)
 def test_llava_captions_through_the_stage_and_resume_after_a_kill(prepared, tmp_path, llava_dir, offline):
     data = mini_digits(prepared, tmp_path / "digits", per_class=1)
     folder = workdir(prepared, "caption-llava", llava_params(llava_dir, batch_size=2, max_new_tokens=12), data)

@@ -131,6 +131,7 @@ def outputs(folder: Path, paths: list[str]) -> dict[str, bytes]:
     return {p: (folder / p).read_bytes() for p in paths}
 
 
+@pytest.mark.slow  # ~65 s: every streaming stage twice; CI checks the streamed rows equal the in-memory rows above
 def test_stages_write_the_same_bytes_streamed(prepared, monkeypatch):
     """teacher, rank, relabel and evaluate of the full train set, in memory and with every set streamed."""
     folder = workdir(prepared, "streamed", {"evaluate": {"protocols": ["fkd", "hard"], "seeds": 1}})
