@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages.data.distilled import check_counts, images_root, load_set
+from stages.data.distilled import load_set, set_images
 from stages.data.folder import ImageSet
-from stages.data.prepared import open_images
 from stages.pipeline import cli
 from stages.pipeline.card import Card, read_card, verify_content
 
@@ -25,9 +24,7 @@ def open_checked(set_dir: Path, data: Path | None) -> tuple[Card, ImageSet]:
         return load_set(set_dir, data)
     card = read_card(set_dir)
     verify_content(set_dir, card)
-    images = open_images(images_root(set_dir, card), card.classes, desc=f"load {set_dir.name}")
-    check_counts(set_dir, card, images)
-    return card, images
+    return card, set_images(set_dir, card)
 
 
 def run(set_dir: Path, data: Path | None = None) -> str:

@@ -190,6 +190,13 @@ def test_card_not_utf8_and_counts_checked_by_verify(base, tmp_path):
             rf"{raw['content']['files'] + 1}")
     card.write_text(json.dumps({**raw, "ipc": 2}))
     refused(verify_run(folder)[0], "ArtifactError", r"set: holds 30 images, above card.json's ipc 2 x 10 classes")
+    card.write_text(json.dumps({**raw, "ipc": 1e308}))  # a count the set cannot hold, not a bigger budget
+    refused(verify_run(folder)[0], "ArtifactError",
+            r"set/card.json: ipc = 1e\+308 x 10 classes is more than the 30 images the set holds")
+    assert raw["draws"] == 2  # random's draws live in draw<k>/: a card that forgets them is refused by name
+    card.write_text(json.dumps({k: v for k, v in raw.items() if k != "draws"}))
+    refused(verify_run(folder)[0], "ArtifactError",
+            r"set/card.json: no class folder .*set/0: the set's folders do not match its card \(draws = None\)")
 
 
 def damaged_metrics(case: str, raw: dict, text: bytes) -> bytes:

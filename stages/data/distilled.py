@@ -48,10 +48,19 @@ def load_set(set_dir: str | Path, data_dir: str | Path, draw: int = 0) -> tuple[
     """The set's card and images; for a set of draws, those of draw `draw` (modulo their number)."""
     set_dir = Path(set_dir)
     card = open_set(set_dir, data_dir)
-    classes = card.classes
-    images = open_images(images_root(set_dir, card, draw), classes, desc=f"load {set_dir.name}")
+    return card, set_images(set_dir, card, draw)
+
+
+def set_images(set_dir: Path, card: Card, draw: int = 0) -> ImageSet:
+    """The images of a checked set where its card says they are, counted against the card."""
+    root = images_root(set_dir, card, draw)
+    absent = next((c for c in card.classes if not (root / c).is_dir()), None)
+    if card.images_from is None and absent is not None:  # its own folders (or draws) must be laid out as carded
+        raise ArtifactError(f"{set_dir / 'card.json'}: no class folder {root / absent}: the set's folders do not "
+                            f"match its card (draws = {card.draws})")
+    images = open_images(root, card.classes, desc=f"load {set_dir.name}")
     check_counts(set_dir, card, images)
-    return card, images
+    return images
 
 
 def check_counts(set_dir: Path, card: Card, images: ImageSet) -> None:
@@ -60,6 +69,9 @@ def check_counts(set_dir: Path, card: Card, images: ImageSet) -> None:
     images than ipc x classes within its budget rule, and PoDD's crops are counted by its poster's pixels."""
     if len(images) != card.num_images:
         raise ArtifactError(f"{set_dir}: holds {len(images)} images, card.json says {card.num_images}")
+    if card.ipc is not None and card.ipc * len(card.classes) > card.num_images:  # fewer images than it claims
+        raise ArtifactError(f"{set_dir / 'card.json'}: ipc = {card.ipc} x {len(card.classes)} classes is more than "
+                            f"the {card.num_images} images the set holds")
     if isinstance(card.ipc, int) and card.images_from is None and card.labels is None \
             and card.num_images > card.ipc * len(card.classes):
         raise ArtifactError(f"{set_dir}: holds {card.num_images} images, above card.json's ipc {card.ipc} x "
