@@ -99,12 +99,13 @@ def main() -> None:
             t_norm, teacher_source = norm, f"fresh ConvNet with random weights ({args.teacher} absent)"
         batch_size = eval_batch_size(cfg, len(images), len(classes))
         augment = eval_augment(cfg, size)
-        config = p.models[cfg.student].model_dump() if cfg.student in p.models else None
+        student_arch = cfg.students[0]  # the report's first student column
+        config = p.models[student_arch].model_dump() if student_arch in p.models else None
         run, skipped = ks(len(classes))
 
         print(f"teacher: {teacher_source}; data: {data_source}")
         print(f"digits IPC {args.ipc}: {len(images)} images x {len(classes)} classes, batch {batch_size}, {epochs} "
-              f"epochs, {seeds} student seed(s), student {cfg.student}, T {cfg.temperature}, mix {cfg.mix}"
+              f"epochs, {seeds} student seed(s), student {student_arch}, T {cfg.temperature}, mix {cfg.mix}"
               + (f"; skipped k > {len(classes)} classes: {skipped}" if skipped else ""))
         print(f"{'labels':>8} {'B/epoch':>9} {'B/crop':>8} {'vs dense':>9} {'top-1 mean':>11} {'per seed':>20}")
         dense_bytes, rows = None, {}
@@ -117,9 +118,9 @@ def main() -> None:
             top1 = []
             for seed in range(seeds):
                 torch.manual_seed(derive_seed(p.seed, "evaluate", "fkd", seed))
-                student = build(cfg.student, len(classes), size, config)
+                student = build(student_arch, len(classes), size, config)
                 history = train(student, images, norm, epochs, batch_size,
-                                fkd_plans(folder, epochs, batch_size, len(images)),
+                                fkd_plans(folder, epochs, batch_size, len(images), len(classes)),
                                 lambda logits, batch: kd_loss(logits, batch.soft, cfg.temperature),
                                 Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), val, 1, desc=name(k))
                 top1.append(history.summary()["top1"])
