@@ -54,10 +54,11 @@ def load_set(set_dir: str | Path, data_dir: str | Path, draw: int = 0) -> tuple[
 def set_images(set_dir: Path, card: Card, draw: int = 0) -> ImageSet:
     """The images of a checked set where its card says they are, counted against the card."""
     root = images_root(set_dir, card, draw)
-    absent = next((c for c in card.classes if not (root / c).is_dir()), None)
-    if card.images_from is None and absent is not None:  # its own folders (or draws) must be laid out as carded
-        raise ArtifactError(f"{set_dir / 'card.json'}: no class folder {root / absent}: the set's folders do not "
-                            f"match its card (draws = {card.draws})")
+    if card.images_from is None:  # its own folders (or draws) must be laid out as the card says
+        absent = next((c for c in card.classes if not (root / c).is_dir()), None)
+        if absent is not None:
+            raise ArtifactError(f"{set_dir / 'card.json'}: no class folder {root / absent}: the set's folders do "
+                                f"not match its card (draws = {card.draws})")
     images = open_images(root, card.classes, desc=f"load {set_dir.name}")
     check_counts(set_dir, card, images)
     return images
