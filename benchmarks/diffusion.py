@@ -34,7 +34,7 @@ from stages.pipeline import params
 from stages.pipeline.artifacts import write_record
 from stages.pipeline.seeds import derive_seed
 from stages.prepare import open_source
-from stages.synthesize import load_pipeline
+from stages.generation.img2img import load_pipeline
 
 
 def untrained_pipeline(p, folder: Path) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from stages.models import build, load_checkpoint
-from stages.synthesis.recover import RecoverConfig, plan_groups, recover_batch, synthesize
+from stages.recover_engine.engine import RecoverConfig, plan_groups, recover_batch, synthesize
 
 
 def main() -> None:

@@ -36,12 +36,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from stages import methods
 from stages.pipeline import cli, runlog
 from stages.pipeline.errors import ArtifactError, ParamsError, PipelineError
 
 DVC = [sys.executable, "-m", "dvc"]
-ORDER = ["random", "sre2l", "delt", "infer", "d4m", "vlcp", "rded", "podd"]  # docs/results.md order; others, full
-SHARED_DIFFUSION = {"d4m", "vlcp"}  # their sets also need the `diffusion` stage's model, trained once
+SETS = {s.name: s for s in methods.evaluated_sets()}
+ORDER = [s.name for s in SETS.values() if s.role != "upper_bound"]  # the registry's order; others, full
+# their sets also need the `diffusion` stage's model, trained once
+SHARED_DIFFUSION = {s.name for m in methods.methods() if "synthesize" in m.shared_stages for s in m.sets}
 MACHINE = ("host", "cpu_count", "threads", "device", "world_size")
 
 
@@ -191,10 +194,15 @@ def read_results(source: dict) -> pd.DataFrame | None:
 
 def set_folder(p: dict, method: str, ipc: str) -> str:
     """Where dvc.yaml puts a set (the `out` its producing stage logs)."""
-    ds = p["dataset"]
-    if method == "podd":
-        return f"artifacts/{ds}/podd{p['podd']['ipc']}/distilled/podd"
-    return f"artifacts/{ds}/full/distilled/full" if ipc == "all" else f"artifacts/{ds}/ipc{ipc}/distilled/{method}"
+    ds, spec = p["dataset"], SETS.get(method)
+    if spec is not None and spec.own_budget:
+        return f"artifacts/{ds}/{spec.folder(p)}/distilled/{method}"
+    return f"artifacts/{ds}/ipc{ipc}/distilled/{method}"
+
+
+def own_budget(method: str) -> bool:
+    """PoDD's poster: a set at a pixel budget of its own (the full set's IPC reads `all`)."""
+    return method in SETS and SETS[method].own_budget and SETS[method].role == "method"
 
 
 def budget(ipc: str) -> float:
@@ -263,7 +271,7 @@ def markdown(rows: pd.DataFrame, protocol: str, p: dict, runs: dict[str, dict], 
              "| image bytes | label bytes | storage % of train set | flag |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in part.itertuples():
-        ipc = "all" if r.ipc == "all" else (f"{float(r.ipc):g} (own budget)" if r.method == "podd" else r.ipc)
+        ipc = "all" if r.ipc == "all" else (f"{float(r.ipc):g} (own budget)" if own_budget(r.method) else r.ipc)
         cosine = "–" if pd.isna(r.intra_class_cosine) else f"{r.intra_class_cosine:.3f}"
         flag = getattr(r, "flag", "")
         flag = "" if pd.isna(flag) else " & ".join(f"⚠ {why.split(':')[0]}" for why in str(flag).split("; ") if why)

@@ -29,7 +29,7 @@ from stages.data.folder import read_classes
 from stages.data.prepared import ImageSet, inputs_of, open_images
 from stages.data.stream import BatchView
 from stages.generation import ldm
-from stages.generation.folder import check_pipeline_folder
+from stages.generation.pipeline_folder import check_pipeline_folder
 from stages.generation.img2img import from_uint8
 from stages.pipeline.artifacts import read_data_meta, write_record
 from stages.pipeline import cli, params, runlog

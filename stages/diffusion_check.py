@@ -24,7 +24,7 @@ from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
-from stages.synthesize import load_pipeline
+from stages.generation.img2img import load_pipeline
 
 
 @torch.no_grad()

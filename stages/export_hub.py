@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from stages.data.distilled import images_root, load_set, read_labels
 from stages.data.folder import list_images
 from stages.pipeline import cli
-from stages.pipeline.artifacts import read_json, read_metrics
+from stages.evaluation.metrics import read_metrics
+from stages.pipeline.artifacts import read_json
 from stages.pipeline.card import CARD, SUMS, read_card, verify_content
 from stages.pipeline.errors import ArtifactError, PipelineError
 from stages.pipeline.outputs import atomic_dir, dir_bytes, write_json

@@ -14,8 +14,8 @@ from diffusers import AutoencoderKL
 
 from stages.data.folder import read_classes
 from stages.data.prepared import open_images
-from stages.data.latents import write_latents
-from stages.generation.folder import check_pipeline_folder
+from stages.data.latents_folder import write_latents
+from stages.generation.pipeline_folder import check_pipeline_folder
 from stages.generation.img2img import from_uint8
 from stages.pipeline import cli, params
 from stages.pipeline.errors import ArtifactError

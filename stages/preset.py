@@ -27,10 +27,11 @@ REQUIRED = (
     "evaluate.students", "evaluate.teacher", "evaluate.epochs", "evaluate.batch_size", "evaluate.optimizer",
     "evaluate.lr", "evaluate.weight_decay", "evaluate.temperature", "evaluate.crop_scale", "evaluate.flip",
     "evaluate.mix", "evaluate.mix_alpha", "rded.observer", "rded.factor",
-    *(f"{m}.recover.{k}" for m in ("sre2l", "delt", "infer")
-      for k in ("iterations", "lr", "r_bn", "jitter", "crop_min_scale", "crop_schedule", "flip", "ipc_per_batch")),
     "sre2l.teacher", "delt.ranker", "delt.teacher", "delt.round_iterations", "infer.teachers",
 )
+# The recover engine's knobs every preset decides for each method on the engine: in the method's own `recover`
+# overrides, or once in the shared `recover` block.
+RECOVER_KNOBS = ("iterations", "lr", "r_bn", "jitter", "crop_min_scale", "crop_schedule", "flip", "ipc_per_batch")
 # A teacher trained here (source `train`) also needs the papers' squeeze recipe.
 REQUIRED_TRAIN = tuple(f"teacher.{k}" for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
                                                   "crop_scale", "flip"))
@@ -56,7 +57,11 @@ def lookup(tree, dotted: str):
 
 
 def missing_keys(preset) -> list[str]:
+    from stages import methods
+
     absent = [k for k in REQUIRED if not lookup(preset, k)[0]]
+    absent += [f"{m.name}.recover.{k}" for m in methods.methods() if "recover" in m.shared_stages for k in RECOVER_KNOBS
+               if not (lookup(preset, f"{m.name}.recover.{k}")[0] or lookup(preset, f"recover.{k}")[0])]
     _, archs = lookup(preset, "teacher.archs")
     _, sources = lookup(preset, "teacher.source")
     _, students = lookup(preset, "evaluate.students")

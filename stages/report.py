@@ -24,11 +24,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from stages import methods  # noqa: E402
 from stages.data.distilled import images_root  # noqa: E402
 from stages.data.folder import read_classes  # noqa: E402
 from stages.data.prepared import split_items  # noqa: E402
 from stages.pipeline import cli, params  # noqa: E402
-from stages.pipeline.artifacts import EvaluateMetrics, read_metrics  # noqa: E402
+from stages.evaluation.metrics import EvaluateMetrics, read_metrics  # noqa: E402
 from stages.pipeline.card import read_card  # noqa: E402
 from stages.pipeline.errors import DataError  # noqa: E402
 from stages.pipeline.outputs import atomic_dir, atomic_file, write_json  # noqa: E402
@@ -37,6 +38,8 @@ from stages.pipeline.params import Params  # noqa: E402
 GRID_COLUMNS = 10
 
 
+# the set every gain is measured against (random real images) and the upper bound (the whole train set)
+REFERENCE, UPPER_BOUND = methods.set_names("reference")[0], methods.set_names("upper_bound")[0]
 AUGMENTED = ("fkd", "teacher")  # protocols whose no-augmentation twin is `noaug` (ARS)
 
 
@@ -67,13 +70,13 @@ def collect(metric_dirs: list[Path], lrs_weight: float = 0.5, ars_weight: float 
     if not rows:
         raise DataError(f"no metrics under {', '.join(map(str, metric_dirs))}; run the evaluate stages first")
     table = pd.DataFrame(rows)
-    random = table[table.method == "random"].set_index("protocol")["top1"]
+    random = table[table.method == REFERENCE].set_index("protocol")["top1"]
     table["gain_vs_random"] = [row.top1 - random[row.protocol] if row.protocol in random.index else np.nan
                                for row in table.itertuples()]
     scores(table, lrs_weight, ars_weight)
     table = table.drop(columns="per_seed")
-    rank = {"random": 0, "full": 2}
-    table["_order"] = [rank.get(m, 1) for m in table.method]
+    rank = {"reference": 0, "upper_bound": 2}
+    table["_order"] = [rank.get(methods.set_role(m), 1) for m in table.method]
     return table.sort_values(["_order", "method", "protocol"]).drop(columns="_order").reset_index(drop=True)
 
 
@@ -109,7 +112,7 @@ def flag_sets(table: pd.DataFrame, num_classes: int, noise_factor: float, copies
     Noise: teacher fidelity below noise_factor x chance. Near-copies: intra-class cosine above that of
     random real images at the same IPC (else the full train set) by more than copies_margin."""
     chance = 1 / num_classes
-    real = {row.ipc: row.intra_class_cosine for row in table[table.method.isin(["random", "full"])].itertuples()
+    real = {row.ipc: row.intra_class_cosine for row in table[table.method.isin([REFERENCE, UPPER_BOUND])].itertuples()
             if not np.isnan(row.intra_class_cosine)}
     reasons = []
     for row in table.itertuples():
@@ -118,7 +121,7 @@ def flag_sets(table: pd.DataFrame, num_classes: int, noise_factor: float, copies
             why.append(f"noise: the teacher reads {pct(row.teacher_fidelity)} % of its images as their class, under "
                        f"{noise_factor:g} x chance ({pct(chance)} %)")
         reference = real.get(row.ipc, real.get("all"))
-        if row.method not in ("random", "full") and reference is not None and \
+        if row.method not in (REFERENCE, UPPER_BOUND) and reference is not None and \
                 row.intra_class_cosine > reference + copies_margin:
             why.append(f"near-copies: intra-class cosine {row.intra_class_cosine:.3f}, "
                        f"more than {copies_margin:g} above "
@@ -132,12 +135,12 @@ def scores(table: pd.DataFrame, lrs_weight: float, ars_weight: float) -> None:
     seeds = {(r.method, r.protocol): r.per_seed for r in table.itertuples()}
 
     def ior(method: str, protocol: str):
-        own, rnd = seeds.get((method, protocol)), seeds.get(("random", protocol))
+        own, rnd = seeds.get((method, protocol)), seeds.get((REFERENCE, protocol))
         return None if own is None or rnd is None or len(own) != len(rnd) else own - rnd
 
     out = {k: [] for k in ("hlr", "hlr_std", "lrs", "lrs_std", "ars", "ars_std")}
     for r in table.itertuples():
-        hard, full = seeds.get((r.method, "hard")), seeds.get(("full", "hard"))
+        hard, full = seeds.get((r.method, "hard")), seeds.get((UPPER_BOUND, "hard"))
         gain = ior(r.method, r.protocol)
         hlr = None if hard is None or full is None or len(hard) != len(full) else full - hard
         noaug = ior(r.method, "noaug") if r.protocol in AUGMENTED else None
@@ -193,7 +196,7 @@ def markdown(table: pd.DataFrame, title: str) -> str:
                      f"{pct(r.teacher_fidelity)} | {cosine} | {r.images} | {r.pixels} | {r.bytes} | {labels} | {share} "
                      f"| {flag} |")
     first = table.iloc[0]
-    draws = table[table.method == "random"].draws.dropna()
+    draws = table[table.method == REFERENCE].draws.dropna()
     lines += ["", f"Student {first.student}, {first.seeds} seeds; epochs per set: "
               + ", ".join(f"{m} {e}" for m, e in table.groupby("method").epochs.first().items()) + "."
               + (f" `random`: mean ± std over {int(draws.iloc[0])} independent draws (seed k trains on draw k)."

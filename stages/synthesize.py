@@ -1,4 +1,5 @@
-"""synthesize@<method>: D4M and VLCP images, img2img from each latent prototype with the shared pipeline.
+"""synthesize@<method>: images for the methods on the diffusion model (D4M, VLCP, ...), img2img from each latent
+prototype with the shared pipeline; the prompt of each cluster comes from the method's recipe.py.
 
 d4m   prompt = the class prompt; negative prompt, strength, guidance, steps from d4m.synthesis (docs/methods/d4m.md).
 vlcp  prompt = the cluster's text prototype (a member caption; long ones are encoded in windows,
@@ -20,34 +21,23 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from stages import methods
 from stages.data.folder import read_classes, save_png
-from stages.generation.folder import check_pipeline_folder
-from stages.generation.img2img import denoising_steps, generate, to_uint8
-from stages.pipeline.artifacts import PrototypesRecord, read_data_meta, read_model
+from stages.generation.img2img import denoising_steps, generate, load_pipeline, to_uint8
+from stages.clustering.record import PrototypesRecord
+from stages.pipeline.artifacts import read_data_meta, read_model
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
-from stages.pipeline.errors import ArtifactError, DataError
+from stages.pipeline.errors import ArtifactError, DataError, PipelineError
 from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 
 
-def load_pipeline(folder: Path, device: torch.device | None = None):
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    check_pipeline_folder(folder)
-    try:
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
-                                                              requires_safety_checker=False, use_safetensors=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise ArtifactError(f"{folder}: not a Stable Diffusion pipeline folder ({str(e).splitlines()[0]}); "
-                            "rerun the diffusion stage") from None
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def synthesize_methods() -> list[str]:
+    """The methods whose packages plug into this stage."""
+    return [m.name for m in methods.methods() if "synthesize" in m.shared_stages]
 
 
 def read_centroids(tensors: Path, method: str) -> torch.Tensor:
@@ -76,7 +66,7 @@ def load_prototypes(prefix: Path, method: str, ipc: int, classes: list[str]) -> 
         if not path.exists():
             raise DataError(f"{path}: missing; run prototypes@{method} first")
     centroids = read_centroids(tensors, method)
-    record = read_model(PrototypesRecord, record_path)
+    record, recipe = read_model(PrototypesRecord, record_path), methods.recipe(method)
     if record.method != method or record.ipc != ipc or [c.name for c in record.classes] != classes:
         raise DataError(f"{record_path}: made for {record.method} at ipc {record.ipc}, not {method} at ipc "
                         f"{ipc} over classes.json; rerun prototypes@{method}")
@@ -84,9 +74,9 @@ def load_prototypes(prefix: Path, method: str, ipc: int, classes: list[str]) -> 
         if len(entry.clusters) != ipc:
             raise ArtifactError(f"{record_path}: classes.{c}.clusters: {len(entry.clusters)} clusters, expected "
                                 f"ipc = {ipc}; rerun prototypes@{method}")
-        missing = next((k for k, cluster in enumerate(entry.clusters) if cluster.text_prototype is None), None)
-        if method == "vlcp" and missing is not None:
-            raise ArtifactError(f"{record_path}: classes.{c}.clusters.{missing}.text_prototype: missing (VLCP "
+        missing = next((k for k, cluster in enumerate(entry.clusters) if recipe.prompt("", cluster) is None), None)
+        if missing is not None:
+            raise ArtifactError(f"{record_path}: classes.{c}.clusters.{missing}.text_prototype: missing ({method} "
                                 f"prompts with it); rerun prototypes@{method}")
     if tuple(centroids.shape[:2]) != (len(classes), ipc):
         raise DataError(f"{tensors}: centroids of shape {list(centroids.shape)}, expected [{len(classes)}, {ipc}, ...]")
@@ -94,9 +84,9 @@ def load_prototypes(prefix: Path, method: str, ipc: int, classes: list[str]) -> 
 
 
 def synthesis_prompts(p: Params, method: str, classes: list[str], record: PrototypesRecord) -> list[list[str]]:
-    """[class][cluster] prompts: D4M's class prompt, VLCP's text prototypes."""
-    class_prompts = params.class_prompts(p, classes)
-    return [[class_prompts[c] if method == "d4m" else cluster.text_prototype for cluster in entry.clusters]
+    """[class][cluster] prompts as the method's recipe says: D4M's class prompt, VLCP's text prototypes."""
+    class_prompts, recipe = params.class_prompts(p, classes), methods.recipe(method)
+    return [[recipe.prompt(class_prompts[c], cluster) for cluster in entry.clusters]
             for c, entry in enumerate(record.classes)]
 
 
@@ -120,6 +110,9 @@ def run(p: Params, method: str, diffusion: Path, prototypes: Path, data: Path, o
     """The synthesize stage for `method`: img2img from every prototype into the set folder `out` (card
     included) and the stats JSON. Under torchrun each rank draws its share; rank 0 writes card and stats and
     returns the stats, the other ranks None."""
+    if method not in synthesize_methods():
+        raise PipelineError(f"synthesize {method}: not a method on the diffusion model "
+                            f"({', '.join(synthesize_methods())})")
     s = getattr(p, method).synthesis
     classes = read_classes(data)
     size = read_data_meta(data).image_size
@@ -155,7 +148,7 @@ def run(p: Params, method: str, diffusion: Path, prototypes: Path, data: Path, o
 
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=["d4m", "vlcp"])
+    parser.add_argument("method", help="a method on the diffusion model (d4m, vlcp, ...)")
     parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
     parser.add_argument("--prototypes", required=True, type=Path,
                         help="artifacts/<ds>/ipc<N>/prototypes/<method> (reads .safetensors and .json)")

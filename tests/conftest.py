@@ -39,9 +39,19 @@ def stage_env() -> dict:
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+def stage_module(name: str) -> str:
+    """A dvc.yaml stage's module (`rank` → stages.methods.delt.rank), or stages.<name> for a module name."""
+    from stages.layout import dvc_yaml
+
+    body = dvc_yaml.stage_bodies().get(name)
+    return dvc_yaml.stage_module(body) if body else f"stages.{name}"
+
+
 def run_stage(project: Path, module: str, *args: str, check: bool = True,
               env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m stages.<module>` inside `project`, exactly as dvc.yaml does (`env`: extra variables)."""
+    """Run a stage's module (a dvc.yaml stage name, or a module under stages) inside `project`, exactly as
+    dvc.yaml does (`env`: extra variables)."""
+    module = stage_module(module).removeprefix("stages.")
     result = subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=project,
                             env={**stage_env(), **(env or {})},
                             capture_output=True, text=True)

@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 from PIL import Image
 
-from stages.data.latents import read_latents
+from stages.data.latents_folder import read_latents
 from stages.generation import img2img, text
 from stages.pipeline.artifacts import write_record
 from tests.conftest import run_stage, workdir
@@ -267,7 +267,7 @@ def small_params(small: Path, monkeypatch, **override):
 
 def test_diffusion_run_in_process(small, tmp_path, monkeypatch):
     from stages import diffusion
-    from stages.generation.folder import check_pipeline_folder
+    from stages.generation.pipeline_folder import check_pipeline_folder
 
     p = small_params(small, monkeypatch)
     out, metrics = tmp_path / "diffusion", tmp_path / "diffusion.json"

@@ -11,8 +11,8 @@ import torch
 from torch.nn import functional as F
 
 from stages.models import build
-from stages.synthesis.bn_matching import BNStatisticsLoss
-from stages.synthesis.recover import RecoverConfig, augment, crop_min, recover_batch
+from stages.recover_engine.bn_matching import BNStatisticsLoss
+from stages.recover_engine.engine import RecoverConfig, augment, crop_min, recover_batch
 from tests.conftest import REPO
 
 
@@ -91,7 +91,7 @@ def test_the_recover_loss_gives_every_active_pixel_a_finite_non_zero_gradient():
 
 def test_the_engine_turns_a_missing_autograd_kernel_into_a_clear_error(monkeypatch):
     from stages.pipeline.errors import NotOptimisedError
-    from stages.synthesis import recover
+    from stages.recover_engine import engine as recover
 
     lib = torch.library.Library("ddpipe_engine_test", "DEF")
     lib.define("same(Tensor x) -> Tensor")
@@ -105,7 +105,7 @@ def test_the_engine_turns_a_missing_autograd_kernel_into_a_clear_error(monkeypat
 
 def test_assert_moved_names_the_method_class_and_ranks_that_stayed():
     from stages.pipeline.errors import NotOptimisedError
-    from stages.synthesis.movement import assert_moved
+    from stages.recover_engine.movement import assert_moved
 
     before = torch.zeros(4, 5, 5, 3, dtype=torch.uint8)
     after = before.clone()
@@ -120,8 +120,8 @@ def test_assert_moved_names_the_method_class_and_ranks_that_stayed():
 
 def test_delt_spreads_the_ipc_over_each_classs_own_rounds():
     """IPC 10, 500 iterations in rounds of 100, min_iterations 200: a class drawing 3 rounds runs all ranks."""
-    from stages.recover import delt_span
-    from stages.synthesis.schedules import join_rounds
+    from stages.methods.delt.recipe import delt_span
+    from stages.methods.delt.earlylate import join_rounds
 
     p = SimpleNamespace(ipc=10, seed=0, delt=SimpleNamespace(round_iterations=100, min_iterations=200,
                                                               recover=SimpleNamespace(iterations=500)))
@@ -181,7 +181,7 @@ def test_the_roll_range_is_a_param(roll, shifts):
 
 
 def test_delts_class_major_batches_hold_whole_classes():
-    from stages.synthesis.recover import Group, group_members, plan_class_groups, plan_groups, synthesize
+    from stages.recover_engine.engine import Group, group_members, plan_class_groups, plan_groups, synthesize
     from tests.test_synthesis import tiny_teacher
 
     # IPC 6, ipc_per_batch 2, 3 classes: 6 images a batch, i.e. one whole class (DELT's loader at IPC 50, batch 100)
@@ -198,7 +198,7 @@ def test_delts_class_major_batches_hold_whole_classes():
 
 
 def test_class_major_delt_cannot_be_sharded_by_ipc_range():
-    from stages.synthesis.params import Delt
+    from stages.methods.delt.params import Delt
 
     base = {"ranker": "convnet", "criterion": "medium", "teacher": "convnet", "round_iterations": 5,
             "min_iterations": None, "batch_order": "class",

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from stages.captions.jsonl import caption_line, record_captions
 from stages.data.folder import list_images, read_classes
-from stages.data.latents import write_latents
+from stages.data.latents_folder import write_latents
 from stages.models import build, save_checkpoint
 from tests.conftest import TINY, assert_nothing_left, assert_refused, run_stage, workdir
 

@@ -53,7 +53,7 @@ def report(kind: str, results: dict[str, str | None], started: float) -> None:
 def base(prepared, tmp_path_factory) -> Path:
     """A project folder: the prepared digits (classes.json and meta.json copied, images linked), the teacher,
     and a baseline random set made in-process."""
-    from stages import baseline
+    from stages.methods.baselines import baseline
 
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "data" / "digits").mkdir(parents=True)
@@ -100,7 +100,7 @@ def run_cases(kind: str, cases: dict[str, bytes], target: str, run, base: Path, 
 
 
 def baseline_run(folder: Path):
-    from stages import baseline
+    from stages.methods.baselines import baseline
 
     outcome = run_inprocess(baseline.main, ["random", "--data", "data/digits", "--out", "out"], folder)
     return outcome, lambda: tree_digest(folder / "out")
@@ -239,7 +239,7 @@ def test_metrics_json(metrics_base, tmp_path, full):
     report("metrics JSON (report)", results, started)
 
 
-# --- ranking.csv: stages.select ---------------------------------------------------------------------------------
+# --- ranking.csv: stages.methods.delt.select ---------------------------------------------------------------------------------
 
 @FULL
 def test_ranking_csv(base, tmp_path, full):
@@ -272,7 +272,7 @@ def test_ranking_csv(base, tmp_path, full):
     cases["empty"] = b""
 
     def select_run(folder: Path):
-        from stages import select
+        from stages.methods.delt import select
 
         shutil.copyfile(base / "ranking.csv", folder / "ranking.csv") if not (folder / "ranking.csv").exists() \
             else None
@@ -574,7 +574,7 @@ def test_prototypes(tmp_path):
 
 
 def test_latents(tmp_path):
-    from stages.data.latents import INDEX, TENSORS, read_latents, write_latents
+    from stages.data.latents_folder import INDEX, TENSORS, read_latents, write_latents
 
     folder = tmp_path / "latents"
     paths = ["0/a.png", "0/b.png", "1/c.png", "1/d.png"]
@@ -599,7 +599,7 @@ def test_latents(tmp_path):
 
 
 def test_diffusion_folder_index(tmp_path):
-    from stages.generation.folder import check_pipeline_folder
+    from stages.generation.pipeline_folder import check_pipeline_folder
     from stages.pipeline.artifacts import write_record
 
     folder = tmp_path / "sd"

@@ -168,7 +168,7 @@ def ranking_text(base: Path) -> list[str]:
     ("not-utf8", None, r"ranking.csv: not UTF-8"),
 ], ids=lambda v: v if isinstance(v, str) and " " not in v and ":" not in v else "")
 def test_ranking_faults(base, tmp_path, case, damage, message):
-    from stages import select
+    from stages.methods.delt import select
 
     folder = project(base, tmp_path / case)
     rows = ranking_text(base)
@@ -327,7 +327,7 @@ def test_teacher_meta_missing_a_key_and_its_content_record(prepared, tmp_path):
 
 
 def test_latents_index_with_a_non_integer_row(tmp_path):
-    from stages.data.latents import read_latents, write_latents
+    from stages.data.latents_folder import read_latents, write_latents
 
     write_latents(tmp_path, torch.zeros(2, 4, 2, 2), torch.tensor([0, 1]), ["0/a.png", "1/b.png"])
     index = tmp_path / "index.csv"

@@ -19,12 +19,12 @@ from torch import nn
 
 from conftest import run_stage, stage_env, workdir
 from stages.models.convnet import ConvNet
-from stages.podd import rat_bptt
-from stages.podd.geometry import (Geometry, auto_class_grid, crop_index, crops, effective_ipc, fixed_labels,
+from stages.methods.podd import rat_bptt
+from stages.methods.podd.geometry import (Geometry, auto_class_grid, crop_index, crops, effective_ipc, fixed_labels,
                                   initial_poster, placements, poster_size)
-from stages.podd.labels import crop_labels, crop_reader, initial_cells, label_grid
-from stages.podd.order import anti_diagonal, cosine_distances, embed, greedy_order
-from stages.podd.zca import fit
+from stages.methods.podd.labels import crop_labels, crop_reader, initial_cells, label_grid
+from stages.methods.podd.order import anti_diagonal, cosine_distances, embed, greedy_order
+from stages.methods.podd.zca import fit
 
 # The reference's README configs (docs/methods/podd.md#knobs-podd): poster, image, class grid, patch grid.
 README_CONFIGS = {
@@ -305,7 +305,7 @@ def test_poster_resumes_after_sigkill_to_the_same_bytes(prepared):
     whole = workdir(prepared, "podd_whole", settings)
     run_stage(whole, "poster", *poster_args())
     killed = workdir(prepared, "podd_killed", settings)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.poster", *poster_args()], cwd=killed, env=stage_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "stages.methods.podd.poster", *poster_args()], cwd=killed, env=stage_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / "out" / "poster" / ".podd.resume" / "state.pt"
     deadline = time.monotonic() + 120
@@ -341,7 +341,7 @@ def test_poster_rejects_bad_params(prepared, override, message):
 
 @pytest.mark.slow  # a whole (tiny) poster in this process: ~1 min on 2 shared cores; the stage's CLI is tested above
 def test_poster_run_is_a_typed_function_tests_call_in_process(prepared, monkeypatch):
-    from stages import poster
+    from stages.methods.podd import poster
     from stages.pipeline import params
 
     folder = workdir(prepared, "podd_in_process", TINY_PODD)

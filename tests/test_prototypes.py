@@ -12,9 +12,9 @@ from sklearn.neighbors import LocalOutlierFactor
 
 from stages.captions.jsonl import caption_line, record_captions
 from stages.clustering.kmeans import full_kmeans, lof_inliers, minibatch_kmeans, stream_chunks, vlcp_clusters
-from stages.clustering.text_prototypes import (class_text_prototypes, name_words, pick_caption, stopwords,
+from stages.methods.vlcp.text_prototypes import (class_text_prototypes, name_words, pick_caption, stopwords,
                                                tokens)
-from stages.data.latents import read_latents, write_latents
+from stages.data.latents_folder import read_latents, write_latents
 from stages.pipeline.errors import DataError
 from tests.conftest import REPO, run_stage, write_params
 
@@ -273,7 +273,7 @@ def test_stage_writes_both_files_deterministically(tmp_path):
 def test_stage_refuses_captions_for_d4m_and_requires_them_for_vlcp(tmp_path):
     root = fake_project(tmp_path / "project")
     result = prototypes_stage(root, "d4m", "--captions", "artifacts/digits/captions", check=False)
-    assert result.returncode == 2 and "D4M uses no captions" in result.stderr
+    assert result.returncode == 2 and "d4m uses no captions" in result.stderr
     result = run_stage(root, "prototypes", "vlcp", "--latents", "artifacts/digits/latents", "--data",
                        "data/digits", "--out", "artifacts/digits/ipc2/prototypes/vlcp", check=False)
     assert result.returncode == 2 and "--captions is required" in result.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from stages import rded
+from stages.methods.rded import realistic_crops as rded
 from stages.data.distilled import load_set
 
 

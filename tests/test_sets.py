@@ -95,7 +95,7 @@ def test_full_set_reference_cannot_leave_data(prepared, tmp_path):
 def test_baseline_run_is_a_typed_function_tests_call_in_process(prepared, monkeypatch):
     from pathlib import Path
 
-    from stages import baseline
+    from stages.methods.baselines import baseline
     from stages.pipeline import params
     from tests.conftest import workdir
 

@@ -6,9 +6,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from stages.models import build
-from stages.synthesis.bn_matching import BNStatisticsLoss
-from stages.delt.selection import medium_order, select
-from stages.synthesis.schedules import iterations_per_rank, join_rounds, round_sizes
+from stages.recover_engine.bn_matching import BNStatisticsLoss
+from stages.methods.delt.selection import medium_order, select
+from stages.methods.delt.earlylate import iterations_per_rank, join_rounds, round_sizes
 
 
 def test_bn_loss_is_zero_when_batch_statistics_equal_running_statistics():
@@ -78,7 +78,7 @@ def tiny_teacher():
 
 
 def test_recover_fits_the_teacher_and_keeps_pixels_valid():
-    from stages.synthesis.recover import RecoverConfig, recover_batch
+    from stages.recover_engine.engine import RecoverConfig, recover_batch
 
     teacher = tiny_teacher()
     cfg = RecoverConfig(iterations=150, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=1,
@@ -98,7 +98,7 @@ def test_recover_fits_the_teacher_and_keeps_pixels_valid():
 
 
 def test_late_joiners_are_untouched_before_their_round():
-    from stages.synthesis.recover import RecoverConfig, recover_batch
+    from stages.recover_engine.engine import RecoverConfig, recover_batch
 
     teacher = tiny_teacher()
     cfg = RecoverConfig(iterations=10, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=0,
@@ -113,7 +113,7 @@ def test_late_joiners_are_untouched_before_their_round():
 
 def test_recover_reports_a_non_finite_loss_with_its_iteration():
     from stages.pipeline.errors import DivergedError
-    from stages.synthesis.recover import RecoverConfig, recover_batch
+    from stages.recover_engine.engine import RecoverConfig, recover_batch
 
     cfg = RecoverConfig(iterations=3, lr=0.1, r_bn=float("inf"), first_bn_multiplier=10, r_var=1.0, jitter=0,
                         crop_min_scale=1.0, crop_schedule="fixed", flip=False)
@@ -125,7 +125,7 @@ def test_recover_reports_a_non_finite_loss_with_its_iteration():
 @pytest.mark.parametrize("dwa_steps", [0, 3])
 def test_a_run_sharded_into_two_ipc_ranges_produces_the_same_images(dwa_steps):
     from stages.pipeline.errors import PipelineError
-    from stages.synthesis.recover import RecoverConfig, plan_groups, synthesize
+    from stages.recover_engine.engine import RecoverConfig, plan_groups, synthesize
 
     teacher = tiny_teacher()
     cfg = RecoverConfig(iterations=8, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=1,
@@ -170,7 +170,7 @@ def test_ranking_csv_is_sorted_and_select_writes_the_medium_order(prepared):
 
 
 def test_infer_budget_matches_the_papers_counts_and_is_enforced():
-    from stages.synthesis.schedules import infer_budget
+    from stages.methods.infer.budget import infer_budget
 
     # docs/methods/infer.md#budget: (ipc, C, M) → ipc_init bases per class, M compensators per base set
     assert infer_budget(10, 100, 4) == (9, 4)  # 9·104 = 936 ≤ 1000
@@ -187,7 +187,7 @@ def test_infer_budget_matches_the_papers_counts_and_is_enforced():
 
 
 def test_compensators_are_one_additive_image_per_base_set_that_lowers_the_loss():
-    from stages.synthesis.recover import RecoverConfig, recover_compensators
+    from stages.recover_engine.engine import RecoverConfig, recover_compensators
 
     teacher = tiny_teacher()
     cfg = RecoverConfig(iterations=150, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=1,
@@ -205,7 +205,7 @@ def test_compensators_are_one_additive_image_per_base_set_that_lowers_the_loss()
 
 
 def test_dwa_moves_a_copy_of_the_teacher_by_rho_and_leaves_bn_statistics():
-    from stages.synthesis.recover import directed_weight_adjustment
+    from stages.recover_engine.engine import directed_weight_adjustment
 
     teacher = tiny_teacher()
     original = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -221,7 +221,7 @@ def test_dwa_moves_a_copy_of_the_teacher_by_rho_and_leaves_bn_statistics():
 
 
 def test_min_iterations_stops_classes_at_random_rounds():
-    from stages.synthesis.schedules import class_rounds
+    from stages.methods.delt.earlylate import class_rounds
 
     rng = np.random.default_rng(0)
     assert class_rounds(5, 400, 100, 400, rng) == [4] * 5  # DELT's scripts: every class runs all rounds
@@ -249,8 +249,8 @@ def test_rank_and_select_runs_are_typed_functions_tests_call_in_process(prepared
 
     import pandas as pd
 
-    from stages import rank as rank_stage
-    from stages import select as select_stage
+    from stages.methods.delt import rank as rank_stage
+    from stages.methods.delt import select as select_stage
     from stages.pipeline import params
     from tests.conftest import workdir
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from stages.captions.jsonl import caption_line
-from stages.data.latents import write_latents
+from stages.data.latents_folder import write_latents
 from stages.pipeline.paths import inside, relative
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_bytes, sha256_file
@@ -78,7 +78,7 @@ def test_diffusers_itself_is_told_safetensors_only(sd_dir, tmp_path, monkeypatch
     with pytest.raises(ArtifactError, match="not a diffusers VAE .*diffusion_pytorch_model.safetensors"):
         stages.latents.load_vae(broken)
     with pytest.raises(ArtifactError, match="not a Stable Diffusion pipeline folder"):
-        stages.synthesize.load_pipeline(broken)
+        stages.generation.img2img.load_pipeline(broken)
     assert not marker.exists()
 
 

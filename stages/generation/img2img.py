@@ -12,6 +12,25 @@ import torch
 import torch.nn.functional as F
 
 from stages.generation import text
+from stages.generation.pipeline_folder import check_pipeline_folder
+from stages.pipeline.errors import ArtifactError
+
+
+def load_pipeline(folder: Path, device: torch.device | None = None):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    check_pipeline_folder(folder)
+    try:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+                                                              requires_safety_checker=False, use_safetensors=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ArtifactError(f"{folder}: not a Stable Diffusion pipeline folder ({str(e).splitlines()[0]}); "
+                            "rerun the diffusion stage") from None
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def denoising_steps(steps: int, strength: float) -> int:

@@ -3,7 +3,7 @@
 On any other device every function here is the identity, so CPU runs keep their bytes. `params.load` sets
 `settings` from params.yaml's `gpu` section. What stays fp32 under autocast: the weights and optimizer
 state, BatchNorm's running statistics (autocast leaves batch_norm in fp32), the BN-matching statistics and
-the recover loss (stages/synthesis), and every loss (logits are cast back before it).
+the recover loss (stages/recover_engine), and every loss (logits are cast back before it).
 """
 from __future__ import annotations
 

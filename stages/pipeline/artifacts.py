@@ -11,29 +11,27 @@ Kinds and where they are read (docs/hardening.md lists what each check refuses):
   params.yaml                  stages/pipeline/params.py (load)
   images                       stages/data/folder.py (decode_rgb, with the pixel limit below)
   classes.json, data meta.json read_classes, read_data_meta (here)
-  ranking.csv                  read_ranking (here)
+  ranking.csv                  stages/methods/delt/ranking.py (read_ranking)
   card.json, SHA256SUMS        stages/pipeline/card.py (read_card, verify_content)
   labels safetensors           stages/data/distilled.py (read_labels, with labels_metadata here)
   FKD Parquet, fkd.json        read_fkd_meta (here), stages/training/soft_labels.py (read_checked_epoch)
-  evaluate's metrics JSON      read_metrics (here), read by report
+  evaluate's metrics JSON      stages/evaluation/metrics.py (read_metrics), read by report
   captions folder (+ record)   stages/captions/jsonl.py (read_captions)
-  latents + index.csv          stages/data/latents.py (read_latents)
+  latents + index.csv          stages/data/latents_folder.py (read_latents)
   teacher weights + meta.json  stages/models/__init__.py (load_checkpoint, with TeacherMeta here)
-  diffusion folder             stages/generation/folder.py (check_pipeline_folder)
-  prototypes JSON + tensors    stages/synthesize.py (load_prototypes, with PrototypesRecord here)
+  diffusion folder             stages/generation/pipeline_folder.py (check_pipeline_folder)
+  prototypes JSON + tensors    stages/synthesize.py (load_prototypes, with stages/clustering/record.py)
   resume state                 stages/pipeline/resume.py (Resume)
   content records              write_record, verify_record (here): SHA256SUMS for teachers, captions, latents, ...
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stages.pipeline.errors import ArtifactError, DataError, PipelineError, ResourceError
 from stages.pipeline.outputs import sha256_file
@@ -195,106 +193,6 @@ class TeacherMeta(BaseModel):
     std: Annotated[list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]], Field(min_length=3, max_length=3)]
 
 
-# --- the prototypes record: ipc<N>/prototypes/<method>.json -------------------------------------------------------
-
-class PrototypeCluster(BaseModel):
-    """One cluster as synthesize reads it: VLCP prompts with its text prototype (D4M with the class prompt)."""
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    text_prototype: Optional[str] = None
-
-
-class PrototypeClass(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    name: str = Field(alias="class")
-    clusters: list[PrototypeCluster]
-
-
-class PrototypesRecord(BaseModel):
-    """prototypes@<method>'s JSON record, the keys synthesize reads (members, outliers, words are kept, not read)."""
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    method: Literal["d4m", "vlcp"]
-    ipc: Annotated[int, Field(gt=0)]
-    params: dict
-    classes: list[PrototypeClass]
-
-
-# --- ranking.csv ---------------------------------------------------------------------------------------------
-
-RANKING_COLUMNS = ["path", "class", "label", "score", "rank"]
-
-
-def read_ranking(path: Path, classes: list[str], train_names: list[str] | None = None,
-                 train_dir: Path | None = None):
-    """rank's CSV as a DataFrame, every row checked: path '<class>/<file>' inside its class folder and listed
-    once, class known, label its index, score a finite probability, rank the row's place in its class by
-    score (0 = highest); with `train_names` (the train split's '<class>/<file>' names), every train image
-    is ranked, no other; with `train_dir` (a split of copies), no path leads out of it, symlinks included."""
-    import pandas as pd
-
-    path = Path(path)
-    text = read_text(path, ArtifactError, "run the rank stage first")
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if not rows:
-        raise ArtifactError(f"{path}: empty; expected the header {RANKING_COLUMNS} and one row per train image")
-    if rows[0] != RANKING_COLUMNS:
-        raise ArtifactError(f"{path}: columns {rows[0]}, expected {RANKING_COLUMNS}")
-    if len(rows) == 1:
-        raise ArtifactError(f"{path}: no rows below the header")
-    index = {name: i for i, name in enumerate(classes)}
-    first: dict[str, int] = {}
-    paths, names, labels, scores, ranks = [], [], [], [], []
-    from stages.pipeline.paths import relative
-
-    for number, row in enumerate(rows[1:], 2):
-        where = f"{path}:{number}"
-        if len(row) != len(RANKING_COLUMNS):
-            raise ArtifactError(f"{where}: {len(row)} fields, expected {len(RANKING_COLUMNS)}")
-        ref, name, label, score, rank = row
-        if name not in index:
-            raise ArtifactError(f"{where}: class {name!r} is not in classes.json")
-        parts = relative(ref, where).parts
-        if len(parts) != 2 or parts[0] != name:
-            raise ArtifactError(f"{where}: path {ref!r} is not '<class>/<file>' in class folder {name!r}")
-        if ref in first:
-            raise ArtifactError(f"{where}: {ref!r} listed twice (first at line {first[ref]})")
-        first[ref] = number
-        try:
-            label, rank, score = int(label), int(rank), float(score)
-        except ValueError:
-            raise ArtifactError(f"{where}: label {label!r}, score {score!r}, rank {rank!r}: expected integer, "
-                                "number, integer") from None
-        if label != index[name]:
-            raise ArtifactError(f"{where}: label {label} is not the index {index[name]} of class {name!r}")
-        if not 0 <= score <= 1:  # also refuses nan and inf
-            raise ArtifactError(f"{where}: score {score!r} is not a probability in [0, 1]")
-        if rank < 0:
-            raise ArtifactError(f"{where}: rank {rank} is negative")
-        paths.append(ref), names.append(name), labels.append(label), scores.append(score), ranks.append(rank)
-    by_class: dict[str, list[tuple[int, float, str]]] = {}
-    for ref, name, score, rank in zip(paths, names, scores, ranks):
-        by_class.setdefault(name, []).append((rank, score, ref))
-    for name, members in by_class.items():
-        members.sort()
-        if [r for r, _, _ in members] != list(range(len(members))):
-            raise ArtifactError(f"{path}: class {name!r}: ranks are not 0..{len(members) - 1}, each once")
-        worse = next((ref for (_, a, _), (_, b, ref) in zip(members, members[1:]) if b > a), None)
-        if worse is not None:
-            raise ArtifactError(f"{path}:{first[worse]}: score is above the score of the row ranked before it")
-    if train_dir is not None:
-        from stages.pipeline.paths import inside
-
-        for ref, number in first.items():
-            inside(train_dir, ref, f"{path}:{number}")
-    if train_names is not None and set(train_names) != set(first):
-        missing, extra = sorted(set(train_names) - set(first)), sorted(set(first) - set(train_names))
-        raise ArtifactError(f"{path}: ranks {len(first)} images, the train split has {len(train_names)} "
-                            f"(not ranked: {missing[:3]}, not train images: {extra[:3]}); run rank again")
-    return pd.DataFrame({"path": paths, "class": names, "label": labels, "score": scores, "rank": ranks})
-
-
 # --- labels safetensors metadata ------------------------------------------------------------------------------
 
 def label_paths(metadata: Optional[dict], path: Path) -> list[str]:
@@ -338,73 +236,6 @@ def read_fkd_meta(labels_dir: Path) -> FkdMeta:
         raise ArtifactError(f"{Path(labels_dir) / 'fkd.json'}: files lists {len(meta.files)} epochs, epochs = "
                             f"{meta.epochs}")
     return meta
-
-
-# --- evaluate's metrics JSON ---------------------------------------------------------------------------------
-
-Accuracy = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-
-
-class MeanStd(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    mean: Accuracy
-    std: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-
-
-class ProtocolMetrics(BaseModel):
-    """One protocol's results over the seeds."""
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    top1: MeanStd
-    top5: MeanStd
-    top1_best: MeanStd
-    per_seed_top1: Annotated[list[Accuracy], Field(min_length=1)]
-
-
-class EvaluateMetrics(BaseModel):
-    """A metrics JSON as evaluate writes it: the keys report reads. Extra keys are kept; `students`, `draws` and
-    `label_bytes` may be absent (files made before evaluate wrote them)."""
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    method: Annotated[str, Field(min_length=1)]
-    ipc: Optional[Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, allow_inf_nan=False)]]  # None: full
-    images: Annotated[int, Field(gt=0)]
-    pixels: Annotated[int, Field(gt=0)]
-    bytes: Annotated[int, Field(ge=0)]
-    train_bytes: Annotated[int, Field(gt=0)]
-    label_bytes: Optional[dict[str, Optional[Annotated[int, Field(ge=0)]]]] = None
-    draws: Optional[Annotated[int, Field(gt=0)]] = None
-    seeds: Annotated[int, Field(gt=0)]
-    epochs: Annotated[int, Field(gt=0)]
-    student: Annotated[str, Field(min_length=1)]
-    protocols: dict[str, ProtocolMetrics]
-    students: Optional[dict[str, dict[str, ProtocolMetrics]]] = None
-    teacher_fidelity: Accuracy
-    intra_class_cosine: Optional[Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]]
-
-    @model_validator(mode="after")
-    def _every_student_and_seed(self) -> "EvaluateMetrics":
-        """`protocols` is the first student's entry of `students`; every student has results for the same
-        protocols, each from `seeds` seeds (report compares sets seed by seed)."""
-        if self.students is not None:
-            if self.students.get(self.student) != self.protocols:
-                raise ValueError(f"students.{self.student}: differs from protocols (the results of student "
-                                 f"{self.student!r})")
-            for arch, results in self.students.items():
-                if set(results) != set(self.protocols):
-                    raise ValueError(f"students.{arch}: protocols {sorted(results)}, expected those of protocols: "
-                                     f"{sorted(self.protocols)}")
-        for arch, results in (self.students or {self.student: self.protocols}).items():
-            for protocol, r in results.items():
-                if len(r.per_seed_top1) != self.seeds:
-                    raise ValueError(f"students.{arch}.{protocol}.per_seed_top1: {len(r.per_seed_top1)} values, "
-                                     f"seeds = {self.seeds}")
-        return self
-
-
-def read_metrics(path: Path) -> EvaluateMetrics:
-    return read_model(EvaluateMetrics, path, ArtifactError, "run the evaluate stage for this set first")
 
 
 # --- images: a pixel limit ---------------------------------------------------------------------------------------

@@ -4,13 +4,14 @@ Defaults live in params.yaml, not here: every field is required, so a missing ke
 An unknown key, a wrong type or an impossible value stops with one message naming key and value.
 
 The core holds the keys every stage shares (launcher, dataset, ipc, seed, class names and prompt). Each
-other section lives beside the code that reads it, in a `params` module of its package (e.g.
-stages/synthesis/params.py for the recover engine's sre2l, delt and infer). Such a module defines
-`SECTIONS` (key -> pydantic model, in params.yaml order), `ORDER` (where its sections go among the
-others) and optionally `check(params)` (cross-section rules, raising ValueError) and
-`check_data(params, counts)` (rules that need the prepared data's class sizes) and `apply(params)` (settings that
-act on the process, e.g. the GPU's). The core finds these
-modules by looking, and imports none of them by name: a new method is its package, not an edit here.
+other section lives beside the code that reads it, in a `params` module of its package: a shared package
+(`stages/<package>/params.py`, e.g. the recover engine's `recover` block) or a method's
+(`stages/methods/<name>/params.py`). Such a module defines `SECTIONS` (key -> pydantic model, in params.yaml
+order), `ORDER` (where its sections go among the others) and optionally `check(params)` (cross-section rules,
+raising ValueError), `check_data(params, counts)` (rules that need the prepared data's class sizes),
+`resolve(raw, sections)` (fills, before validation, what a section inherits from another: the methods' `recover`
+from the shared block) and `apply(params)` (settings that act on the process, e.g. the GPU's). The core finds
+these modules by looking, and imports none of them by name: a new method is its package, not an edit here.
 """
 from __future__ import annotations
 
@@ -58,15 +59,33 @@ def placeholder(template: str, field: str, what: str) -> str:
     return template
 
 
+def _packages() -> list[str]:
+    """`stages.<package>` and `stages.methods.<name>` for every package of either kind (the core excepted)."""
+    names = []
+    for info in pkgutil.iter_modules(stages.__path__):
+        if info.ispkg and info.name != "pipeline":
+            names.append(f"stages.{info.name}")
+            if info.name == "methods":
+                methods = importlib.import_module("stages.methods")
+                names += [f"stages.methods.{m.name}" for m in pkgutil.iter_modules(methods.__path__) if m.ispkg]
+    return names
+
+
 @lru_cache(maxsize=1)
 def section_modules() -> tuple[ModuleType, ...]:
-    """Every `stages.<package>.params` module, in their ORDER (then by name)."""
-    found = []
-    for info in pkgutil.iter_modules(stages.__path__):
-        if info.ispkg and info.name != "pipeline" and \
-                importlib.util.find_spec(f"stages.{info.name}.params") is not None:
-            found.append(importlib.import_module(f"stages.{info.name}.params"))
+    """Every package's `params` module, in their ORDER (then by name)."""
+    found = [importlib.import_module(f"{package}.params") for package in _packages()
+             if importlib.util.find_spec(f"{package}.params") is not None]
     return tuple(sorted(found, key=lambda m: (m.ORDER, m.__name__)))
+
+
+def resolve(raw: dict) -> dict:
+    """params.yaml as read, with what sections inherit filled in (each module's `resolve`), ready to validate."""
+    sections = {key: model for module in section_modules() for key, model in module.SECTIONS.items()}
+    for module in section_modules():
+        if hasattr(module, "resolve"):
+            module.resolve(raw, sections)
+    return raw
 
 
 class Params(Section):
@@ -151,7 +170,7 @@ def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Pa
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     try:
-        params = schema().model_validate(raw)
+        params = schema().model_validate(resolve(raw))
     except ValidationError as e:
         raise ParamsError(_describe(e, str(path))) from None
     check_ipc(params, Path(data_root) / params.dataset / "meta.json", str(path))

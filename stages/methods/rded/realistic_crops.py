@@ -8,7 +8,7 @@ candidate keeps its lowest-loss patch, and the ipc x factor² candidates with th
 of a class holds the patch ranked k x ipc + i at grid cell k (row-major), so every image gets one of the best
 ipc patches at its top-left. Soft labels for the student come from relabel (FKD), like every set.
 
-    python -m stages.rded --teachers artifacts/digits/teachers --data data/digits \\
+    python -m stages.methods.rded.realistic_crops --teachers artifacts/digits/teachers --data data/digits \\
         --out artifacts/digits/ipc10/distilled/rded
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from stages.data.augment import crop_resize, sample_boxes
 from stages.data.folder import ImageSet, normalise, read_classes, save_png
 from stages.data.prepared import open_images
 from stages.models import predict
-from stages.patches.params import Rded
+from stages.methods.rded.params import Rded
 from stages.pipeline import cli, params, runlog
 from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline.card import EVALUATION_NOTE, write_card
@@ -32,7 +32,7 @@ from stages.pipeline.errors import ParamsError
 from stages.pipeline.params import Params
 from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.seeds import derive_seed
-from stages.recover import Teachers
+from stages.models.teachers import Teachers
 
 
 def candidate_patches(images: torch.Tensor, crops: int, patch: int, scale: tuple[float, float],

@@ -1,4 +1,4 @@
-"""The `rded` section: how RDED draws, scores and stitches real crops (docs/rded.md)."""
+"""The `rded` section: how RDED draws, scores and stitches real crops (docs/methods/rded.md)."""
 from __future__ import annotations
 
 from pydantic import field_validator

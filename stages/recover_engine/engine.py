@@ -31,7 +31,7 @@ from stages.data.augment import crop_resize, sample_boxes
 from stages.data.folder import normalise
 from stages.pipeline.errors import DivergedError, NotOptimisedError, PipelineError
 from stages.pipeline.seeds import derive_seed
-from stages.synthesis.bn_matching import BNStatisticsLoss
+from stages.recover_engine.bn_matching import BNStatisticsLoss
 from stages.models import accel
 
 CHECK_EVERY = 50  # iterations between host-side checks for a non-finite loss (bounds the work wasted after one)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from stages.podd.geometry import Geometry, placements
+from stages.methods.podd.geometry import Geometry, placements
 
 
 def label_grid(geometry: Geometry, comp_ipc: int) -> tuple[int, int]:

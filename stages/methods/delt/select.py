@@ -15,10 +15,10 @@ from stages.pipeline.paths import inside
 from stages.data.prepared import split_items
 from stages.pipeline import cli, params
 from stages.pipeline.params import Params
-from stages.pipeline.artifacts import read_ranking
+from stages.methods.delt.ranking import read_ranking
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir, write_json
-from stages.delt.selection import select
+from stages.methods.delt.selection import select
 
 
 def run(p: Params, ranking: Path, data: Path, out: Path) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from stages.data.distilled import write_labels
 from stages.data.folder import save_png
-from stages.podd.geometry import crops
+from stages.methods.podd.geometry import crops
 
 LABELS = "labels.safetensors"
 

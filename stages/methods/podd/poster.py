@@ -39,13 +39,14 @@ from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume, fresh
 from stages.pipeline.seeds import derive_seed
 from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
-from stages.podd import labels as poddl
-from stages.podd import zca as zca_lib
-from stages.podd.params import Podd
-from stages.podd.export import LABELS, export, image_range
-from stages.podd.geometry import Geometry, auto_class_grid, crop_index, crops, fixed_labels, initial_poster, poster_size
-from stages.podd.order import cosine_distances, embed, greedy_order
-from stages.podd.rat_bptt import InnerRun, NormClip, draw_warmup, meta_loss, train_on_crops
+from stages.methods.podd import labels as poddl
+from stages.methods.podd import zca as zca_lib
+from stages.methods.podd.params import Podd
+from stages.methods.podd.export import LABELS, export, image_range
+from stages.methods.podd.geometry import (Geometry, auto_class_grid, crop_index, crops, fixed_labels, initial_poster,
+                                         poster_size)
+from stages.methods.podd.order import cosine_distances, embed, greedy_order
+from stages.methods.podd.rat_bptt import InnerRun, NormClip, draw_warmup, meta_loss, train_on_crops
 
 
 def geometry_from(cfg: Podd, classes: int, size: int) -> Geometry:

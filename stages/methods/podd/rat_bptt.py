@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from stages.podd.augment import augment
+from stages.methods.podd.diff_augment import augment
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8

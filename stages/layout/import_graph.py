@@ -6,7 +6,7 @@ import ast
 from functools import lru_cache
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the project root: stages/ is its top-level package
 
 
 def module_file(name: str) -> Path | None:
@@ -57,6 +57,6 @@ def closure(name: str) -> set[str]:
 
 
 def package_of(name: str) -> str:
-    """stages.synthesis.recover → stages.synthesis; a top-level stage module (stages.recover) is its own."""
+    """stages.recover_engine.engine → stages.recover_engine; a top-level stage module (stages.recover) is its own."""
     parts = name.split(".")
     return ".".join(parts[:2])

@@ -1,20 +1,14 @@
-"""The `d4m` and `vlcp` sections: how each clusters latents into prototypes and turns them into images."""
+"""The `vlcp` section: LOF, k-means and text prototypes (prototypes@vlcp) and its img2img (synthesize@vlcp)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field
 
 from stages.generation.params import Img2Img
 from stages.pipeline.params import Positive, Section
 
-ORDER = 70
-
-
-class D4mPrototypes(Section):
-    kmeans: Literal["minibatch", "full"]
-    km_expand: Positive
-    n_init: Positive
+ORDER = 71
 
 
 class VlcpPrototypes(Section):
@@ -25,14 +19,9 @@ class VlcpPrototypes(Section):
     tpk: Positive
 
 
-class D4m(Section):
-    prototypes: D4mPrototypes
-    synthesis: Img2Img
-
-
 class Vlcp(Section):
     prototypes: VlcpPrototypes
     synthesis: Img2Img
 
 
-SECTIONS = {"d4m": D4m, "vlcp": Vlcp}
+SECTIONS = {"vlcp": Vlcp}

@@ -1,1 +1,0 @@
-"""DELT's own code: picking the real images its recover starts from (EarlyLate lives in the recover engine)."""

@@ -1,0 +1,1 @@
+"""What evaluation writes and the report reads: the metrics JSON's schema."""

@@ -1,0 +1,150 @@
+"""dvc.yaml's generated parts: each stage's code deps, and the sets relabel and evaluate grade.
+
+Code deps are kept at package granularity: a stage depends on its own module (a top-level stage module) or
+method package, and on every shared package its module imports, transitively (read with ast, nothing is
+imported): `stages/pipeline`, `stages/data`, ... as folders. A shared stage that methods plug into through
+their recipes (recover, prototypes, synthesize) depends on `stages/methods/${key}` (its foreach key) and on
+what those recipes import. So an edit reruns the stages whose code it touched, and a D4M edit never reruns
+a teacher. The evaluated sets are the registry's (stages/methods): one entry per set, in its order.
+
+    ddpipe dvc-yaml --check     exit 1 and list what differs (tests run this)
+    ddpipe dvc-yaml --write     rewrite those parts of dvc.yaml in place; every other line stays
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from stages import methods
+from stages.layout.import_graph import ROOT, closure, module_file
+
+DVC_YAML = ROOT / "dvc.yaml"
+METHOD_KEY = {"foreach-dict": "${key}", "foreach-list": "${item}"}
+
+
+def stage_bodies(path: Path = DVC_YAML) -> dict[str, dict]:
+    stages = yaml.safe_load(path.read_text())["stages"]
+    return {name: stage for name, stage in stages.items()}
+
+
+def stage_module(body: dict) -> str | None:
+    found = re.search(r"-m (stages(?:\.\w+)+)", body.get("do", body)["cmd"])
+    return found.group(1) if found else None
+
+
+def unit(module: str) -> str:
+    """The dep a module is part of: a top-level module's file, a package's folder, a method package's folder."""
+    path = module_file(module).relative_to(ROOT)
+    parts = path.parts
+    if len(parts) == 2 or (parts[1] == "methods" and len(parts) == 3):  # stages/x.py, stages/methods/__init__.py
+        return path.as_posix()
+    return "/".join(parts[:3] if parts[1] == "methods" else parts[:2])
+
+
+def method_folder(dep: str) -> bool:
+    return dep.startswith("stages/methods/") and dep.count("/") == 2 and not dep.endswith(".py")
+
+
+def runs(module: str) -> set[str]:
+    """`module`, the packages `python -m` imports first, and everything they import, transitively."""
+    parts = module.split(".")
+    return set().union(*(closure(".".join(parts[:i])) for i in range(2, len(parts) + 1)))
+
+
+def code_deps(body: dict) -> list[str]:
+    """The code deps a stage's module implies (its foreach key standing for a method where methods plug in)."""
+    module = stage_module(body)
+    deps = {unit(m) for m in runs(module)}
+    role = module.rsplit(".", 1)[-1]
+    joined = [m for m in methods.methods() if role in m.shared_stages]
+    if joined:  # a shared stage: each method's recipe, its package standing as the foreach key
+        for m in joined:
+            deps |= {unit(r) for r in runs(f"stages.methods.{m.name}.recipe")}
+        deps = {d for d in deps if not method_folder(d)}
+        foreach = body.get("foreach")
+        deps.add(f"stages/methods/{METHOD_KEY['foreach-dict' if isinstance(foreach, dict) else 'foreach-list']}")
+    return sorted(deps)
+
+
+def declared(body: dict) -> list[str]:
+    return sorted(d for d in (body.get("do", body).get("deps") or []) if d.startswith("stages/"))
+
+
+def evaluated_foreach() -> dict[str, dict[str, str]]:
+    """relabel/evaluate's foreach as the registry has it: set name → {dir, epochs}."""
+    return {s.name: {"dir": s.budget, "epochs": s.epochs} for s in methods.evaluated_sets()}
+
+
+def differences(path: Path = DVC_YAML) -> list[str]:
+    bodies, wrong = stage_bodies(path), []
+    for name, body in bodies.items():
+        if stage_module(body) is None:
+            wrong.append(f"{name}: no `-m stages.<module>` in its cmd")
+            continue
+        have, want = set(declared(body)), set(code_deps(body))
+        if have != want:
+            wrong.append(f"{name}: code deps missing {sorted(want - have)}, not run {sorted(have - want)}")
+    for name in ("relabel", "evaluate"):
+        have = bodies.get(name, {}).get("foreach")
+        if have != evaluated_foreach():
+            wrong.append(f"{name}: foreach lists {list(have or {})}, the method registry {list(evaluated_foreach())}"
+                         " (dir and epochs as the registry's sets)")
+    return wrong
+
+
+def write(path: Path = DVC_YAML) -> None:
+    """Rewrite every stage's `stages/...` deps and relabel's foreach (evaluate aliases it) in place."""
+    bodies, lines, out, stage, i = stage_bodies(path), path.read_text().split("\n"), [], None, 0
+    in_stages = False
+    while i < len(lines):
+        line = lines[i]
+        in_stages = line.startswith("stages:") or (in_stages and not re.match(r"^\S", line))
+        named = re.match(r"^  (\w+):\s*$", line)
+        stage = named.group(1) if in_stages and named else stage
+        dep = re.match(r"^(\s+)- stages/", line)
+        if in_stages and dep:
+            while i < len(lines) and re.match(r"^\s+- stages/", lines[i]):
+                i += 1
+            out += [f"{dep.group(1)}- {d}" for d in code_deps(bodies[stage])]
+            continue
+        sets = re.match(r"^(\s+)foreach: &evaluated_sets", line)
+        if in_stages and sets:
+            out.append(line)
+            i += 1
+            while i < len(lines) and re.match(r"^\s+[\w.-]+: \{dir: ", lines[i]):
+                i += 1
+            out += [f'{sets.group(1)}  {n}: {{dir: "{v["dir"]}", epochs: "{v["epochs"]}"}}'
+                    for n, v in evaluated_foreach().items()]
+            continue
+        out.append(line)
+        i += 1
+    path.write_text("\n".join(out))
+
+
+def run(check: bool, write_file: bool) -> list[str]:
+    if write_file:
+        write()
+    wrong = differences()
+    for line in wrong:
+        print(line)
+    if not wrong:
+        print("dvc.yaml: code deps and evaluated sets match the code and the method registry")
+    return wrong
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ddpipe dvc-yaml", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--check", action="store_true", help="list what differs; exit 1 if anything does (default)")
+    action.add_argument("--write", action="store_true", help="rewrite the generated parts of dvc.yaml in place")
+    args = parser.parse_args()
+    raise SystemExit(1 if run(check=not args.write, write_file=args.write) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,1 +1,0 @@
-"""RDED's realistic patches: real crops scored by an observer teacher (stage: stages/rded.py)."""

@@ -1,1 +1,0 @@
-"""PoDD: poster dataset distillation (geometry, class order, labels, RaT-BPTT, ZCA)."""
