@@ -239,7 +239,7 @@ def test_metrics_json(metrics_base, tmp_path, full):
     report("metrics JSON (report)", results, started)
 
 
-# --- ranking.csv: stages.methods.delt.select ---------------------------------------------------------------------------------
+# --- ranking.csv: stages.methods.delt.select -------------------------------------------------------------------
 
 @FULL
 def test_ranking_csv(base, tmp_path, full):

@@ -305,8 +305,8 @@ def test_poster_resumes_after_sigkill_to_the_same_bytes(prepared):
     whole = workdir(prepared, "podd_whole", settings)
     run_stage(whole, "poster", *poster_args())
     killed = workdir(prepared, "podd_killed", settings)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.methods.podd.poster", *poster_args()], cwd=killed, env=stage_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.methods.podd.poster", *poster_args()], cwd=killed,
+                            env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / "out" / "poster" / ".podd.resume" / "state.pt"
     deadline = time.monotonic() + 120
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:

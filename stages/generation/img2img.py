@@ -8,6 +8,8 @@ pipeline would fail on an empty timestep list); strength 1 starts from (almost) 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 

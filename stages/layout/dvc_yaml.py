@@ -26,7 +26,7 @@ METHOD_KEY = {"foreach-dict": "${key}", "foreach-list": "${item}"}
 
 def stage_bodies(path: Path = DVC_YAML) -> dict[str, dict]:
     stages = yaml.safe_load(path.read_text())["stages"]
-    return {name: stage for name, stage in stages.items()}
+    return dict(stages)
 
 
 def stage_module(body: dict) -> str | None:
