@@ -2,7 +2,8 @@
 weights from outside (teacher.source: torchvision, timm or a file; stages/models/pretrained.py).
 
 Writes model.safetensors, meta.json (arch, config, class-order hash, normalisation, input size),
-metrics.json (val top-1/top-5) and dvclive curves under live/. Under torchrun: DDP, every rank trains on
+metrics.json (val top-1/top-5) and dvclive curves under live/; with --curves, the same curves as one CSV
+(the plot dvc.yaml declares per teacher). Under torchrun: DDP, every rank trains on
 its rows of each global batch (same batch size and lr recipe); rank 0 writes the outputs.
 Training checkpoints to `.<arch>.resume/` beside the output; a killed run continues from its last epoch.
 An imported teacher's folder is the same (no live/): meta.json adds `source` (type, weights, file, sha256
@@ -10,6 +11,7 @@ and the class mapping), metrics.json its val top-1/top-5 on this dataset.
 """
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 
@@ -25,13 +27,13 @@ from stages.pipeline.artifacts import DataMeta, read_data_meta
 from stages.models.pretrained import import_teacher
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.params import Params
-from stages.pipeline.outputs import atomic_dir, write_json
+from stages.pipeline.outputs import atomic_dir, atomic_file, write_json
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.training.loop import History, Optim, accuracy, hard_loss, train
 
 
-def run(p: Params, arch: str, data: Path, out: Path) -> dict | None:
+def run(p: Params, arch: str, data: Path, out: Path, curves: Path | None = None) -> dict | None:
     """The teacher stage: train `arch` on the prepared train set (or import it, teacher.source) and write its
     folder. Returns the metrics written to metrics.json (None on a torchrun rank other than 0)."""
     data_meta = read_data_meta(data)
@@ -39,13 +41,18 @@ def run(p: Params, arch: str, data: Path, out: Path) -> dict | None:
     config = p.models[arch].model_dump() if p.models.get(arch) else None
     valset = open_images(data / "val", classes, data_meta.image_size)
     if p.teacher.source[arch] != "train":
-        return imported(arch, p.teacher.source[arch], out, classes, data_meta, config, valset)
+        metrics = imported(arch, p.teacher.source[arch], out, classes, data_meta, config, valset)
+        if curves is not None and metrics is not None:
+            write_curves(curves, History())  # no training: the header alone
+        return metrics
     trained = train_teacher(p, arch, data, out, classes, data_meta, config, valset)
     if trained is None:
         return None
     model, history, resume = trained
     summary = history.summary()
     metrics = write_teacher(out, model, history, summary, arch, config, len(classes), data_meta, p.teacher.epochs)
+    if curves is not None:
+        write_curves(curves, history)
     resume.clear()
     runlog.record("teacher", out, summary["train_seconds"], arch=arch,
                   images_per_second=round(summary["images_per_second"], 1))
@@ -103,6 +110,15 @@ def write_teacher(out: Path, model: torch.nn.Module, history: History, summary: 
     return metrics
 
 
+def write_curves(path: Path, history: History) -> None:
+    """The training curves as one CSV (epoch, train_loss, val_top1, val_top5) beside the teacher folder: dvc.yaml
+    declares it as the teacher stage's plot, so `dvc plots show` draws one per arch in teacher.archs."""
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        rows = csv.writer(f)
+        rows.writerow(["epoch", "train_loss", "val_top1", "val_top5"])
+        rows.writerows(zip(history.epochs, history.loss, history.top1, history.top5))
+
+
 def imported(arch: str, spec, out: Path, classes: list[str], data_meta: DataMeta, config: dict | None,
              valset) -> dict | None:
     """Import external weights as this arch's teacher, narrowed to the data's classes; measure it on val.
@@ -135,8 +151,9 @@ def main() -> None:
     parser.add_argument("--arch", required=True)
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--out", required=True, type=Path, help="artifacts/<dataset>/teachers/<arch>")
+    parser.add_argument("--curves", type=Path, help="the training curves CSV to write (dvc.yaml's teacher plot)")
     args = parser.parse_args()
-    run(params.load(), args.arch, args.data, args.out)
+    run(params.load(), args.arch, args.data, args.out, args.curves)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def prepared(tmp_path_factory) -> Path:
     write_params(root, TINY)
     run_stage(root, "prepare", "--out", "data/digits")
     run_stage(root, "teacher", "--arch", "convnet", "--data", "data/digits", "--out",
-              "artifacts/digits/teachers/convnet")
+              "artifacts/digits/teachers/convnet", "--curves", "artifacts/digits/teacher_curves/convnet.csv")
     return root
 
 

@@ -50,6 +50,9 @@ def plotted(prepared) -> Path:
     project = workdir(prepared, "plots", PARAMS)
     (project / ART).mkdir(parents=True)
     (project / ART / "teachers").symlink_to(prepared / ART / "teachers")
+    shutil.copytree(prepared / ART / "teacher_curves", project / ART / "teacher_curves")
+    run_stage(project, "teacher", "--arch", "resnet18_modified", "--data", "data/digits", "--out", "scratch/teacher",
+              "--curves", f"{ART}/teacher_curves/resnet18_modified.csv")  # every arch in teacher.archs has its plot
     shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
     git(project, "init", "-q")
     dvc(project, "init", "-q")
@@ -148,8 +151,9 @@ def test_plots_page_renders_offline_in_chromium(plotted):
     page = plotted / "dvc_plots" / "index.html"
     html = page.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "the page fetches from the network"
-    expected = ["teacher validation top-1", "teacher training loss", "student validation top-1",
-                "student training loss", "accuracy vs IPC"]
+    # the teacher stage's plot (one per arch in teacher.archs, titled by its file), then dvc.yaml's plots
+    expected = [f"{ART}/teacher_curves/convnet.csv", f"{ART}/teacher_curves/resnet18_modified.csv",
+                "student validation top-1", "student training loss", "accuracy vs IPC"]
     check = page.with_name("check.html")
     ids = re.findall(r"vegaEmbed\('#([^']+)'", html)  # DVC's per-plot script: vegaEmbed('#<id>', spec)
     assert len(ids) == len(expected), ids

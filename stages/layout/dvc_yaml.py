@@ -5,7 +5,8 @@ method package, and on every shared package its module imports, transitively (re
 imported): `stages/pipeline`, `stages/data`, ... as folders. A shared stage that methods plug into through
 their recipes (recover, prototypes, synthesize) depends on `stages/methods/${key}` (its foreach key) and on
 what those recipes import. So an edit reruns the stages whose code it touched, and a D4M edit never reruns
-a teacher. The evaluated sets are the registry's (stages/methods): one entry per set, in its order.
+a teacher. The evaluated sets are the registry's (stages/methods): one entry per set, in its order, in
+relabel/evaluate's foreach and in the student curves plots.
 
     ddpipe dvc-yaml --check     exit 1 and list what differs (tests run this)
     ddpipe dvc-yaml --write     rewrite those parts of dvc.yaml in place; every other line stays
@@ -77,8 +78,25 @@ def evaluated_foreach() -> dict[str, dict[str, str]]:
     return {s.name: {"dir": s.budget, "epochs": s.epochs} for s in methods.evaluated_sets()}
 
 
+CURVE = re.compile(r"^(\s+)artifacts/\$\{dataset\}/[^/\s]+/curves/[\w.-]+\.csv: (\w+)\s*$")
+
+
+def curve_files() -> list[str]:
+    """The student curves evaluate writes, one per registered set (the student_curves plots' y keys)."""
+    return [f"artifacts/${{dataset}}/{s.budget}/curves/{s.name}.csv" for s in methods.evaluated_sets()]
+
+
+def student_plots(path: Path = DVC_YAML) -> dict[str, list[str]]:
+    plots = yaml.safe_load(path.read_text()).get("plots") or []
+    return {name: list(spec["y"]) for entry in plots if isinstance(entry, dict) for name, spec in entry.items()
+            if isinstance(spec, dict) and spec.get("template") == "student_curves"}
+
+
 def differences(path: Path = DVC_YAML) -> list[str]:
     bodies, wrong = stage_bodies(path), []
+    for name, files in student_plots(path).items():
+        if files != curve_files():
+            wrong.append(f"plot {name!r}: draws {files}, the method registry's sets {curve_files()}")
     for name, body in bodies.items():
         if stage_module(body) is None:
             wrong.append(f"{name}: no `-m stages.<module>` in its cmd")
@@ -95,7 +113,8 @@ def differences(path: Path = DVC_YAML) -> list[str]:
 
 
 def write(path: Path = DVC_YAML) -> None:
-    """Rewrite every stage's `stages/...` deps and relabel's foreach (evaluate aliases it) in place."""
+    """Rewrite every stage's `stages/...` deps, relabel's foreach (evaluate aliases it) and the student curves
+    plots' files in place."""
     bodies, lines, out, stage, i = stage_bodies(path), path.read_text().split("\n"), [], None, 0
     in_stages = False
     while i < len(lines):
@@ -108,6 +127,12 @@ def write(path: Path = DVC_YAML) -> None:
             while i < len(lines) and re.match(r"^\s+- stages/", lines[i]):
                 i += 1
             out += [f"{dep.group(1)}- {d}" for d in code_deps(bodies[stage])]
+            continue
+        curve = CURVE.match(line)
+        if curve:
+            while i < len(lines) and CURVE.match(lines[i]):
+                i += 1
+            out += [f"{curve.group(1)}{f}: {curve.group(2)}" for f in curve_files()]
             continue
         sets = re.match(r"^(\s+)foreach: &evaluated_sets", line)
         if in_stages and sets:
