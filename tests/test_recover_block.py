@@ -53,7 +53,8 @@ def test_a_resolved_section_dumps_as_a_whole_one_did(tmp_path):
 
 
 @pytest.mark.parametrize("where, value, message", [
-    ("sre2l", {"teacher": "convnet", "recover": {"r_bn": 1.0, "itertions": 5}}, "unknown key 'sre2l.recover.itertions'"),
+    ("sre2l", {"teacher": "convnet", "recover": {"r_bn": 1.0, "itertions": 5}},
+     "unknown key 'sre2l.recover.itertions'"),
     ("sre2l", {"teacher": "convnet", "recover": {"lr": -1}}, "sre2l.recover.lr = -1"),
     ("recover", "lots", "recover = 'lots'"),
 ])
