@@ -33,3 +33,16 @@ def test_methods_stay_apart():
     assert users("stages/training/loop.py") == {"teacher", "rded", "relabel", "evaluate", "relabel_external",
                                                   "evaluate_external"}
     assert not any(d.startswith("stages/methods") for d in runs["teacher"])
+
+
+def test_write_fills_a_new_stage_that_lists_no_code(tmp_path):
+    """A new method's block lists only its data deps; `--write` appends its code deps to that list."""
+    text = dvc_yaml.DVC_YAML.read_text()
+    block = text.split("\n  rded:\n", 1)[1].split("\n\n", 1)[0]
+    bare = "\n".join(line for line in block.split("\n") if not line.startswith("      - stages/"))
+    (tmp_path / "dvc.yaml").write_text(text.replace(block, bare, 1))
+    assert any(line.startswith("rded: code deps missing") for line in dvc_yaml.differences(tmp_path / "dvc.yaml"))
+    dvc_yaml.write(tmp_path / "dvc.yaml")
+    assert dvc_yaml.differences(tmp_path / "dvc.yaml") == []
+    assert dvc_yaml.stage_bodies(tmp_path / "dvc.yaml")["rded"]["deps"][:2] == [
+        "data/${dataset}", "artifacts/${dataset}/teachers/${rded.observer}"]

@@ -114,7 +114,8 @@ def differences(path: Path = DVC_YAML) -> list[str]:
 
 def write(path: Path = DVC_YAML) -> None:
     """Rewrite every stage's `stages/...` deps, relabel's foreach (evaluate aliases it) and the student curves
-    plots' files in place."""
+    plots' files in place; a stage whose deps list has no `stages/...` entry yet (a new method's block) gets them
+    at the end of the list."""
     bodies, lines, out, stage, i = stage_bodies(path), path.read_text().split("\n"), [], None, 0
     in_stages = False
     while i < len(lines):
@@ -122,6 +123,17 @@ def write(path: Path = DVC_YAML) -> None:
         in_stages = line.startswith("stages:") or (in_stages and not re.match(r"^\S", line))
         named = re.match(r"^  (\w+):\s*$", line)
         stage = named.group(1) if in_stages and named else stage
+        listed = re.match(r"^\s+deps:\s*(#.*)?$", line)
+        if in_stages and listed:  # a new stage's deps list without code deps yet: they go at its end
+            end = i + 1
+            while end < len(lines) and re.match(r"^\s+- ", lines[end]):
+                end += 1
+            items = lines[i + 1:end]
+            indent = re.match(r"^(\s+)- ", items[0]).group(1) if items else None
+            if indent and not any(re.match(r"^\s+- stages/", item) for item in items):
+                out += [line, *items, *(f"{indent}- {d}" for d in code_deps(bodies[stage]))]
+                i = end
+                continue
         dep = re.match(r"^(\s+)- stages/", line)
         if in_stages and dep:
             while i < len(lines) and re.match(r"^\s+- stages/", lines[i]):
