@@ -83,7 +83,7 @@ def project(root: Path, cfg: dict) -> None:
 def images_handled(entry: dict, params, counts: dict) -> int | None:
     """The images a stage process went through (its unit of work), from the params and the data sizes:
     recover counts image-iterations, relabel crops labelled, evaluate training images seen (all students)."""
-    module, argv = entry["module"].removeprefix("stages."), entry["argv"]
+    module, argv = entry["module"].rsplit(".", 1)[-1], entry["argv"]  # stages.methods.delt.rank → rank
     opts = {a: b for a, b in zip(argv, argv[1:]) if a.startswith("--")}
     classes, ipc = 10, params.ipc
     train, val = counts["train"] * classes, counts["val"] * classes

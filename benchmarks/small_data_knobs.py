@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> None:
         (random / "params.yaml").write_text(
             yaml.safe_dump(params_for(args.dataset, args.ipc, None, {}, extra), sort_keys=False))
         link_shared(random, base, args.dataset)
-        stage(random, "baseline", "random", "--data", f"data/{args.dataset}", "--out", "set")
+        stage(random, "methods.baselines.baseline", "random", "--data", f"data/{args.dataset}", "--out", "set")
         record(root, row(evaluate_set(random, args.dataset, "set", epochs), dataset=args.dataset, ipc=args.ipc,
                          method="random", setting="-"))
     for name in args.settings:
