@@ -28,12 +28,12 @@ def usage() -> str:
 
 def run(argv: list[str]) -> None:
     """Run `argv[0]`'s module main with the rest as its arguments (its errors: one line, exit 2)."""
-    from stages.pipeline import cli
-    from stages.pipeline.errors import ParamsError
-
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         raise SystemExit(0 if argv else 2)
+    from stages.pipeline import cli
+    from stages.pipeline.errors import ParamsError
+
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
         cli.report(ParamsError(f"ddpipe: unknown command {command!r} (one of: {', '.join(COMMANDS)})"))
