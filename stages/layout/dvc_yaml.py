@@ -8,11 +8,18 @@ what those recipes import. So an edit reruns the stages whose code it touched, a
 a teacher. The evaluated sets are the registry's (stages/methods): one entry per set, in its order, in
 relabel/evaluate's foreach and in the student curves plots.
 
+The top-level `artifacts:` section names what `dvc artifacts get <repo> <name>` fetches: a model per teacher in
+params.yaml's teacher.archs (`teacher-<arch>`) and a dataset per distilled set the registry declares (`<set>`;
+not `full`, which is a reference to data/<ds>). DVC interpolates params in an artifact's path, so the paths
+carry ${dataset}, ${ipc} and ${podd.ipc} and follow those params by themselves; DVC has no foreach there, so
+the list of names is written here and needs `--write` after a change to teacher.archs or the registry.
+
     ddpipe dvc-yaml --check     exit 1 and list what differs (tests run this)
     ddpipe dvc-yaml --write     rewrite those parts of dvc.yaml in place; every other line stays
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,6 +29,7 @@ from stages import methods
 from stages.layout.import_graph import ROOT, closure, module_file
 
 DVC_YAML = ROOT / "dvc.yaml"
+PARAMS_YAML = ROOT / "params.yaml"
 METHOD_KEY = {"foreach-dict": "${key}", "foreach-list": "${item}"}
 
 
@@ -92,7 +100,44 @@ def student_plots(path: Path = DVC_YAML) -> dict[str, list[str]]:
             if isinstance(spec, dict) and spec.get("template") == "student_curves"}
 
 
-def differences(path: Path = DVC_YAML) -> list[str]:
+def artifact_name(text: str) -> str:
+    """`text` as a DVC artifact name (letters, digits, -, _, /; a letter or digit at each end)."""
+    return re.sub(r"[^A-Za-z0-9_/-]", "-", text).strip("-_/")
+
+
+def artifacts(params_path: Path = PARAMS_YAML) -> dict[str, dict]:
+    """dvc.yaml's `artifacts:` as the teachers (teacher.archs) and the registry's distilled sets make it."""
+    archs = yaml.safe_load(params_path.read_text())["teacher"]["archs"]
+    found = {f"teacher-{artifact_name(arch)}": {
+        "path": f"artifacts/${{dataset}}/teachers/{arch}", "type": "model",
+        "desc": f"teacher@{arch}: the {arch} teacher's weights (model.safetensors, meta.json) and metrics",
+        "labels": ["teacher", artifact_name(arch)]} for arch in archs}
+    owner = {s.name: m for m in methods.methods() for s in m.sets}
+    for s in methods.evaluated_sets():
+        if s.role != "upper_bound":  # the full train set's folder is a card pointing at data/<ds>
+            m, kind = owner[s.name], "distilled" if s.role == "method" else s.role
+            found[artifact_name(s.name)] = {
+                "path": f"artifacts/${{dataset}}/{s.budget}/distilled/{s.name}", "type": "dataset",
+                "desc": f"{s.name} ({kind} set): {s.summary or m.summary}",
+                "labels": list(dict.fromkeys([m.name, s.name, kind]))}
+    return found
+
+
+def artifacts_lines(params_path: Path = PARAMS_YAML) -> list[str]:
+    lines = ["artifacts:"]
+    for name, a in artifacts(params_path).items():
+        lines += [f"  {name}:", f"    path: {a['path']}", f"    type: {a['type']}",
+                  f"    desc: {json.dumps(a['desc'], ensure_ascii=False)}", f"    labels: [{', '.join(a['labels'])}]"]
+    return lines
+
+
+ARTIFACTS_HEADER = """\
+# Named outputs: `dvc artifacts get <repo> <name>` fetches one (a version registered as a git tag, e.g.
+# `git tag -a delt@v1.0.0 -m ...`; docs/sharing-and-scale-out.md). Written by `ddpipe dvc-yaml --write` from
+# teacher.archs and the method registry; the paths follow dataset, ipc and podd.ipc by themselves."""
+
+
+def differences(path: Path = DVC_YAML, params_path: Path = PARAMS_YAML) -> list[str]:
     bodies, wrong = stage_bodies(path), []
     for name, files in student_plots(path).items():
         if files != curve_files():
@@ -109,13 +154,19 @@ def differences(path: Path = DVC_YAML) -> list[str]:
         if have != evaluated_foreach():
             wrong.append(f"{name}: foreach lists {list(have or {})}, the method registry {list(evaluated_foreach())}"
                          " (dir and epochs as the registry's sets)")
+    have, want = yaml.safe_load(path.read_text()).get("artifacts") or {}, artifacts(params_path)
+    if have != want:
+        changed = [n for n in want if n in have and have[n] != want[n]]
+        missing, extra = [n for n in want if n not in have], [n for n in have if n not in want]
+        wrong.append(f"artifacts: missing {missing}, not made {extra}, changed {changed} (from teacher.archs and "
+                     "the method registry)")
     return wrong
 
 
-def write(path: Path = DVC_YAML) -> None:
-    """Rewrite every stage's `stages/...` deps, relabel's foreach (evaluate aliases it) and the student curves
-    plots' files in place; a stage whose deps list has no `stages/...` entry yet (a new method's block) gets them
-    at the end of the list."""
+def write(path: Path = DVC_YAML, params_path: Path = PARAMS_YAML) -> None:
+    """Rewrite every stage's `stages/...` deps, relabel's foreach (evaluate aliases it), the student curves
+    plots' files and `artifacts:` in place (a missing `artifacts:` goes before `plots:`, or at the end); a stage
+    whose deps list has no `stages/...` entry yet (a new method's block) gets them at the end of the list."""
     bodies, lines, out, stage, i = stage_bodies(path), path.read_text().split("\n"), [], None, 0
     in_stages = False
     while i < len(lines):
@@ -155,8 +206,17 @@ def write(path: Path = DVC_YAML) -> None:
             out += [f'{sets.group(1)}  {n}: {{dir: "{v["dir"]}", epochs: "{v["epochs"]}"}}'
                     for n, v in evaluated_foreach().items()]
             continue
+        if line.startswith("artifacts:"):
+            i += 1
+            while i < len(lines) and re.match(r"^\s+\S", lines[i]):
+                i += 1
+            out += artifacts_lines(params_path)
+            continue
         out.append(line)
         i += 1
+    if not any(line.startswith("artifacts:") for line in out):
+        at = next((n for n, line in enumerate(out) if line.startswith("plots:")), len(out))
+        out[at:at] = [*ARTIFACTS_HEADER.split("\n"), *artifacts_lines(params_path), ""]
     path.write_text("\n".join(out))
 
 
@@ -167,7 +227,7 @@ def run(check: bool, write_file: bool) -> list[str]:
     for line in wrong:
         print(line)
     if not wrong:
-        print("dvc.yaml: code deps and evaluated sets match the code and the method registry")
+        print("dvc.yaml: code deps, evaluated sets and artifacts match the code, the method registry and params.yaml")
     return wrong
 
 

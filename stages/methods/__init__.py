@@ -29,6 +29,7 @@ class EvaluatedSet:
     budget: str = "ipc${ipc}"  # the folder under artifacts/<ds>/ that holds it (dvc.yaml interpolation)
     epochs: str = "${evaluate.epochs}"  # the passes the shared recipe makes over it
     role: Role = "method"  # reference: random real images, the gain's baseline; upper_bound: the whole train set
+    summary: str = ""  # one line on this set, where its method's summary covers more sets than this one
 
     @property
     def own_budget(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Callable
 from stages.pipeline.errors import ParamsError, PipelineError, ResourceError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+PROG: str | None = None  # how the user called the command, when not `python -m <module>` (`ddpipe verify`)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -19,20 +20,22 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, **kwargs):
         spec = getattr(sys.modules["__main__"], "__spec__", None)  # `python -m stages.<stage>`
-        if spec is not None and "prog" not in kwargs:
-            kwargs["prog"] = f"python -m {spec.name}"
+        if "prog" not in kwargs and (PROG or spec is not None):
+            kwargs["prog"] = PROG or f"python -m {spec.name}"
         super().__init__(**kwargs)
 
     def error(self, message: str):
         raise ParamsError(f"{self.prog}: {message} (--help lists the arguments)")
 
 
-def run(main: Callable[[], None]) -> None:
-    import torch
+def run(main: Callable[[], None], threads: bool = True) -> None:
+    """`threads`: fix torch's CPU thread count first (False for a command that never imports torch)."""
+    if threads:
+        import torch
 
-    # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
-    cores = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    torch.set_num_threads(int(os.environ.get("DDPIPE_THREADS", cores)))
+        # Under torchrun the node's cores are shared by its LOCAL_WORLD_SIZE processes.
+        cores = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        torch.set_num_threads(int(os.environ.get("DDPIPE_THREADS", cores)))
     # SIGTERM (a scheduler's preemption, `kill`, Ctrl-C of dvc) unwinds like an exception: temp folders are
     # removed, resume state written so far stays. SIGKILL cannot be caught; atomic_dir sweeps what it leaves.
     signal.signal(signal.SIGTERM, _terminated)
