@@ -162,6 +162,9 @@ def test_a_new_method_runs_through_relabel_evaluate_and_the_report(tmp_path):
                 assert list(spec["y"]) == [*list(y_before)[:-1], curves, list(y_before)[-1]]  # before full
                 spec["y"].pop(curves)
         assert entry_after == entry_before
+    # ... and it is an artifact by name (`dvc artifacts get <repo> first`)
+    assert after["artifacts"].pop("first")["path"] == "artifacts/${dataset}/ipc${ipc}/distilled/first"
+    assert after["artifacts"] == before["artifacts"]
 
     log = dvc(project, "repro", "evaluate@first")
     assert ran(log) == {"prepare", "teacher@convnet", "first", "relabel@first", "evaluate@first"}, log
