@@ -99,13 +99,13 @@ def test_dvc_yaml_command_checks(ddpipe, monkeypatch):
 
 def test_artifacts_section_is_written_and_a_stale_one_is_seen(tmp_path):
     whole = dvc_yaml.DVC_YAML.read_text()
-    without = re.sub(r"(?m)^# Named outputs.*\n(?:#.*\n)*artifacts:\n(?: .*\n)+\n", "", whole)
+    without = re.sub(r"(?m)^# Named outputs.*\n(?:#.*\n)*artifacts:\n(?: .*\n)+\n?", "", whole)
     assert "artifacts:" not in without and len(without) < len(whole)
     target = tmp_path / "dvc.yaml"
     target.write_text(without)
     assert any(line.startswith("artifacts: missing ['teacher-convnet'") for line in dvc_yaml.differences(target))
     dvc_yaml.write(target)
-    assert target.read_text() == whole  # put back where it was, comment and all
+    assert target.read_text() == whole  # put back at the end, comment and all
 
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text().replace(

@@ -165,7 +165,7 @@ def differences(path: Path = DVC_YAML, params_path: Path = PARAMS_YAML) -> list[
 
 def write(path: Path = DVC_YAML, params_path: Path = PARAMS_YAML) -> None:
     """Rewrite every stage's `stages/...` deps, relabel's foreach (evaluate aliases it), the student curves
-    plots' files and `artifacts:` in place (a missing `artifacts:` goes before `plots:`, or at the end); a stage
+    plots' files and `artifacts:` in place (a missing `artifacts:` goes at the end); a stage
     whose deps list has no `stages/...` entry yet (a new method's block) gets them at the end of the list."""
     bodies, lines, out, stage, i = stage_bodies(path), path.read_text().split("\n"), [], None, 0
     in_stages = False
@@ -214,9 +214,10 @@ def write(path: Path = DVC_YAML, params_path: Path = PARAMS_YAML) -> None:
             continue
         out.append(line)
         i += 1
-    if not any(line.startswith("artifacts:") for line in out):
-        at = next((n for n, line in enumerate(out) if line.startswith("plots:")), len(out))
-        out[at:at] = [*ARTIFACTS_HEADER.split("\n"), *artifacts_lines(params_path), ""]
+    if not any(line.startswith("artifacts:") for line in out):  # at the end: `stages:` stays before `plots:`
+        while out and not out[-1].strip():
+            out.pop()
+        out += ["", *ARTIFACTS_HEADER.split("\n"), *artifacts_lines(params_path), ""]
     path.write_text("\n".join(out))
 
 
