@@ -36,6 +36,7 @@ from stages.pipeline.artifacts import read_json
 from stages.pipeline.card import CARD, SUMS, read_card, verify_content
 from stages.pipeline.errors import ArtifactError, PipelineError
 from stages.pipeline.outputs import atomic_dir, dir_bytes, write_json
+from stages.pipeline import outputs
 
 TRAIN_FILE = "data/train-00000-of-00001.parquet"
 FKD_CONFIG = "fkd_soft_labels"
@@ -256,10 +257,10 @@ def run(set_dir: Path, out: Path, data: Path | None = None, metrics: Path | None
     exported (images, labels, fkd_epochs, metrics) and, after an upload, its `url`."""
     if not (set_dir / CARD).is_file():
         raise ArtifactError(f"{set_dir / CARD}: missing; --set must be a distilled set folder")
-    if out.resolve() == set_dir.resolve() or set_dir.resolve() in out.resolve().parents:
-        raise ArtifactError(f"--out {out}: inside the set {set_dir}; write the export elsewhere")
     metrics_path = metrics or sibling(set_dir, "metrics", ".json")
     labels = None if no_soft_labels else soft_labels or sibling(set_dir, "soft_labels")
+    outputs.claim("export_hub", {"--out": (out, outputs.HUB)},
+                  {"--set": set_dir, "--data": data, "--metrics": metrics_path, "--soft-labels": labels})
     if metrics and not metrics.is_file():
         raise ArtifactError(f"--metrics {metrics}: no such file")
     done = export(set_dir, out, data, metrics_path, labels, license_id, repo_id)

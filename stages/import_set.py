@@ -31,6 +31,7 @@ from stages.pipeline.card import EVALUATION_NOTE, Card, read_card, write_card
 from stages.pipeline.errors import DataError, ParamsError
 from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.params import Params
+from stages.pipeline import outputs
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 LABEL_COLUMNS = ("logits", "probabilities")
@@ -114,6 +115,8 @@ def run(p: Params, name: str, data: Path, out: Path) -> Card:
         raise ParamsError(f"params.yaml: external.{name}: no such entry (entries: {sorted(p.external)})")
     entry = p.external[name]
     source = Path(entry.path)
+    outputs.claim(f"import_set@{name}", {"--out": (out, outputs.set_kind(entry.method or name))},
+                  {"--data": data, f"external.{name}.path": source})
     if not source.is_dir():
         raise DataError(f"params.yaml: external.{name}.path = {entry.path!r}: no such folder")
     classes = read_classes(data)

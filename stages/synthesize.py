@@ -33,6 +33,7 @@ from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
+from stages.pipeline import outputs
 
 
 def synthesize_methods() -> list[str]:
@@ -110,6 +111,12 @@ def run(p: Params, method: str, diffusion: Path, prototypes: Path, data: Path, o
     """The synthesize stage for `method`: img2img from every prototype into the set folder `out` (card
     included) and the stats JSON. Under torchrun each rank draws its share; rank 0 writes card and stats and
     returns the stats, the other ranks None."""
+    outputs.claim(f"synthesize {method}", {"--out": (out, outputs.set_kind(method)),
+                                           "--stats": (stats, outputs.json_kind("synthesis stats", method=method,
+                                                                                images=None))},
+                  {"--diffusion": diffusion, "--prototypes": [prototypes.with_name(prototypes.name + suffix)
+                                                              for suffix in (".json", ".safetensors")],
+                   "--data": data})
     if method not in synthesize_methods():
         raise PipelineError(f"synthesize {method}: not a method on the diffusion model "
                             f"({', '.join(synthesize_methods())})")

@@ -19,11 +19,13 @@ from stages.methods.delt.ranking import read_ranking
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.methods.delt.selection import select
+from stages.pipeline import outputs
 
 
 def run(p: Params, ranking: Path, data: Path, out: Path) -> dict[str, list[str]]:
     """The select stage: `ipc` train images per class by `delt.criterion` from the ranking, copied into `out`
     with their selection order as prefix; returns each class's picked train paths in that order."""
+    outputs.claim("select", {"--out": (out, outputs.INIT)}, {"--ranking": ranking, "--data": data})
     classes = read_classes(data)
     train_dir = data / "train"
     files = {item.name: item for item in split_items(train_dir, classes)}
