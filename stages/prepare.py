@@ -89,7 +89,7 @@ def prepare_split(p: Params, source: sources.Source, split: str, items, tmp: Pat
     for stem, label, load, origin in progress(items, desc=f"prepare {split}", unit="img"):
         stat = None if copy else os.stat(origin)  # before reading: a later change shows as a newer mtime
         try:
-            image = square(load(), p.prepare.image_size)
+            image = square(load(), p.prepare.image_size, origin)
         except DataError:
             if p.prepare.on_corrupt == "fail":
                 raise
