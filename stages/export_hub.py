@@ -86,9 +86,34 @@ def write_images(out: Path, set_dir: Path, card, data_dir: Path | None) -> tuple
     return len(files), kind
 
 
-def write_fkd(out: Path, labels_dir: Path) -> int:
+def checked_epochs(labels_dir: Path, card) -> list[Path]:
+    """relabel's epoch files, each checked against fkd.json's record (its bytes) and the set (rows, classes,
+    batches): an epoch changed, added or removed since relabel wrote it is refused, never exported."""
+    from stages.pipeline.artifacts import read_fkd_meta
+    from stages.training.soft_labels import read_checked_epoch
+
+    meta = read_fkd_meta(labels_dir)
+    record = labels_dir / "fkd.json"
+    if meta.files is None:
+        raise ArtifactError(f"{record}: no `files` record of the epochs (made before records existed): run relabel "
+                            "again, or export with --no-soft-labels")
+    on_disk = sorted(p.name for p in labels_dir.glob("epoch_*.parquet"))
+    if on_disk != sorted(meta.files):
+        extra, missing = sorted(set(on_disk) - set(meta.files)), sorted(set(meta.files) - set(on_disk))
+        raise ArtifactError(f"{record}: records epochs {sorted(meta.files)[:3]}..., the folder holds "
+                            f"{len(on_disk)} (not recorded: {extra[:3]}, missing: {missing[:3]}); run relabel again")
+    if meta.num_images != card.num_images:
+        raise ArtifactError(f"{record}: num_images = {meta.num_images}, the set holds {card.num_images}")
+    files = []
+    for name, digest in sorted(meta.files.items()):
+        read_checked_epoch(labels_dir / name, meta.num_images, len(card.classes), meta.batch_size, digest)
+        files.append(labels_dir / name)
+    return files
+
+
+def write_fkd(out: Path, labels_dir: Path, card) -> int:
     """relabel's epochs with an `epoch` column, so the config's rows say which epoch they replay."""
-    files = sorted(labels_dir.glob("epoch_*.parquet"))
+    files = checked_epochs(labels_dir, card)
     (out / "fkd").mkdir()
     for path in files:
         table = pq.read_table(path)
@@ -231,7 +256,7 @@ def export(set_dir: Path, out: Path, data_dir: Path | None, metrics_path: Path |
         metrics = read_json(metrics_path)
     with atomic_dir(out) as tmp:
         count, kind = write_images(tmp, set_dir, card, data_dir)
-        fkd_epochs = write_fkd(tmp, labels_dir) if labels_dir and (labels_dir / "fkd.json").is_file() else 0
+        fkd_epochs = write_fkd(tmp, labels_dir, card) if labels_dir and (labels_dir / "fkd.json").is_file() else 0
         for name in (CARD, SUMS):
             shutil.copyfile(set_dir / name, tmp / name)
         if metrics is not None:

@@ -256,3 +256,123 @@ def test_importing_a_hub_folder_again_after_its_files_changed_reads_the_new_imag
         got = [p for name in CLASSES for p in sorted((tmp_path / out / name).glob("*.png"))]
         assert [np.asarray(Image.open(p))[0, 0].tolist() for p in got] == \
             [np.asarray(Image.open(__import__("io").BytesIO(b)))[0, 0].tolist() for b in images]
+
+
+# --- 3. teachers: finite weights and normalisation ---------------------------------------------------------------
+
+CONVNET = {"width": 16, "depth": 2, "norm": "batch"}
+
+
+def nan_teacher_file(path: Path, value: float = float("nan")) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from stages.models import build
+
+    model = build("convnet", len(CLASSES), 16, CONVNET)
+    save_file({k: (torch.full_like(v, value) if v.is_floating_point() else v).contiguous()
+               for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def test_a_teacher_file_of_nan_weights_is_refused(tmp_path):
+    from stages.models.pretrained import import_teacher
+    from stages.training.params import TeacherSource
+
+    path = nan_teacher_file(tmp_path / "teacher.safetensors")
+    spec = TeacherSource.model_validate({"type": "file", "weights": str(path)})
+    outcome = run_inprocess(lambda: import_teacher("convnet", spec, CLASSES, 16, CONVNET, ([0.5] * 3, [0.2] * 3)))
+    assert one_error(outcome).startswith(f"error: ArtifactError: {path}: weights '0.weight' hold 432 of 432 "
+                                         "values that are not finite (NaN or infinity)")
+
+
+def test_a_teacher_folder_of_infinite_weights_is_refused(tmp_path):
+    import torch
+
+    from stages.models import build, load_checkpoint, save_checkpoint
+
+    model = build("convnet", len(CLASSES), 16, CONVNET)
+    with torch.no_grad():
+        model[9].weight[0, 0] = float("inf")
+    (tmp_path / "t").mkdir()
+    save_checkpoint(model, tmp_path / "t", {"arch": "convnet", "config": CONVNET, "num_classes": 3, "image_size": 16,
+                                            "classes_sha256": "0" * 64, "mean": [0.5] * 3, "std": [0.2] * 3})
+    outcome = run_inprocess(lambda: load_checkpoint(tmp_path / "t"))
+    assert one_error(outcome) == (f"error: ArtifactError: {tmp_path}/t/model.safetensors: weights '9.weight' hold 1 "
+                                  "of 768 values that are not finite (NaN or infinity); a teacher's weights must "
+                                  "be finite numbers")
+
+
+def test_a_teacher_mean_or_std_that_is_not_finite_is_refused(tmp_path):
+    from stages.pipeline import params
+    from tests.conftest import TINY, merge, write_params
+
+    lines = []
+    for key, value in (("mean", [".nan", 0.4, 0.4]), ("std", [0.2, ".inf", 0.2])):
+        path = write_params(tmp_path, merge(TINY, {"teacher": {"source": {"convnet": {
+            "type": "file", "weights": "t.safetensors", key: [0.0, 0.0, 0.0]}}}}))
+        path.write_text(path.read_text().replace("- 0.0\n      - 0.0\n      - 0.0",
+                                                 "\n".join(f"      - {v}" for v in value).lstrip()))
+        lines.append(one_error(run_inprocess(params.load, [], tmp_path)))
+    assert lines == [
+        "error: ParamsError: params.yaml: teacher.source.convnet: mean = [nan, 0.4, 0.4]: three finite "
+        "per-channel values (std above 0), or null",
+        "error: ParamsError: params.yaml: teacher.source.convnet: std = [0.2, inf, 0.2]: three finite "
+        "per-channel values (std above 0), or null"]
+
+
+def test_a_truncated_file_in_the_torch_hub_cache_is_named_as_the_cache(tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    from stages.models.pretrained import import_teacher
+    from stages.training.params import TeacherSource
+
+    weights = torchvision.models.get_weight("ResNet18_Weights.IMAGENET1K_V1")
+    cached = tmp_path / "hub" / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    torch.save({"w": torch.zeros(1000)}, cached)
+    cached.write_bytes(cached.read_bytes()[:300])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    spec = TeacherSource.model_validate({"type": "torchvision", "weights": "ResNet18_Weights.IMAGENET1K_V1"})
+    outcome = run_inprocess(lambda: import_teacher("resnet18", spec, ["n01440764"], 32, None, ([0.5] * 3, [0.2] * 3)))
+    assert one_error(outcome).startswith(
+        f"error: ArtifactError: {cached}: the torch hub cache's copy of ResNet18_Weights.IMAGENET1K_V1 is damaged (")
+
+
+# --- 3. shipped labels (verify) and FKD epochs (export_hub) ------------------------------------------------------
+
+def test_verify_reads_the_shipped_labels(tmp_path):
+    import torch
+
+    from stages import verify
+    from stages.data.distilled import write_labels
+    from stages.pipeline.card import EVALUATION_NOTE, write_card
+
+    set_dir = imagefolder(tmp_path / "set")
+    paths = [f"{name}/{i}.png" for name in CLASSES for i in range(IPC)]
+    logits = torch.zeros(len(paths), len(CLASSES))
+    logits[3, 1] = float("nan")
+    write_labels(set_dir, "labels.safetensors", logits, paths)
+    write_card(set_dir, method="toy", dataset="digits", ipc=IPC, classes=CLASSES, num_images=len(paths),
+               labels="labels.safetensors", params={}, teacher=None, evaluation=EVALUATION_NOTE)
+    assert one_error(run_inprocess(verify.main, [str(set_dir)], tmp_path)) == (
+        f"error: ArtifactError: {set_dir}/labels.safetensors: logits must be finite floats (torch.float32)")
+
+
+def test_export_hub_refuses_fkd_epochs_that_differ_from_their_record(tmp_path):
+    import numpy as np
+    import torch
+
+    from stages.data.augment import Augment, plan_epoch
+    from stages.training.soft_labels import epoch_file, write_epoch
+    from tests.test_hub import make_set
+
+    set_dir, data, _ = make_set(tmp_path)
+    labels = set_dir.parent.parent / "soft_labels" / "toy"
+    plan = plan_epoch(6, 4, np.random.default_rng(9), Augment((0.5, 1.0), False, "cutmix", 1.0, 8))
+    write_epoch(epoch_file(labels, 1), plan, torch.randn(6, 3))  # a valid epoch, but not the one relabel recorded
+    outcome = run_inprocess(export_hub.main, ["--set", str(set_dir), "--out", str(tmp_path / "hub")], tmp_path)
+    assert one_error(outcome) == (f"error: ArtifactError: {labels}/epoch_0001.parquet: content differs from fkd.json's "
+                                  "record (changed after relabel wrote it)")
+    assert not (tmp_path / "hub").exists()
