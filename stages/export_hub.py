@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.data.distilled import images_root, load_set, read_labels
-from stages.data.folder import list_images
+from stages.data.folder import image_size_of, list_images
 from stages.pipeline import cli
 from stages.evaluation.metrics import read_metrics
 from stages.pipeline.artifacts import read_json
@@ -262,9 +262,7 @@ def export(set_dir: Path, out: Path, data_dir: Path | None, metrics_path: Path |
         if metrics is not None:
             write_json(tmp / "metrics.json", metrics)
         first = next(p for p, _ in list_images(images_root(set_dir, card), card.classes))
-        from PIL import Image
-        with Image.open(first) as img:
-            width, height = img.size
+        width, height = image_size_of(first)  # the header only, under the pixel limit
         storage = {"images": count, "image_bytes": sum(p.stat().st_size for p, _ in
                                                        list_images(images_root(set_dir, card), card.classes)),
                    "pixels": count * width * height, "height": height, "width": width}

@@ -376,3 +376,112 @@ def test_export_hub_refuses_fkd_epochs_that_differ_from_their_record(tmp_path):
     assert one_error(outcome) == (f"error: ArtifactError: {labels}/epoch_0001.parquet: content differs from fkd.json's "
                                   "record (changed after relabel wrote it)")
     assert not (tmp_path / "hub").exists()
+
+
+# --- 5. limits on every path -------------------------------------------------------------------------------------
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (a decompression bomb's), with no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+def test_a_hub_row_above_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    import_project(tmp_path, {"hub": {"path": "hub"}})
+    images = [png()] * 5 + [png_header(100_000, 100_000)]
+    hub_folder(tmp_path / "hub", [0, 0, 1, 1, 2, 2], images=images)
+    assert one_error(import_run(tmp_path, "hub")) == (
+        "error: ResourceError: hub/data/train-00000-of-00001.parquet: row 5: 100000x100000 = 10,000,000,000 pixels, "
+        "above the limit of 89,478,485 (DDPIPE_MAX_PIXELS); decoding it would take 28,610 MiB")
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_prepare_resizes_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from stages import prepare
+    from tests.conftest import TINY, write_params
+
+    src = imagefolder(tmp_path / "src" / "train").parent
+    imagefolder(src / "val")
+    Image.new("RGB", (20_000, 2)).save(src / "train" / "one" / "strip.png")  # 40,000 pixels: under any limit
+    write_params(tmp_path, {**TINY, "dataset": "imagefolder", "prepare": {"root": "src", "image_size": 16}})
+    monkeypatch.setenv("DDPIPE_MAX_PIXELS", "100000")
+    outcome = run_inprocess(prepare.main, ["--out", "data/imagefolder"], tmp_path)
+    assert one_error(outcome) == (
+        "error: ResourceError: src/train/one/strip.png: 20000x2 resizes to 160000x16 = 2,560,000 pixels to make its "
+        "shorter side 16, above the limit of 100,000 (DDPIPE_MAX_PIXELS); crop it nearer to square")
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_params_yaml_aliases_that_expand_into_gigabytes_are_refused_before_they_are_built(tmp_path):
+    import time
+
+    from stages.methods.baselines import baseline
+    from tests.conftest import TINY, write_params
+
+    path = write_params(tmp_path, TINY)
+    bomb = "lol0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))  # 10^9 values, 1 KB
+    path.write_text(path.read_text() + bomb)
+    started = time.perf_counter()
+    outcome = run_inprocess(baseline.main, ["random", "--data", "data/digits", "--out", "out"], tmp_path)
+    assert one_error(outcome) == ("error: ParamsError: params.yaml: expands to more than 100,000 values (YAML aliases "
+                                  "repeat what they name); refused before it is built")
+    assert time.perf_counter() - started < 10
+    path.write_text(path.read_text().replace(bomb, "loop: &self [*self]\n"))
+    assert one_error(run_inprocess(baseline.main, ["random", "--data", "data/digits", "--out", "out"], tmp_path)) == (
+        "error: ParamsError: params.yaml: a YAML alias inside the value it names (a recursive document); refused")
+
+
+def test_a_long_file_name_is_shortened_below_the_file_system_limit(tmp_path):
+    theirs = imagefolder(tmp_path / "theirs")
+    long = "é" * 125 + ".png"  # 254 bytes: a legal name, too long once import_set prefixes its place
+    (theirs / "one" / "1.png").rename(theirs / "one" / long)
+    import_project(tmp_path, {"theirs": {"path": "theirs"}})
+    outcome = import_run(tmp_path, "theirs")
+    assert outcome.code == 0, outcome.stderr
+    names = sorted(p.name for p in (tmp_path / "out" / "one").iterdir())
+    assert names[0] == "0002_0.png" and names[1] == "0003_" + "é" * 123 + ".png"
+    assert max(len(n.encode()) for n in names) <= 255
+
+
+def test_sigterm_stops_a_stage_in_its_long_step_within_seconds(tmp_path):
+    """A scheduler's SIGTERM reaches prepare mid-way through decoding a source tree: it stops within a few
+    seconds, exit 143 and the one line that says nothing half-written was kept, and leaves nothing behind."""
+    import signal
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import TINY, stage_env, write_params
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 600), ("val", 30)):
+        for name in CLASSES:
+            (tmp_path / "src" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / "src" / split / name / f"{i}.png", compress_level=0)
+    write_params(tmp_path, {**TINY, "dataset": "imagefolder", "prepare": {"root": "src", "image_size": 32}})
+    process = subprocess.Popen([sys.executable, "-m", "stages.prepare", "--out", "data/imagefolder"], cwd=tmp_path,
+                               env={**stage_env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "data").glob(".imagefolder.tmp-*/train")) and process.poll() is None:
+        assert time.monotonic() < deadline, "prepare never started writing"
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == "stopped by SIGTERM: nothing half-written was kept; rerun to resume"
+    assert took < 5, f"stopped {took:.1f} s after SIGTERM"
+    assert not (tmp_path / "data" / "imagefolder").exists() and not list((tmp_path / "data").glob(".*tmp*"))
