@@ -44,7 +44,7 @@ SPLIT_WORDS = re.compile(r"(^|[-_. ])(train|training|test|testing|eval|evaluatio
                          r"([-_. 0-9]|$)", re.IGNORECASE)
 TRAIN_WORDS = re.compile(r"(^|[-_. ])(train|training)([-_. 0-9]|$)", re.IGNORECASE)
 
-Item = tuple[int, str, np.ndarray]  # (label in classes.json order, file stem, RGB pixels)
+Item = tuple[int, str, np.ndarray, str]  # (label in classes.json order, file stem, RGB pixels, where it was read)
 
 
 def is_hub_folder(path: Path) -> bool:
@@ -63,7 +63,7 @@ def check_classes(found: list[str], classes: list[str], source: Path) -> None:
 
 
 def read_imagefolder(path: Path, classes: list[str]) -> list[Item]:
-    """(label in classes.json order, file stem, RGB pixels) for every image, class by class. Nothing is read
+    """(label in classes.json order, file stem, RGB pixels, path) for every image, class by class. Nothing is read
     from outside `path`: a class folder or image that is a symlink leading out of it is refused."""
     root = Root(path, DataError, "the set folder")
     found = sorted(p.name for p in root.entries(path) if p.is_dir())
@@ -76,7 +76,7 @@ def read_imagefolder(path: Path, classes: list[str]) -> list[Item]:
             raise DataError(f"{path / name}: {others[0]!r} is not an image file (suffixes {sorted(IMAGE_SUFFIXES)})")
         if not files:
             raise DataError(f"{path / name}: class folder is empty")
-        items += [(label, p.stem, decode_rgb(p)) for p in files]
+        items += [(label, p.stem, decode_rgb(p), str(p)) for p in files]
     return items
 
 
@@ -175,6 +175,10 @@ def hub_features(files: list[Path]) -> dict:
             raise DataError(f"{file}: Parquet metadata 'huggingface' has no info.features mapping")
         if features is not None and found != features:
             raise DataError(f"{file}: its features differ from {files[0]}'s")
+        columns = pq.read_schema(file).names
+        if sorted(columns) != sorted(found):
+            raise DataError(f"{file}: columns {sorted(columns)} are not the features its metadata describes "
+                            f"({sorted(found)})")
         features = found
     return features
 
@@ -227,7 +231,7 @@ def read_hub_folder(path: Path, classes: list[str]) -> tuple[list[Item], tuple |
                                 f"{len(names)} ClassLabel names)")
             name = row.get("path") or (row[image] or {}).get("path") or f"{len(items):05d}"
             stem = Path(name).stem if isinstance(name, str) else f"{len(items):05d}"
-            items.append((to_ours[label], stem, decode_row(row[image], where)))
+            items.append((to_ours[label], stem, decode_row(row[image], where), where))
             if kind:
                 rows.append(label_row(row[kind], kind, len(classes), where))
     labels = None
@@ -272,6 +276,12 @@ def run(p: Params, name: str, data: Path, out: Path) -> Card:
         raise ParamsError(f"{source}: {len(items)} images for {len(classes)} classes ({counts.min()}-{counts.max()} "
                           f"per class), but ipc = {p.ipc}: evaluate it at its own budget (dvc exp run -S ipc="
                           f"{len(items) // len(classes)}) so the gain over random compares equal image counts")
+    shapes = {items[i][2].shape for i in order}
+    if len(shapes) > 1:  # a set's images share one size: a stage reading it would refuse it after the import
+        first = items[order[0]]
+        odd = next(item for item in items if item[2].shape != first[2].shape)
+        raise DataError(f"{odd[3]}: is {odd[2].shape[1]}x{odd[2].shape[0]}, other images of the set are "
+                        f"{first[2].shape[1]}x{first[2].shape[0]} ({first[3]}); a set's images share one size")
     origin = read_origin(source)
     with atomic_dir(out) as tmp:
         paths = write_images(tmp, items, order, classes)
@@ -300,13 +310,13 @@ def read_origin(source: Path) -> dict | None:
         return None
 
 
-def write_images(tmp: Path, items: list[tuple[int, str, np.ndarray]], order: list[int],
+def write_images(tmp: Path, items: list[Item], order: list[int],
                  classes: list[str]) -> list[str]:
     """The images as <class>/<k>_<stem>.png, k their place in class order; their relative paths in that order."""
     width = max(4, len(str(len(items) - 1)))
     paths = []
     for k, i in enumerate(order):
-        label, stem, pixels = items[i]
+        label, stem, pixels, _ = items[i]
         rel = f"{classes[label]}/{file_name(f'{k:0{width}d}_', stem, '.png')}"
         save_png(pixels, tmp / rel)
         paths.append(rel)

@@ -152,11 +152,15 @@ def read_manifest(manifest: Path, split: str, classes: list[str]) -> tuple[list[
         raise DataError(f"{manifest}: not a readable manifest ({' '.join(str(e).split())[:160]}); "
                         "run prepare again") from None
     col = table.to_pydict()
-    items = []
+    items, names, paths = [], {}, {}
     for i, (path, name, label) in enumerate(zip(col["path"], col["name"], col["label"])):
         where = f"{manifest}: row {i} of {split}"
         relative(path, where, DataError)
         relative(name, where, DataError)
+        for value, seen in ((name, names), (path, paths)):
+            if value in seen:
+                raise DataError(f"{where}: {value!r} listed twice (first at row {seen[value]})")
+            seen[value] = i
         if not isinstance(label, int) or not 0 <= label < len(classes) or \
                 not name.startswith(f"{classes[label]}/"):
             raise DataError(f"{where}: label {label!r} for {name!r} is not the index of its class (0.."

@@ -81,14 +81,14 @@ def check_finite(model: nn.Module, where: str) -> None:
 
 
 def check_norm(mean, std, where: str) -> tuple[list[float], list[float]]:
-    """Normalisation constants: three finite means and three finite stds above 0."""
-    values = {"mean": mean, "std": std}
-    for key, value in values.items():
+    """Normalisation constants of [0, 1] pixels, as a teacher's meta.json holds them (TeacherMeta): three
+    finite means in [0, 1] and three finite stds in (0, 1]."""
+    for key, value, low in (("mean", mean, "in [0, 1]"), ("std", std, "in (0, 1]")):
         ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-        if not ok or (key == "std" and min(value) <= 0):
-            raise ArtifactError(f"{where}: {key} = {list(value) if isinstance(value, (list, tuple)) else value!r}: "
-                                "expected three finite per-channel values" + (" above 0" if key == "std" else ""))
+        if not ok or not all((0 <= v if key == "mean" else 0 < v) and v <= 1 for v in value):
+            shown = list(value) if isinstance(value, (list, tuple)) else value
+            raise ArtifactError(f"{where}: {key} = {shown!r}: expected three finite per-channel values {low}")
     return [float(v) for v in mean], [float(v) for v in std]
 
 
