@@ -95,8 +95,8 @@ def output_size(model: nn.Module) -> int:
 
 
 def first_line(e: BaseException) -> str:
-    """An exception's message as one short line (torch's and safetensors' span several)."""
-    text = " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split())
+    """An exception's first sentence as one short line (torch's and safetensors' messages span several)."""
+    text = " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split()).split(". ")[0]
     return text[:200] or type(e).__name__
 
 

