@@ -486,3 +486,33 @@ def test_sigterm_stops_a_stage_in_its_long_step_within_seconds(tmp_path):
     assert stderr.strip().splitlines()[-1] == "stopped by SIGTERM: nothing half-written was kept; rerun to resume"
     assert took < 5, f"stopped {took:.1f} s after SIGTERM"
     assert not (tmp_path / "data" / "imagefolder").exists() and not list((tmp_path / "data").glob(".*tmp*"))
+
+
+def test_damaged_timm_weights_in_the_hugging_face_cache_are_named_as_the_cache(tmp_path, monkeypatch):
+    import pytest
+    import torch
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from stages.models.pretrained import import_teacher
+    from stages.training.params import TeacherSource
+    from tests.test_pretrained import ten_wnids
+
+    timm = pytest.importorskip("timm")
+    name = "test_resnet.r160_in1k"
+    folder = tmp_path / "hub" / "models--timm--test_resnet.r160_in1k"
+    snapshot = folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    model = timm.create_model(name, pretrained=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, snapshot / "model.safetensors")
+    (snapshot / "model.safetensors").write_bytes((snapshot / "model.safetensors").read_bytes()[:5000])
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    spec = TeacherSource.model_validate({"type": "timm", "weights": name})
+    torch.manual_seed(0)
+    outcome = run_inprocess(lambda: import_teacher("tiny_timm", spec, sorted(ten_wnids()), 32, None,
+                                                   ([0.5] * 3, [0.25] * 3)))
+    assert one_error(outcome).startswith(f"error: ArtifactError: {folder}: the cached timm weights {name} are "
+                                         "damaged (")
