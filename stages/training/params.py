@@ -32,7 +32,7 @@ class TeacherSource(Section):
             value = getattr(self, key)
             if value is not None and (len(value) != 3 or not all(math.isfinite(v) for v in value)
                                       or (key == "std" and min(value) <= 0)):
-                raise ValueError(f"{key} = {value}: three finite per-channel values (std above 0), or null")
+                raise ValueError(f"{key} = {value}: three per-channel values, finite (std above 0), or null")
         return self
 
 

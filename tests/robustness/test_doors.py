@@ -316,10 +316,10 @@ def test_a_teacher_mean_or_std_that_is_not_finite_is_refused(tmp_path):
                                                  "\n".join(f"      - {v}" for v in value).lstrip()))
         lines.append(one_error(run_inprocess(params.load, [], tmp_path)))
     assert lines == [
-        "error: ParamsError: params.yaml: teacher.source.convnet: mean = [nan, 0.4, 0.4]: three finite "
-        "per-channel values (std above 0), or null",
-        "error: ParamsError: params.yaml: teacher.source.convnet: std = [0.2, inf, 0.2]: three finite "
-        "per-channel values (std above 0), or null"]
+        "error: ParamsError: params.yaml: teacher.source.convnet: mean = [nan, 0.4, 0.4]: three "
+        "per-channel values, finite (std above 0), or null",
+        "error: ParamsError: params.yaml: teacher.source.convnet: std = [0.2, inf, 0.2]: three "
+        "per-channel values, finite (std above 0), or null"]
 
 
 def test_a_truncated_file_in_the_torch_hub_cache_is_named_as_the_cache(tmp_path, monkeypatch):
