@@ -155,6 +155,9 @@ PROJECT = ("params.yaml", "dvc.yaml", "dvc.lock", ".dvc", ".git", ".dvcignore", 
            "pyproject.toml")
 
 
+TEMP_SUFFIX = "..tmp-12345678"  # atomic_dir's `.<name>.tmp-<8 random>` (Resume's `.<name>.resume` is shorter)
+
+
 def describe(path: Path) -> str:
     """What an existing path is, for a message: a known artifact kind, else a file or a folder."""
     for kind in KNOWN:
@@ -193,6 +196,7 @@ def claim(stage: str, outputs: dict[str, tuple[Path | None, Kind]],
         its own previous output, never another stage's artifact or a folder of other files.
     """
     from stages.pipeline.errors import ParamsError
+    from stages.pipeline.paths import NAME_MAX
 
     here = _real(Path.cwd())
     guarded: list[tuple[str, Path]] = [("the working directory (the project)", here)]
@@ -206,6 +210,12 @@ def claim(stage: str, outputs: dict[str, tuple[Path | None, Kind]],
             continue
         path = Path(path)
         where = f"{arg.split()[0]} {path}"  # "--out (.json)": one of the files an --out prefix names
+        long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+        if long is not None or len(os.fsencode(path.name)) + len(TEMP_SUFFIX) > NAME_MAX:
+            part = long if long is not None else path.name
+            raise ParamsError(f"{where}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes; with the "
+                              f"{len(TEMP_SUFFIX)} ddpipe adds for its temp and progress folders it must stay within "
+                              f"the {NAME_MAX}-byte limit of a file name")
         real = _real(path)
         for name, other in guarded + claimed:
             how = _relation(real, other)

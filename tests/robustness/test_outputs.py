@@ -217,3 +217,16 @@ def test_a_stage_replaces_its_own_output_and_a_link_not_its_target(tmp_path, mon
         (tmp / "new.txt").write_text("new")
     assert (tmp_path / "target" / "keep.txt").read_text() == "keep"
     assert not (tmp_path / "link").is_symlink() and (tmp_path / "link" / "new.txt").is_file()
+
+
+def test_an_output_name_too_long_for_the_temp_folder_is_refused_not_a_traceback(tmp_path):
+    """atomic_dir writes `.<name>.tmp-<8>` beside the output: a 250-byte name would fail in mkdtemp."""
+    from stages.methods.baselines import baseline
+
+    write_params(tmp_path, TINY)
+    name = "x" * 250
+    outcome = run_inprocess(baseline.main, ["random", "--data", "data/digits", "--out", f"sets/{name}"], tmp_path)
+    assert outcome.code == 2 and outcome.stderr.strip() == (
+        f"error: ParamsError: --out sets/{name}: the name {'x' * 40!r}... is 250 bytes; with the 14 ddpipe adds for "
+        "its temp and progress folders it must stay within the 255-byte limit of a file name")
+    assert not (tmp_path / "sets").exists()
