@@ -99,6 +99,9 @@ def summary(method: str, recipe, p: Params, record: dict, n_classes: int, n_imag
 def run(p: Params, method: str, latents_dir: Path, data: Path, captions_dir: Path | None, out: Path) -> dict:
     """The prototypes stage for `method` (d4m, vlcp, ...): cluster each class's latents as its recipe says (VLCP's
     text prototypes from the captions folder), write <out>.safetensors and <out>.json. Returns the JSON record."""
+    if method not in prototypes_methods():
+        raise PipelineError(f"prototypes {method}: not a method on the diffusion model "
+                            f"({', '.join(prototypes_methods())})")
     if out.name in ("", ".."):
         raise ParamsError(f"--out {out}: names the files <out>.json and <out>.safetensors, so it must end in a name "
                           "(artifacts/<ds>/ipc<N>/prototypes/<method>)")
@@ -108,9 +111,6 @@ def run(p: Params, method: str, latents_dir: Path, data: Path, captions_dir: Pat
                    "--out (.safetensors)": (out.with_name(out.name + ".safetensors"),
                                             outputs.file_kind("prototype centroids", ".safetensors"))},
                   {"--latents": latents_dir, "--data": data, "--captions": captions_dir})
-    if method not in prototypes_methods():
-        raise PipelineError(f"prototypes {method}: not a method on the diffusion model "
-                            f"({', '.join(prototypes_methods())})")
     recipe = methods.recipe(method)
     check_captions_option(method, recipe, captions_dir)
     classes = read_classes(data)

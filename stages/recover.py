@@ -48,12 +48,12 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
     `out`, resuming finished batches; writes the card and `stats` and returns the stats (None on a torchrun rank
     other than 0). `init` is `noise` (sre2l), the select stage's init set (delt) or the train folder of the
     bases (infer): whatever the method's recipe starts from."""
+    if method not in engine_methods():
+        raise PipelineError(f"recover {method}: not a method on the recover engine ({', '.join(engine_methods())})")
     outputs.claim(f"recover {method}", {"--out": (out, outputs.set_kind(method)),
                                         "--stats": (stats, outputs.json_kind("synthesis stats", method=method,
                                                                              images=None))},
                   {"--teachers": teachers_dir, "--init": None if init == "noise" else Path(init), "--data": data})
-    if method not in engine_methods():
-        raise PipelineError(f"recover {method}: not a method on the recover engine ({', '.join(engine_methods())})")
     recipe, section = methods.recipe(method), getattr(p, method)
     data_meta = read_data_meta(data)
     classes, size = read_classes(data), data_meta.image_size
