@@ -29,6 +29,7 @@ from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume
+from stages.pipeline import outputs
 
 ATTRIBUTE_BATCH = 256  # attribute captions are independent: this only sets how often progress is saved
 PARTIAL = "captions.partial.jsonl"  # in the Resume folder: the lines so far, synced after every batch
@@ -116,6 +117,7 @@ def caption_from(p: params.Params, work: Work, partial: Path, done: int) -> None
 def run(p: params.Params, data: Path, out: Path) -> Path:
     """The caption stage: caption data/<ds>/train into the folder `out` (captions.jsonl + its SHA256SUMS),
     resuming a killed or failed run's whole batches. Returns the captions file."""
+    outputs.claim("caption", {"--out": (out, outputs.CAPTIONS)}, {"--data": data})
     classes = read_classes(data)
     subjects = params.class_prompts(p, classes)
     items = split_items(data / "train", classes)

@@ -38,6 +38,7 @@ from stages.pipeline.outputs import atomic_dir, write_json
 from stages.pipeline.params import Params
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
+from stages.pipeline import outputs
 
 
 def train_mode(p, x: BatchView, cond_inputs, gen: torch.Generator, resume: Resume) -> tuple[object, dict]:
@@ -127,6 +128,10 @@ def run(p: Params, data: Path, captions_dir: Path, out: Path, metrics: Path) -> 
     """The diffusion stage: build the pipeline folder `out` (train or pretrained mode, resuming a killed
     run), write its content record and the metrics JSON. Returns the metrics."""
     d = p.diffusion
+    outputs.claim("diffusion", {"--out": (out, outputs.DIFFUSION),
+                                "--metrics": (metrics, outputs.json_kind("diffusion metrics", mode=None))},
+                  {"--data": data, "--captions": captions_dir,
+                   "diffusion.pretrained": Path(d.pretrained) if d.mode == "pretrained" and d.pretrained else None})
     train, resolution, prompts, captions = train_inputs(p, data, captions_dir)
     gen = ldm.seed_everything(derive_seed(p.seed, "diffusion"))
     # what decides the weights: these params and inputs (another value of any starts training afresh)

@@ -25,6 +25,7 @@ from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.generation.img2img import load_pipeline
+from stages.pipeline import outputs
 
 
 @torch.no_grad()
@@ -56,6 +57,8 @@ def grid(images: torch.Tensor, rows: int, path: Path, zoom: int = 4) -> None:
 def run(p: Params, diffusion: Path, teacher: Path, data: Path, out: Path) -> dict:
     """The diffusion_check stage: text-to-image samples of every class prompt, read by the teacher; writes
     samples.png and metrics.json into `out` and warns when the model draws noise. Returns the metrics."""
+    outputs.claim("diffusion_check", {"--out": (out, outputs.DIFFUSION_CHECK)},
+                  {"--diffusion": diffusion, "--teacher": teacher, "--data": data})
     c = p.diffusion.check
     classes = read_classes(data)
     meta = read_data_meta(data)

@@ -51,6 +51,7 @@ from stages.training.loop import Batch, Optim, hard_loss, kd_loss, train
 from stages.training.params import Evaluate
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, read_checked_epoch
+from stages.pipeline import outputs
 
 
 def fkd_plans(labels_dir: Path, epochs: int, batch_size: int, num_images: int, num_classes: int):
@@ -296,6 +297,9 @@ def run(p: Params, set_dir: Path, labels: Path, teacher_dir: Path, data: Path, e
         curves: Path | None = None) -> dict | None:
     """Train every (student, protocol, seed) on the set; write the metrics JSON `out` (and the first student's
     `curves` CSV). Returns the metrics on rank 0, None on the other ranks."""
+    outputs.claim("evaluate", {"--out": (out, outputs.json_kind("evaluate's metrics", protocols=None)),
+                               "--curves": (curves, outputs.file_kind("student curves", ".csv"))},
+                  {"--set": set_dir, "--labels": labels, "--teacher": teacher_dir, "--data": data})
     cfg = p.evaluate
     started = time.perf_counter()
     ev = load_inputs(p, set_dir, labels, teacher_dir, data, epochs)

@@ -29,13 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.data.distilled import images_root, load_set, read_labels
-from stages.data.folder import list_images
+from stages.data.folder import image_size_of, list_images
 from stages.pipeline import cli
 from stages.evaluation.metrics import read_metrics
 from stages.pipeline.artifacts import read_json
 from stages.pipeline.card import CARD, SUMS, read_card, verify_content
 from stages.pipeline.errors import ArtifactError, PipelineError
 from stages.pipeline.outputs import atomic_dir, dir_bytes, write_json
+from stages.pipeline import outputs
 
 TRAIN_FILE = "data/train-00000-of-00001.parquet"
 FKD_CONFIG = "fkd_soft_labels"
@@ -85,9 +86,34 @@ def write_images(out: Path, set_dir: Path, card, data_dir: Path | None) -> tuple
     return len(files), kind
 
 
-def write_fkd(out: Path, labels_dir: Path) -> int:
+def checked_epochs(labels_dir: Path, card) -> list[Path]:
+    """relabel's epoch files, each checked against fkd.json's record (its bytes) and the set (rows, classes,
+    batches): an epoch changed, added or removed since relabel wrote it is refused, never exported."""
+    from stages.pipeline.artifacts import read_fkd_meta
+    from stages.training.soft_labels import read_checked_epoch
+
+    meta = read_fkd_meta(labels_dir)
+    record = labels_dir / "fkd.json"
+    if meta.files is None:
+        raise ArtifactError(f"{record}: no `files` record of the epochs (made before records existed): run relabel "
+                            "again, or export with --no-soft-labels")
+    on_disk = sorted(p.name for p in labels_dir.glob("epoch_*.parquet"))
+    if on_disk != sorted(meta.files):
+        extra, missing = sorted(set(on_disk) - set(meta.files)), sorted(set(meta.files) - set(on_disk))
+        raise ArtifactError(f"{record}: records epochs {sorted(meta.files)[:3]}..., the folder holds "
+                            f"{len(on_disk)} (not recorded: {extra[:3]}, missing: {missing[:3]}); run relabel again")
+    if meta.num_images != card.num_images:
+        raise ArtifactError(f"{record}: num_images = {meta.num_images}, the set holds {card.num_images}")
+    files = []
+    for name, digest in sorted(meta.files.items()):
+        read_checked_epoch(labels_dir / name, meta.num_images, len(card.classes), meta.batch_size, digest)
+        files.append(labels_dir / name)
+    return files
+
+
+def write_fkd(out: Path, labels_dir: Path, card) -> int:
     """relabel's epochs with an `epoch` column, so the config's rows say which epoch they replay."""
-    files = sorted(labels_dir.glob("epoch_*.parquet"))
+    files = checked_epochs(labels_dir, card)
     (out / "fkd").mkdir()
     for path in files:
         table = pq.read_table(path)
@@ -230,15 +256,13 @@ def export(set_dir: Path, out: Path, data_dir: Path | None, metrics_path: Path |
         metrics = read_json(metrics_path)
     with atomic_dir(out) as tmp:
         count, kind = write_images(tmp, set_dir, card, data_dir)
-        fkd_epochs = write_fkd(tmp, labels_dir) if labels_dir and (labels_dir / "fkd.json").is_file() else 0
+        fkd_epochs = write_fkd(tmp, labels_dir, card) if labels_dir and (labels_dir / "fkd.json").is_file() else 0
         for name in (CARD, SUMS):
             shutil.copyfile(set_dir / name, tmp / name)
         if metrics is not None:
             write_json(tmp / "metrics.json", metrics)
         first = next(p for p, _ in list_images(images_root(set_dir, card), card.classes))
-        from PIL import Image
-        with Image.open(first) as img:
-            width, height = img.size
+        width, height = image_size_of(first)  # the header only, under the pixel limit
         storage = {"images": count, "image_bytes": sum(p.stat().st_size for p, _ in
                                                        list_images(images_root(set_dir, card), card.classes)),
                    "pixels": count * width * height, "height": height, "width": width}
@@ -256,10 +280,10 @@ def run(set_dir: Path, out: Path, data: Path | None = None, metrics: Path | None
     exported (images, labels, fkd_epochs, metrics) and, after an upload, its `url`."""
     if not (set_dir / CARD).is_file():
         raise ArtifactError(f"{set_dir / CARD}: missing; --set must be a distilled set folder")
-    if out.resolve() == set_dir.resolve() or set_dir.resolve() in out.resolve().parents:
-        raise ArtifactError(f"--out {out}: inside the set {set_dir}; write the export elsewhere")
     metrics_path = metrics or sibling(set_dir, "metrics", ".json")
     labels = None if no_soft_labels else soft_labels or sibling(set_dir, "soft_labels")
+    outputs.claim("export_hub", {"--out": (out, outputs.HUB)},
+                  {"--set": set_dir, "--data": data, "--metrics": metrics_path, "--soft-labels": labels})
     if metrics and not metrics.is_file():
         raise ArtifactError(f"--metrics {metrics}: no such file")
     done = export(set_dir, out, data, metrics_path, labels, license_id, repo_id)

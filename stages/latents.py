@@ -23,6 +23,7 @@ from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
+from stages.pipeline import outputs
 
 
 def load_vae(pipeline_dir: Path) -> tuple[AutoencoderKL, int]:
@@ -50,6 +51,7 @@ def encode(vae: AutoencoderKL, images: torch.Tensor, resolution: int, posterior:
 def run(p: Params, diffusion: Path, data: Path, out: Path) -> torch.Tensor:
     """The latents stage: every train image through the pipeline folder's VAE into the latents folder `out`
     (latents.safetensors + index.csv + SHA256SUMS). Returns the latents."""
+    outputs.claim("latents", {"--out": (out, outputs.LATENTS)}, {"--diffusion": diffusion, "--data": data})
     classes = read_classes(data)
     train = open_images(data / "train", classes, desc="load train")
     vae, resolution = load_vae(diffusion)

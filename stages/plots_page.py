@@ -14,6 +14,7 @@ import vl_convert
 from stages.pipeline import cli
 from stages.pipeline.errors import DataError
 from stages.pipeline.outputs import atomic_file
+from stages.pipeline import outputs
 
 # dvc-render fills {plot_divs} (and {refresh_tag} for `--open` auto-refresh); leaving out its
 # {scripts} placeholder is what keeps the CDN <script> tags off the page.
@@ -77,6 +78,7 @@ def page() -> str:
 
 def run(out: Path) -> int:
     """Write the page to `out` (atomically); its size in bytes."""
+    outputs.claim("plots_page", {"--out": (out, outputs.file_kind("a plots page", ".html"))}, {})
     with atomic_file(out) as tmp:
         tmp.write_text(page(), encoding="utf-8")
     size = out.stat().st_size

@@ -22,6 +22,7 @@ from stages.pipeline.params import Params
 from stages.pipeline.errors import DataError, ParamsError
 from stages.pipeline.outputs import atomic_dir, sha256_bytes, write_json
 from stages.pipeline.progress import progress
+from stages.pipeline import outputs
 
 
 def open_source(p: Params) -> sources.Source:
@@ -62,6 +63,7 @@ class Tally:
 def run(p: Params, out: Path) -> dict:
     """The prepare stage: decode, check and square every source image, copy it as a PNG (or list its file in
     the manifest), measure the train set's mean and std; writes `out` and returns its meta.json content."""
+    outputs.claim("prepare", {"--out": (out, outputs.DATA)}, {"prepare.root": p.prepare.root})
     copy = p.prepare.copy_
     if not copy and p.dataset != "imagefolder":
         raise ParamsError(f"prepare.copy = false: only for dataset imagefolder (files to list), not {p.dataset}")
@@ -87,7 +89,7 @@ def prepare_split(p: Params, source: sources.Source, split: str, items, tmp: Pat
     for stem, label, load, origin in progress(items, desc=f"prepare {split}", unit="img"):
         stat = None if copy else os.stat(origin)  # before reading: a later change shows as a newer mtime
         try:
-            image = square(load(), p.prepare.image_size)
+            image = square(load(), p.prepare.image_size, origin)
         except DataError:
             if p.prepare.on_corrupt == "fail":
                 raise

@@ -27,11 +27,12 @@ from stages.clustering.kmeans import Clusters
 from stages.data.folder import read_classes
 from stages.data.latents_folder import read_latents
 from stages.pipeline import cli, params
-from stages.pipeline.errors import DataError, PipelineError
+from stages.pipeline.errors import DataError, ParamsError, PipelineError
 from stages.pipeline.outputs import write_json
 from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
+from stages.pipeline import outputs
 
 
 def check_rows(folder: Path, labels: list[int], paths: list[str], classes: list[str]) -> None:
@@ -101,6 +102,15 @@ def run(p: Params, method: str, latents_dir: Path, data: Path, captions_dir: Pat
     if method not in prototypes_methods():
         raise PipelineError(f"prototypes {method}: not a method on the diffusion model "
                             f"({', '.join(prototypes_methods())})")
+    if out.name in ("", ".."):
+        raise ParamsError(f"--out {out}: names the files <out>.json and <out>.safetensors, so it must end in a name "
+                          "(artifacts/<ds>/ipc<N>/prototypes/<method>)")
+    outputs.claim(f"prototypes {method}",
+                  {"--out (.json)": (out.with_name(out.name + ".json"),
+                                     outputs.json_kind("a prototypes record", method=method)),
+                   "--out (.safetensors)": (out.with_name(out.name + ".safetensors"),
+                                            outputs.file_kind("prototype centroids", ".safetensors"))},
+                  {"--latents": latents_dir, "--data": data, "--captions": captions_dir})
     recipe = methods.recipe(method)
     check_captions_option(method, recipe, captions_dir)
     classes = read_classes(data)

@@ -35,6 +35,7 @@ from stages.pipeline.params import Params
 from stages.models.teachers import Teachers
 from stages.recover_engine.driver import engine_config, write_set_card
 from stages.recover_engine.finished import FinishedBatches
+from stages.pipeline import outputs
 
 
 def engine_methods() -> list[str]:
@@ -49,6 +50,10 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
     bases (infer): whatever the method's recipe starts from."""
     if method not in engine_methods():
         raise PipelineError(f"recover {method}: not a method on the recover engine ({', '.join(engine_methods())})")
+    outputs.claim(f"recover {method}", {"--out": (out, outputs.set_kind(method)),
+                                        "--stats": (stats, outputs.json_kind("synthesis stats", method=method,
+                                                                             images=None))},
+                  {"--teachers": teachers_dir, "--init": None if init == "noise" else Path(init), "--data": data})
     recipe, section = methods.recipe(method), getattr(p, method)
     data_meta = read_data_meta(data)
     classes, size = read_classes(data), data_meta.image_size

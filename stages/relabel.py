@@ -33,6 +33,7 @@ from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, write_epoch
+from stages.pipeline import outputs
 
 
 @dataclass
@@ -117,6 +118,8 @@ def fkd_record(lab: Labelling, images: ImageSet, draw: int | None, key: tuple) -
 def run(p: Params, set_dir: Path, teacher_dir: Path, data: Path, epochs: int, out: Path) -> None:
     """Label `epochs` evaluation epochs of the set (each draw of baseline@random in its own draw<k>/) into the
     folder `out`, with an fkd.json per labelled folder."""
+    outputs.claim("relabel", {"--out": (out, outputs.FKD)},
+                  {"--set": set_dir, "--teacher": teacher_dir, "--data": data})
     lab, images = load_inputs(p, set_dir, teacher_dir, data, epochs)
     inputs = [set_dir, teacher_dir, data]
     with distributed.world() as world, distributed.shared_dir(world, out) as tmp:

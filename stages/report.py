@@ -34,6 +34,7 @@ from stages.pipeline.card import read_card  # noqa: E402
 from stages.pipeline.errors import DataError  # noqa: E402
 from stages.pipeline.outputs import atomic_dir, atomic_file, write_json  # noqa: E402
 from stages.pipeline.params import Params  # noqa: E402
+from stages.pipeline import outputs
 
 GRID_COLUMNS = 10
 
@@ -305,6 +306,10 @@ def run(p: Params, metrics: list[Path], sets: list[Path], data: Path, out: Path,
         table_copy: Path | None = None) -> pd.DataFrame:
     """Tabulate every metrics file under `metrics`, flag what is not a distilled dataset, write the report
     folder `out` and `summary` (and results.csv again at `table_copy`); print results.md. Returns the table."""
+    outputs.claim("report", {"--out": (out, outputs.REPORT),
+                             "--summary": (summary, outputs.json_kind("a report summary", ipc=None)),
+                             "--table": (table_copy, outputs.file_kind("a results table", ".csv"))},
+                  {"--metrics": metrics, "--sets": sets, "--data": data})
     classes = read_classes(data)
     table = collect(metrics, p.report.lrs_weight, p.report.ars_weight)
     table["flag"] = flag_sets(table, len(classes), p.flags.noise_factor, p.flags.copies_margin)

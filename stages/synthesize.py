@@ -28,11 +28,12 @@ from stages.clustering.record import PrototypesRecord
 from stages.pipeline.artifacts import read_data_meta, read_model
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
-from stages.pipeline.errors import ArtifactError, DataError, PipelineError
+from stages.pipeline.errors import ArtifactError, DataError, ParamsError, PipelineError
 from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
+from stages.pipeline import outputs
 
 
 def synthesize_methods() -> list[str]:
@@ -113,6 +114,15 @@ def run(p: Params, method: str, diffusion: Path, prototypes: Path, data: Path, o
     if method not in synthesize_methods():
         raise PipelineError(f"synthesize {method}: not a method on the diffusion model "
                             f"({', '.join(synthesize_methods())})")
+    if prototypes.name in ("", ".."):
+        raise ParamsError(f"--prototypes {prototypes}: names the files <prototypes>.json and .safetensors, so it "
+                          "must end in a name (artifacts/<ds>/ipc<N>/prototypes/<method>)")
+    outputs.claim(f"synthesize {method}", {"--out": (out, outputs.set_kind(method)),
+                                           "--stats": (stats, outputs.json_kind("synthesis stats", method=method,
+                                                                                images=None))},
+                  {"--diffusion": diffusion, "--prototypes": [prototypes.with_name(prototypes.name + suffix)
+                                                              for suffix in (".json", ".safetensors")],
+                   "--data": data})
     s = getattr(p, method).synthesis
     classes = read_classes(data)
     size = read_data_meta(data).image_size

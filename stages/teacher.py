@@ -31,11 +31,16 @@ from stages.pipeline.outputs import atomic_dir, atomic_file, write_json
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.training.loop import History, Optim, accuracy, hard_loss, train
+from stages.pipeline import outputs
 
 
 def run(p: Params, arch: str, data: Path, out: Path, curves: Path | None = None) -> dict | None:
     """The teacher stage: train `arch` on the prepared train set (or import it, teacher.source) and write its
     folder. Returns the metrics written to metrics.json (None on a torchrun rank other than 0)."""
+    source = p.teacher.source.get(arch, "train")
+    outputs.claim("teacher", {"--out": (out, outputs.TEACHER)},
+                  {"--data": data, f"teacher.source.{arch}.weights":
+                   Path(source.weights) if source != "train" and source.type == "file" else None})
     data_meta = read_data_meta(data)
     classes = read_classes(data)
     config = p.models[arch].model_dump() if p.models.get(arch) else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages.data.distilled import load_set, set_images
+from stages.data.distilled import load_set, read_labels, set_images
 from stages.data.folder import ImageSet
 from stages.pipeline import cli
 from stages.pipeline.card import Card, read_card, verify_content
@@ -30,8 +30,11 @@ def open_checked(set_dir: Path, data: Path | None) -> tuple[Card, ImageSet]:
 def run(set_dir: Path, data: Path | None = None) -> str:
     """Check the set (see the module's docstring); the one-line verdict, also printed."""
     card, images = open_checked(set_dir, data)
+    if card.labels is not None:  # the shipped labels: one finite row per image and class
+        read_labels(set_dir, card, images)
     verdict = (f"{set_dir}: ok - {card.method} on {card.dataset}, ipc {card.ipc}, {len(images)} images of "
                f"{len(card.classes)} classes, {card.content.files} files match SHA256SUMS"
+               + (f", {card.labels} checked" if card.labels else "")
                + (f", teachers {card.teacher['archs']}" if card.teacher else ""))
     print(verdict)
     return verdict

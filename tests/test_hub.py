@@ -54,7 +54,10 @@ def make_set(root, with_labels=True):
     aug = Augment((0.5, 1.0), False, "cutmix", 1.0, 8)
     for epoch in range(2):
         write_epoch(epoch_file(fkd, epoch), plan_epoch(len(paths), 4, rng, aug), torch.randn(len(paths), 3))
-    (fkd / "fkd.json").write_text(json.dumps({"epochs": 2}))
+    from stages.pipeline.artifacts import fkd_files  # export_hub checks the epochs against this record
+
+    (fkd / "fkd.json").write_text(json.dumps({"epochs": 2, "batch_size": 4, "num_images": len(paths),
+                                              "files": fkd_files(fkd)}))
     metrics = set_dir.parent.parent / "metrics" / "toy.json"
     metrics.parent.mkdir()
     stat = {"mean": 0.5, "std": 0.01}

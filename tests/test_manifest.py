@@ -92,7 +92,7 @@ def test_copy_false_is_refused_for_datasets_without_files(tmp_path):
                    "prepare.copy = false: only for dataset imagefolder")
 
 
-def test_prepare_lists_the_sources_and_readers_see_the_copys_pixels(tmp_path):
+def test_prepare_lists_the_sources_and_readers_see_the_copys_pixels(tmp_path, monkeypatch):
     """Sources larger than and not square at image_size: the manifest lists them (no pixels written), and
     every whole image read through it is the copy's."""
     from stages.data.folder import load_imagefolder
@@ -114,6 +114,7 @@ def test_prepare_lists_the_sources_and_readers_see_the_copys_pixels(tmp_path):
     assert [(r["split"], r["path"], r["name"], r["label"]) for r in rows][:2] == [
         ("train", "train/a/000.png", "a/000.png", 0), ("train", "train/a/001.png", "a/001.png", 0)]
     assert all(r["bytes"] == (src / r["path"]).stat().st_size for r in rows)
+    monkeypatch.chdir(data[False].parent.parent)  # a manifest is read where params.yaml names its source root
     for split in ("train", "val"):
         copies = load_imagefolder(data[True] / split, ["a", "b"], SIZE)
         listed = open_images(data[False] / split, ["a", "b"], SIZE)

@@ -1,6 +1,7 @@
 """ImageFolders: class sub-folders of PNGs, class order from classes.json (never from sorting)."""
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,15 +97,27 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 def decode_rgb(path: Path) -> np.ndarray:
+    """A file's pixels as RGB uint8, its pixel count checked from the header first (DDPIPE_MAX_PIXELS)."""
+    return _decode(path, path, lambda: path.stat().st_size)
+
+
+def decode_rgb_bytes(data: bytes, where: str) -> np.ndarray:
+    """Encoded image bytes held in another file (a Parquet row: `where` names it), checked as decode_rgb."""
+    import io
+
+    return _decode(io.BytesIO(data), Path(where), lambda: len(data))
+
+
+def _decode(source, path: Path, size) -> np.ndarray:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             check_pixels(path, img.size)
             return to_rgb(img, path)
     except Image.UnidentifiedImageError:
         raise DataError(f"{path}: unreadable image (not a format Pillow knows)") from None
     except MemoryError:
-        raise ResourceError(f"{path}: out of memory decoding it ({path.stat().st_size:,} bytes on disk)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ResourceError(f"{path}: out of memory decoding it ({size():,} bytes on disk)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
 
 

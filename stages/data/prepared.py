@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +32,29 @@ from PIL import Image
 
 from stages.data.augment import roi_align_kernel
 from stages.data.folder import ImageSet, decode_rgb, list_images, load_imagefolder, save_png
-from stages.pipeline.artifacts import read_data_meta
-from stages.pipeline.paths import relative
+from stages.pipeline.artifacts import PIXELS_ENV, max_pixels, read_data_meta
+from stages.pipeline.paths import Root, relative
 from stages.data.stream import LazyImages
-from stages.pipeline.errors import DataError
+from stages.pipeline.errors import DataError, ResourceError
 from stages.pipeline.outputs import dir_bytes
 
 MANIFEST = "manifest.parquet"
 SPLITS = ("train", "val")
 
 
-def square(array: np.ndarray, size: int) -> np.ndarray:
-    """A square RGB image of side `size`: shorter side resized (bicubic), centre crop."""
+def square(array: np.ndarray, size: int, where: str | Path = "image") -> np.ndarray:
+    """A square RGB image of side `size`: shorter side resized (bicubic), centre crop. The resized image is
+    bounded like a decoded one (DDPIPE_MAX_PIXELS): a 1 x 80M-pixel strip, under the limit itself, would
+    resize to 16 x 1.28G pixels; it is refused (ResourceError naming `where`) before anything is allocated."""
     img = Image.fromarray(array)
     scale = size / min(img.size)
-    img = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
-                     Image.Resampling.BICUBIC)
+    width, height = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    limit = max_pixels()
+    if limit and width * height > limit:
+        raise ResourceError(f"{where}: {img.width}x{img.height} resizes to {width}x{height} = {width * height:,} "
+                            f"pixels to make its shorter side {size}, above the limit of {limit:,} ({PIXELS_ENV}); "
+                            "crop it nearer to square")
+    img = img.resize((width, height), Image.Resampling.BICUBIC)
     left, top = (img.width - size) // 2, (img.height - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
@@ -58,9 +65,12 @@ class Source:
     path: Path
     bytes: int
     mtime_ns: int
+    root: Root | None = field(default=None, compare=False)  # the source root: no link may lead out of it
 
     def read(self) -> np.ndarray:
         """The file's pixels at native size, after checking it is the file `prepare` listed."""
+        if self.root is not None:
+            self.root.check(self.path)  # before anything is opened (a link is checked where it leads now)
         try:
             stat = os.stat(self.path)
         except OSError as e:
@@ -85,7 +95,7 @@ class Item:
 
     def load(self) -> np.ndarray:
         """H x W x 3 uint8, the prepared image."""
-        return decode_rgb(self.path) if self.source is None else square(self.source.read(), self.size)
+        return decode_rgb(self.path) if self.source is None else square(self.source.read(), self.size, self.path)
 
     def write_png(self, dest: Path) -> None:
         """The prepared image as a PNG at `dest` (a copy's bytes, or the same bytes encoded from the source)."""
@@ -102,24 +112,64 @@ def manifest_of(root: str | Path) -> Path | None:
     return manifest if root.name in SPLITS and not root.exists() and manifest.is_file() else None
 
 
+def named_source_root(meta_path: Path, source_root: str) -> Path:
+    """meta.json's source_root, once it is the root the user named: params.yaml's prepare.root (the
+    working directory's, where every stage runs). A meta.json changed to point elsewhere is refused."""
+    from stages.pipeline.artifacts import read_text
+    from stages.pipeline.params import load_yaml
+
+    params_path = Path("params.yaml")
+    if not params_path.is_file():
+        raise DataError(f"{meta_path}: source_root = {source_root!r}, and no params.yaml in the working directory "
+                        "names the source root (prepare.root): run stages from the project root")
+    raw = load_yaml(read_text(params_path, DataError), str(params_path), DataError)
+    prepare = raw.get("prepare") if isinstance(raw, dict) else None
+    named = prepare.get("root") if isinstance(prepare, dict) else None
+    if not isinstance(named, str) or os.path.realpath(named) != os.path.realpath(source_root):
+        raise DataError(f"{meta_path}: source_root = {source_root!r} is not the folder params.yaml names "
+                        f"(prepare.root = {named!r}); nothing is read from outside it: rerun prepare "
+                        "(dvc repro prepare) for this root")
+    return Path(source_root)
+
+
 def read_manifest(manifest: Path, split: str, classes: list[str]) -> tuple[list[Item], int]:
-    """The split's items (sorted as a copy's folder lists them: class order, then file name) and the image size."""
+    """The split's items (sorted as a copy's folder lists them: class order, then file name) and the image size.
+    Files are read from the source root params.yaml names, and no row leads out of it (paths.Root)."""
     meta = read_data_meta(manifest.parent)  # validated, and checked against classes.json
+    meta_path = manifest.parent / "meta.json"
     source_root = (meta.model_extra or {}).get("source_root")
     if not isinstance(source_root, str) or not source_root:
-        raise DataError(f"{manifest.parent / 'meta.json'}: source_root = {source_root!r}: expected the folder "
+        raise DataError(f"{meta_path}: source_root = {source_root!r}: expected the folder "
                         "prepare listed (a non-empty string); run prepare again")
-    table = pq.read_table(manifest, filters=[("split", "==", split)])
     if meta.classes != classes:
-        raise DataError(f"{manifest.parent / 'meta.json'}: classes differ from the ones asked for")
-    root, size = Path(source_root), meta.image_size
+        raise DataError(f"{meta_path}: classes differ from the ones asked for")
+    root, size = named_source_root(meta_path, source_root), meta.image_size
+    tree = Root(root, DataError, "the source root")
+    try:
+        table = pq.read_table(manifest, columns=["split", "path", "name", "label", "bytes", "mtime_ns"],
+                              filters=[("split", "==", split)])
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{manifest}: not a readable manifest ({' '.join(str(e).split())[:160]}); "
+                        "run prepare again") from None
     col = table.to_pydict()
-    items = []
+    items, names, paths = [], {}, {}
     for i, (path, name, label) in enumerate(zip(col["path"], col["name"], col["label"])):
         where = f"{manifest}: row {i} of {split}"
         relative(path, where, DataError)
         relative(name, where, DataError)
-        items.append(Item(name, label, root / path, Source(root / path, col["bytes"][i], col["mtime_ns"][i]), size))
+        for value, seen in ((name, names), (path, paths)):
+            if value in seen:
+                raise DataError(f"{where}: {value!r} listed twice (first at row {seen[value]})")
+            seen[value] = i
+        if not isinstance(label, int) or not 0 <= label < len(classes) or \
+                not name.startswith(f"{classes[label]}/"):
+            raise DataError(f"{where}: label {label!r} for {name!r} is not the index of its class (0.."
+                            f"{len(classes) - 1}, the class its name starts with)")
+        if not all(isinstance(col[k][i], int) and col[k][i] >= 0 for k in ("bytes", "mtime_ns")):
+            raise DataError(f"{where}: bytes {col['bytes'][i]!r}, mtime_ns {col['mtime_ns'][i]!r}: expected "
+                            "non-negative integers")
+        items.append(Item(name, label, root / path,
+                          Source(root / path, col["bytes"][i], col["mtime_ns"][i], tree), size))
     items.sort(key=lambda item: (item.label, item.name))
     if not items:
         raise DataError(f"{manifest}: no {split} rows")
@@ -181,7 +231,8 @@ class SourceImages(LazyImages):
 
     def _take(self, rows: np.ndarray) -> torch.Tensor:
         size = self.shape[-1]
-        arrays = [a if a.shape[:2] == (size, size) else square(a, size) for a in self._arrays(rows)]
+        arrays = [a if a.shape[:2] == (size, size) else square(a, size, self.sources[r].path)
+                  for r, a in zip(rows, self._arrays(rows))]
         if not arrays:
             return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -5,7 +5,6 @@ Each source gives the class names in their fixed order and, per split, a list of
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,6 +14,7 @@ import numpy as np
 from stages.data.folder import decode_rgb
 from stages.pipeline.artifacts import class_names, component
 from stages.pipeline.errors import DataError, ParamsError
+from stages.pipeline.paths import Root
 
 Item = tuple[str, int, Callable[[], np.ndarray], str]  # (stem, label, load, origin for messages)
 
@@ -112,38 +112,14 @@ def cifar(name: str, root: str, download: bool) -> Source:
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class _Tree:
-    """A source tree read without leaving it: every path must resolve inside `root` (or inside the project's
-    DVC cache, where `dvc add` with cache.type symlink points); a symlink elsewhere is refused."""
+class _Tree(Root):
+    """A source tree read without leaving it (stages/pipeline/paths.py `Root`): image files and others."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.allowed = [root.resolve()] + [c.resolve() for c in [Path(".dvc") / "cache"] if c.is_dir()]
-
-    def check(self, path: Path) -> Path:
-        try:
-            real = path.resolve()
-        except RuntimeError:  # a symlink loop
-            raise DataError(f"{path}: a symlink loop") from None
-        if not any(real.is_relative_to(a) for a in self.allowed):
-            what = f"a symlink to {real}" if path.is_symlink() else f"resolves to {real}"
-            raise DataError(f"{path}: {what}, outside the dataset root {self.root}")
-        return path
-
-    def files(self, folder: Path) -> tuple[list[Path], list[Path]]:
-        """(image files, other files) under folder, recursively and sorted. Each directory is checked
-        before it is entered, so the first link that leaves the tree is the one named."""
-        images, others, seen = [], [], set()
-        for dirpath, dirnames, filenames in os.walk(self.check(folder), followlinks=True):
-            here = Path(dirpath)
-            if here.resolve() in seen:  # a link back up the tree
-                dirnames[:] = []
-                continue
-            seen.add(here.resolve())
-            dirnames[:] = [d for d in dirnames if not d.startswith(".") and self.check(here / d)]
-            for path in (here / name for name in filenames if not name.startswith(".")):
-                (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(self.check(path))
-        return sorted(images), sorted(others)
+    def images(self, folder: Path) -> tuple[list[Path], list[Path]]:
+        """(image files, other files) under folder, recursively and sorted."""
+        files = self.files(folder)
+        return ([p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS],
+                [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS])
 
 
 def _tiny_imagenet_val(val_dir: Path, tree: _Tree) -> dict[str, tuple[list[Path], list[Path]]] | None:
@@ -174,7 +150,7 @@ def _class_files(split_dir: Path, tree: _Tree) -> dict[str, tuple[list[Path], li
     layout = _tiny_imagenet_val(split_dir, tree)
     if layout is not None:
         return layout
-    return {component(d.name, str(d)): tree.files(d) for d in sorted(split_dir.iterdir())
+    return {component(d.name, str(d)): tree.images(d) for d in sorted(split_dir.iterdir())
             if d.is_dir() and not d.name.startswith(".")}
 
 

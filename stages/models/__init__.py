@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -67,6 +68,30 @@ def save_checkpoint(model: nn.Module, out_dir: Path, meta: dict) -> None:
     write_record(out_dir, ["meta.json", "model.safetensors"])  # checked on every load, like a set's SHA256SUMS
 
 
+def check_finite(model: nn.Module, where: str) -> None:
+    """A teacher's weights (parameters and BatchNorm running statistics) are finite numbers: one NaN spreads to
+    every logit, and the teacher, the ranking and every relabelled epoch would be NaN or silently wrong."""
+    tensors = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers()
+                                                if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ArtifactError(f"{where}: weights {name!r} hold {bad:,} of {tensor.numel():,} values that are not "
+                                "finite (NaN or infinity); a teacher's weights must be finite numbers")
+
+
+def check_norm(mean, std, where: str) -> tuple[list[float], list[float]]:
+    """Normalisation constants of [0, 1] pixels, as a teacher's meta.json holds them (TeacherMeta): three
+    finite means in [0, 1] and three finite stds in (0, 1]."""
+    for key, value, low in (("mean", mean, "in [0, 1]"), ("std", std, "in (0, 1]")):
+        ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok or not all((0 <= v if key == "mean" else 0 < v) and v <= 1 for v in value):
+            shown = list(value) if isinstance(value, (list, tuple)) else value
+            raise ArtifactError(f"{where}: {key} = {shown!r}: expected three finite per-channel values {low}")
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
 META_KEYS = ("arch", "config", "num_classes", "image_size", "classes_sha256")  # what rebuilding needs
 
 
@@ -110,6 +135,7 @@ def load_checkpoint(model_dir: str | Path, classes_sha256: str | None = None) ->
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
         raise ArtifactError(f"{weights_path}: does not fit arch {meta['arch']!r} with {meta['num_classes']} "
                             f"classes of {meta_path} ({detail})") from None
+    check_finite(model, str(weights_path))
     verify_record(model_dir, "the teacher")  # last: a teacher that parses but was changed since it was made
     return model.eval(), meta
 

@@ -12,11 +12,13 @@ import hashlib
 import pickle
 import re
 import urllib.error
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from stages.pipeline.errors import ArtifactError, ParamsError, ResourceError
@@ -92,6 +94,12 @@ def output_size(model: nn.Module) -> int:
     return linears[-1].out_features
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first sentence as one short line (torch's and safetensors' messages span several)."""
+    text = " ".join((str(e).strip().splitlines() or [type(e).__name__])[0].split()).split(". ")[0]
+    return text[:200] or type(e).__name__
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -135,6 +143,12 @@ def torchvision_teacher(arch: str, weights_name: str, where: str) -> tuple[nn.Mo
                             "cache)") from None
     except pickle.UnpicklingError as e:
         raise ArtifactError(f"{path}: not a weights-only checkpoint ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:  # torn, truncated, garbage
+        raise ArtifactError(f"{path}: the torch hub cache's copy of {weights_name} is damaged ({first_line(e)}); "
+                            "delete it and the same command downloads it again (or copy it from "
+                            f"{weights.url})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ArtifactError(f"{path}: the torch hub cache's copy of {weights_name} holds no state dict of tensors")
     model = torchvision.models.get_model(arch, weights=None, num_classes=len(weights.meta["categories"]))
     load_state(model, state, str(path))
     transform = weights.transforms()
@@ -166,6 +180,11 @@ def timm_teacher(name: str, where: str) -> tuple[nn.Module, list, list, dict]:
         raise ResourceError(f"{where}: timm weights {name} are not in {source} and cannot be downloaded "
                             f"({type(e).__name__}); with internet the same command downloads them, offline use "
                             f"{fetch}") from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, SafetensorError) as e:
+        source = (Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--")) if repo
+                  else Path(torch.hub.get_dir()) / "checkpoints")
+        raise ArtifactError(f"{source}: the cached timm weights {name} are damaged ({first_line(e)}); delete "
+                            "that cache folder and the same command downloads them again") from None
     record = {"hf_hub_id": repo}
     if repo:
         for filename in ("model.safetensors", "pytorch_model.bin"):
@@ -257,6 +276,10 @@ def import_teacher(arch: str, spec, classes: list[str], image_size: int, config:
         model, record = file_teacher(arch, Path(spec.weights), head_size, image_size, config)
         mean, std = data_norm
     mean, std = spec.mean or mean, spec.std or std
+    from stages.models import check_finite, check_norm
+
+    check_finite(model, record.get("file") or f"{where} ({spec.weights})")
+    mean, std = check_norm(mean, std, f"{where} ({spec.weights})")
     index = class_index(head, output_size(model), classes, f"{where} ({spec.weights})")
     model = narrow_head(model, index, where)
     record = {"type": spec.type, "weights": spec.weights, **record,

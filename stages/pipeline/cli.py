@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import signal
 import sys
 from typing import Callable
@@ -62,8 +63,20 @@ def output_arg() -> str | None:
     return None
 
 
+# Control characters (a newline in a path or a value, an ANSI escape, NUL), Unicode line breaks, and the lone
+# surrogates a file name that is not UTF-8 decodes to (stderr could not even encode those).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character escaped (\\n, \\x1b, \\u2028): an error line stays one line, and
+    a name holding a newline or a terminal escape prints as what it is."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), m.group().encode("unicode_escape").decode("ascii")), text)
+
+
 def report(e: PipelineError) -> None:
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(one_line(f"error: {type(e).__name__}: {e}"), file=sys.stderr)
     sys.exit(2)
 
 

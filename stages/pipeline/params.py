@@ -27,7 +27,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 import stages
-from stages.pipeline.errors import ParamsError
+from stages.pipeline.errors import ParamsError, PipelineError
 from stages.pipeline.launcher import check_launcher
 
 Positive = Annotated[int, Field(gt=0)]
@@ -156,17 +156,72 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return where + (getattr(e, "problem", None) or " ".join(str(e).split()))
 
 
+# The most values a YAML document may expand to, counting each alias as a copy of what it names: a few KB of
+# nested aliases ("billion laughs") would otherwise expand into gigabytes when validated. The shipped
+# params.yaml has about 430.
+MAX_NODES = 100_000
+
+
+def expanded_size(node: yaml.Node, source: str, error: type[PipelineError] = ParamsError) -> int:
+    """How many values `node` expands to, aliases repeated (memoised per node, so counting is linear); a
+    document that holds itself through an alias, or expands past MAX_NODES, is refused."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        current, done = stack.pop()
+        key = id(current)
+        children = [] if isinstance(current, yaml.ScalarNode) else \
+            [n for pair in current.value for n in pair] if isinstance(current, yaml.MappingNode) else current.value
+        if done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_NODES:
+                raise error(f"{source}: expands to more than {MAX_NODES:,} values (YAML aliases repeat what they "
+                            "name); refused before it is built")
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise error(f"{source}: a YAML alias inside the value it names (a recursive document); refused")
+        open_nodes.add(key)
+        stack.append((current, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise error(f"{source}: a YAML alias inside the value it names (a recursive document); refused")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(node)]
+
+
+def load_yaml(text: str, source: str, error: type[PipelineError] = ParamsError):
+    """YAML text as Python values: no key given twice, and the expanded size bounded (MAX_NODES) before a
+    single value is built. Every fault is one `error` naming `source`."""
+    loader = _UniqueKeys(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded_size(node, source, error)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise error(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise error(f"{source}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def load(path: str | Path = "params.yaml", data_root: str | Path = "data") -> Params:
     """Load and validate params; once `prepare` ran, also check `ipc` against the class sizes."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeys)
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the project root)") from None
     except UnicodeDecodeError as e:
         raise ParamsError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+    raw = load_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     try:

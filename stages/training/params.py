@@ -1,6 +1,7 @@
 """The `teacher` and `evaluate` sections: the training loop's two recipes (the squeeze step, the students)."""
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -29,8 +30,9 @@ class TeacherSource(Section):
     def _norm(self) -> "TeacherSource":
         for key in ("mean", "std"):
             value = getattr(self, key)
-            if value is not None and (len(value) != 3 or (key == "std" and min(value) <= 0)):
-                raise ValueError(f"{key} = {value}: three per-channel values (std above 0), or null")
+            if value is not None and (len(value) != 3 or not all(math.isfinite(v) for v in value)
+                                      or (key == "std" and min(value) <= 0)):
+                raise ValueError(f"{key} = {value}: three per-channel values, finite (std above 0), or null")
         return self
 
 

@@ -18,11 +18,13 @@ from stages.pipeline.params import Params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.seeds import derive_seed
+from stages.pipeline import outputs
 
 
 def run(p: Params, kind: str, data: Path, out: Path) -> dict:
     """The baseline stage: `kind` random (evaluate.seeds seeded draws of `ipc` train images per class) or full
     (the train set by reference) as a set with its card; returns the card."""
+    outputs.claim(f"baseline@{kind}", {"--out": (out, outputs.set_kind(kind))}, {"--data": data})
     classes = read_classes(data)
     train_dir = data / "train"
     files = split_items(train_dir, classes)

@@ -17,11 +17,14 @@ from stages.models import load_checkpoint, predict
 from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline import cli, params
 from stages.pipeline.outputs import atomic_file
+from stages.pipeline import outputs
 
 
 def run(teacher_dir: Path, data: Path, out: Path) -> pd.DataFrame:
     """The rank stage: the teacher's probability of the true class for every train image, sorted and ranked
     within its class; writes the CSV `out` and returns the table."""
+    outputs.claim("rank", {"--out": (out, outputs.file_kind("a ranking", ".csv", "path,class,label,score,rank"))},
+                  {"--teacher": teacher_dir, "--data": data})
     data_meta = read_data_meta(data)
     classes = read_classes(data)
     teacher, t_meta = load_checkpoint(teacher_dir, data_meta.classes_sha256)

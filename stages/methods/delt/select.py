@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.data.folder import read_classes
-from stages.pipeline.paths import inside
+from stages.pipeline.paths import file_name, inside
 from stages.data.prepared import split_items
 from stages.pipeline import cli, params
 from stages.pipeline.params import Params
@@ -19,11 +19,13 @@ from stages.methods.delt.ranking import read_ranking
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir, write_json
 from stages.methods.delt.selection import select
+from stages.pipeline import outputs
 
 
 def run(p: Params, ranking: Path, data: Path, out: Path) -> dict[str, list[str]]:
     """The select stage: `ipc` train images per class by `delt.criterion` from the ranking, copied into `out`
     with their selection order as prefix; returns each class's picked train paths in that order."""
+    outputs.claim("select", {"--out": (out, outputs.INIT)}, {"--ranking": ranking, "--data": data})
     classes = read_classes(data)
     train_dir = data / "train"
     files = {item.name: item for item in split_items(train_dir, classes)}
@@ -44,7 +46,7 @@ def run(p: Params, ranking: Path, data: Path, out: Path) -> dict[str, list[str]]
                 source = inside(train_dir, ref, where)  # no link out of the train folder
                 if ref not in files:
                     raise ArtifactError(f"{where}: {ref} is not in {train_dir}")
-                files[ref].write_png(tmp / name / f"{k:0{width}d}_{source.name}")
+                files[ref].write_png(tmp / name / file_name(f"{k:0{width}d}_", source.stem, source.suffix))
                 picks[name].append(ref)
         write_json(tmp / "selection.json", {"criterion": p.delt.criterion, "ipc": p.ipc, "ranking": str(ranking)})
     print(f"select: {p.ipc} x {len(classes)} images by {p.delt.criterion} → {out}")

@@ -47,6 +47,7 @@ from stages.methods.podd.geometry import (Geometry, auto_class_grid, crop_index,
                                          poster_size)
 from stages.methods.podd.order import cosine_distances, embed, greedy_order
 from stages.methods.podd.rat_bptt import InnerRun, NormClip, draw_warmup, meta_loss, train_on_crops
+from stages.pipeline import outputs
 
 
 def geometry_from(cfg: Podd, classes: int, size: int) -> Geometry:
@@ -257,6 +258,8 @@ def distil(inp: Inputs, state: dict, ckpt: Resume, started: float) -> tuple[torc
 def run(p: Params, data: Path, out: Path, stats: Path) -> dict:
     """The poster stage: distil (resuming from a checkpoint when there is one), measure PoDD's protocol,
     write the set and the stats. Returns the stats."""
+    outputs.claim("poster", {"--out": (out, outputs.set_kind("podd")),
+                             "--stats": (stats, outputs.json_kind("PoDD stats", method="podd"))}, {"--data": data})
     started = time.perf_counter()
     # crops overlap, so their gather's backward accumulates into shared poster pixels; on CPU torch does
     # that with threads racing unless deterministic algorithms are on (then it sorts first: bit-equal runs)

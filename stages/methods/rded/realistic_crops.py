@@ -33,6 +33,7 @@ from stages.pipeline.params import Params
 from stages.pipeline.outputs import atomic_dir
 from stages.pipeline.seeds import derive_seed
 from stages.models.teachers import Teachers
+from stages.pipeline import outputs
 
 
 def candidate_patches(images: torch.Tensor, crops: int, patch: int, scale: tuple[float, float],
@@ -104,6 +105,7 @@ def distil_class(observer, images: torch.Tensor, label: int, cfg, ipc: int, size
 def run(p: Params, teachers_dir: Path, data: Path, out: Path) -> dict:
     """The rded stage: every class's ipc images stitched from the patches the observer (rded.observer) finds
     most realistic, written as a set with its card; returns the card's synthesis record."""
+    outputs.claim("rded", {"--out": (out, outputs.set_kind("rded"))}, {"--teachers": teachers_dir, "--data": data})
     started = time.perf_counter()
     cfg = p.rded
     data_meta = read_data_meta(data)
