@@ -136,7 +136,7 @@ def run(p: Params, method: str, latents_dir: Path, data: Path, captions_dir: Pat
 
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", help="a method on the diffusion model (d4m, vlcp, ...)")
+    parser.add_argument("method", choices=prototypes_methods(), help="a method on the diffusion model")
     parser.add_argument("--latents", required=True, type=Path, help="artifacts/<ds>/latents")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset> (for classes.json)")
     parser.add_argument("--captions", type=Path, help="artifacts/<ds>/captions, the captions folder (vlcp only)")

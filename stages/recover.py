@@ -85,7 +85,7 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
 
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", help="a method on the recover engine (sre2l, delt, infer, ...)")
+    parser.add_argument("method", choices=engine_methods(), help="a method on the recover engine")
     parser.add_argument("--teachers", required=True, type=Path, help="artifacts/<ds>/teachers")
     parser.add_argument("--init", required=True, help="starting images: `noise` (sre2l), the select stage's "
                         "init set (delt), or the real train folder the bases are drawn from (infer)")

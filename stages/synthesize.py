@@ -158,7 +158,7 @@ def run(p: Params, method: str, diffusion: Path, prototypes: Path, data: Path, o
 
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", help="a method on the diffusion model (d4m, vlcp, ...)")
+    parser.add_argument("method", choices=synthesize_methods(), help="a method on the diffusion model")
     parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
     parser.add_argument("--prototypes", required=True, type=Path,
                         help="artifacts/<ds>/ipc<N>/prototypes/<method> (reads .safetensors and .json)")

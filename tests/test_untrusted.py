@@ -65,8 +65,8 @@ def test_a_pickled_diffusion_component_is_refused_never_unpickled(prepared, sd_d
 
 def test_diffusers_itself_is_told_safetensors_only(sd_dir, tmp_path, monkeypatch):
     """The second lock: even past our folder check, the loaders pass use_safetensors=True."""
+    import stages.generation.img2img
     import stages.latents
-    import stages.synthesize
 
     broken = shutil.copytree(sd_dir, tmp_path / "diffusion")
     marker = tmp_path / "pwned-unet"
@@ -74,7 +74,7 @@ def test_diffusers_itself_is_told_safetensors_only(sd_dir, tmp_path, monkeypatch
         (broken / part / "diffusion_pytorch_model.safetensors").unlink()
         plant(broken / part / "diffusion_pytorch_model.bin", marker)
     monkeypatch.setattr(stages.latents, "check_pipeline_folder", lambda *a, **k: None)
-    monkeypatch.setattr(stages.synthesize, "check_pipeline_folder", lambda *a, **k: None)
+    monkeypatch.setattr(stages.generation.img2img, "check_pipeline_folder", lambda *a, **k: None)
     with pytest.raises(ArtifactError, match="not a diffusers VAE .*diffusion_pytorch_model.safetensors"):
         stages.latents.load_vae(broken)
     with pytest.raises(ArtifactError, match="not a Stable Diffusion pipeline folder"):
