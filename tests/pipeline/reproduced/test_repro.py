@@ -1,8 +1,7 @@
 """The real dvc.yaml on tiny params: every declared output appears and is sane, a second `dvc repro`
 does nothing, and an ipc grid through `dvc exp run --queue` reruns only the stages that read `ipc`.
-Sharing the results (push/pull, HTTP, import/get, tests/sharing.py) and the determinism check
-(tests/determinism.py) run here too: pytest-xdist (--dist loadfile) keeps a file on one worker, so the tiny
-pipeline is reproduced once."""
+Sharing the results (test_sharing.py) and the determinism check (test_determinism.py) use the same reproduced
+project: tests/conftest.py's scheduler keeps this folder on one worker, so the tiny pipeline is reproduced once."""
 import io
 import json
 import platform
@@ -308,8 +307,3 @@ def test_results_grid_queues_and_tabulates(reproduced, tmp_path):
     assert "python benchmarks/results_grid.py table --protocols fkd hard --out" in text
     assert re.search(rf"Machine \(the run-log lines used\): host {re.escape(platform.node())}, \d+ cores, 1 torch "
                      r"threads, device cpu, 1 process\(es\)", text)
-
-from tests.determinism import test_a_second_run_from_scratch_gives_the_same_dvc_lock  # noqa: E402,F401
-from tests.sharing import (pushed, test_import_and_get_one_set_into_another_repository,  # noqa: E402,F401
-                           test_pull_one_set_into_a_fresh_clone_and_evaluate_it,
-                           test_read_only_http_remote_from_a_loopback_server)

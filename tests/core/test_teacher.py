@@ -1,7 +1,7 @@
 """The teacher stage's typed work function, called in-process on the shared prepared digits.
 
-Resuming, divergence and pretrained imports through the command line are in test_resume_training.py and
-test_pretrained.py."""
+Resuming, divergence and pretrained imports through the command line are in
+tests/robustness/test_resume_training.py and tests/core/test_pretrained.py."""
 from __future__ import annotations
 
 import json

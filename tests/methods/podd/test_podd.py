@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import run_stage, stage_env, workdir
+from tests.conftest import run_stage, stage_env, workdir
 from stages.models.convnet import ConvNet
 from stages.methods.podd import rat_bptt
 from stages.methods.podd.geometry import (Geometry, auto_class_grid, crop_index, crops, effective_ipc, fixed_labels,

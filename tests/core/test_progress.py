@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TINY, stage_env, write_params
+from tests.conftest import REPO, TINY, stage_env, write_params
 from stages.pipeline import progress as progress_module
 from stages.pipeline.progress import LOG_INTERVAL, TTY_INTERVAL, progress
 

@@ -1,6 +1,7 @@
 """prepare: deterministic digits split, fixed class order, ImageFolder layouts.
 
-Bad sources (corrupt images, mismatched classes, links out of the root, ...) are in test_faults_input.py."""
+Bad sources (corrupt images, mismatched classes, links out of the root, ...) are in
+tests/robustness/test_faults_input.py."""
 import json
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """Kill a real stage mid-run under `dvc repro`, rerun `dvc repro`: it resumes, and the outputs are the bytes
 of an uninterrupted run (recover@delt, recover@infer, diffusion in train mode; caption and poster marked slow,
-their resume being tested in test_caption.py and test_podd.py). Plus a recover run that diverges: refused with the
-iteration and value, nothing saved.
+their resume being tested in tests/methods/vlcp/test_caption.py and tests/methods/podd/test_podd.py). Plus a
+recover run that diverges: refused with the iteration and value, nothing saved.
 
 One project with the upstream stages (prepare, teacher, rank, select, caption) is reproduced per module and
 copied for every run, so each case pays only for its own stage (three times: whole, killed, resumed).
@@ -141,7 +141,8 @@ def test_diffusion_training_resumes_mid_unet_after_sigkill(upstream, tmp_path):
                  DDPIPE_CHECKPOINT_SECONDS="0")
 
 
-@pytest.mark.slow  # caption's resume is also tested in test_caption.py (a failed run, a kill mid-write, LLaVA killed)
+# caption's resume is also tested in methods/vlcp/test_caption.py (a failed run, a kill mid-write, LLaVA killed)
+@pytest.mark.slow
 def test_caption_resumes_after_sigterm(upstream, tmp_path):
     def started(project: Path) -> bool:
         partial = project / "artifacts/digits/.captions.resume/captions.partial.jsonl"
@@ -153,7 +154,7 @@ def test_caption_resumes_after_sigterm(upstream, tmp_path):
                  ["artifacts/digits/captions"], "resumed: ")
 
 
-# the poster's resume is also tested in test_podd.py (SIGKILL, the same bytes); dvc's side by the others
+# the poster's resume is also tested in methods/podd/test_podd.py (SIGKILL, the same bytes); dvc's side by the others
 @pytest.mark.slow
 def test_poster_resumes_after_sigterm(upstream, tmp_path):
     override = {"podd": {"epochs": 2, "checkpoint_every": 2}}  # 2 x ceil(1437 / 256) = 12 outer steps

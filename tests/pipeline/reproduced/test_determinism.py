@@ -3,7 +3,7 @@
 The `reproduced` fixture runs the tiny project and, at the same time, a `git clone` of it made before any
 result (another folder, a fresh DVC cache, no run-cache) without SOURCE_DATE_EPOCH, as a second user
 would: nothing may depend on the clock, the folder or how the two runs interleave.
-Collected from tests/test_pipeline.py, which owns the reproduced tiny project.
+The fixture is in this folder's conftest.py; the folder runs on one worker (tests/conftest.py).
 """
 from __future__ import annotations
 

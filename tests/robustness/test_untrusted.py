@@ -21,8 +21,8 @@ from stages.pipeline.paths import inside, relative
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import sha256_bytes, sha256_file
 from stages.pipeline.resume import Resume
-from tests.conftest import assert_nothing_left, assert_refused, run_stage, workdir
-from tests.test_faults_artifacts import TEACHER, captions_lines, prototypes_vlcp, sd_dir, train_paths  # noqa: F401
+from tests.conftest import REPO, assert_nothing_left, assert_refused, run_stage, workdir
+from tests.robustness.test_faults_artifacts import TEACHER, captions_lines, prototypes_vlcp, sd_dir, train_paths  # noqa: F401
 
 
 class Payload:
@@ -112,7 +112,7 @@ def test_no_loader_in_the_package_can_unpickle():
     """Every torch.load is weights_only=True, every from_pretrained of weights is safetensors-only, no pickle."""
     import re
 
-    root = Path(__file__).resolve().parents[1] / "stages"
+    root = REPO / "stages"
     for path in root.rglob("*.py"):
         text = path.read_text()
         for call in re.findall(r"torch\.load\([^)]*\)", text):

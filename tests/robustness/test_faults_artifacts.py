@@ -29,8 +29,9 @@ CONVNET = TINY["models"]["convnet"]
 
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory) -> Path:
-    """A tiny Stable Diffusion folder built from configs (tests/test_diffusion.py), as the diffusion stage writes."""
-    from tests.test_diffusion import tiny_stable_diffusion
+    """A tiny Stable Diffusion folder built from configs (tests/engines/test_diffusion.py), as the diffusion stage
+    writes."""
+    from tests.engines.test_diffusion import tiny_stable_diffusion
 
     return tiny_stable_diffusion(tmp_path_factory.mktemp("faults-sd") / "sd")
 
@@ -285,7 +286,7 @@ def synthesize_from_damaged_prototypes(damage: str):
 
 
 def disk_full(stage: str, after: int):
-    """`stage` writing onto a disk that fills after `after` bytes (tests/enospc/sitecustomize.py)."""
+    """`stage` writing onto a disk that fills after `after` bytes (tests/robustness/enospc/sitecustomize.py)."""
     def case(folder, prepared, sd, monkeypatch):
         out = folder / "artifacts" / stage.replace(" ", "_")
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ENOSPC_SHIM), os.environ.get("PYTHONPATH", "")]))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, dvc, git, merge, run_stage, stage_env, workdir, write_params
+from tests.conftest import REPO, TINY, dvc, git, merge, run_stage, stage_env, workdir, write_params
 
 # Two sets are enough to exercise colours and panels: the random subset (at two IPCs, for the IPC axis) and the
 # full train set; two protocols keep it fast.

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from tests.conftest import TINY, merge, write_params
 from tests.fuzz import byte_damage, judge, json_damage, run_inprocess, tree_digest
-from tests.test_faults_artifacts import TEACHER
+from tests.robustness.test_faults_artifacts import TEACHER
 
 # The stage-run kinds cost ~0.2-0.7 s a case: CI runs a fixed share of them, the slow run all.
 FULL = pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="all")])

@@ -2,7 +2,7 @@
 a fresh clone, evaluate it there without recomputing upstream; read-only HTTP from a loopback server;
 `dvc import` / `dvc get` into another repository; a set whose files disagree with its card is refused.
 
-Collected from tests/test_pipeline.py, which owns the reproduced tiny project these tests share."""
+The reproduced tiny project is this folder's conftest.py's, shared with test_repro.py and test_determinism.py."""
 import functools
 import http.server
 import json

@@ -182,7 +182,7 @@ def test_the_roll_range_is_a_param(roll, shifts):
 
 def test_delts_class_major_batches_hold_whole_classes():
     from stages.recover_engine.engine import Group, group_members, plan_class_groups, plan_groups, synthesize
-    from tests.test_synthesis import tiny_teacher
+    from tests.engines.test_recover_engine import tiny_teacher
 
     # IPC 6, ipc_per_batch 2, 3 classes: 6 images a batch, i.e. one whole class (DELT's loader at IPC 50, batch 100)
     groups = plan_class_groups(3, 6, 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/core/this file
 # `<folder>/<file>.md` or anything under docs/ (in code, params and docs); in docs also the project's own folders
 DOC_PATH = re.compile(r"(?<![\w/.<>{}-])((?:[\w.-]+/)+[\w.-]+\.md|docs/[\w./-]*[\w/])(#[\w-]+)?")
 CODE_PATH = re.compile(r"(?<![\w/.<>{}-])((?:stages|tests|benchmarks|\.ci|\.dvc)/[\w./-]*[\w/])")

@@ -1,6 +1,7 @@
 """Each input that once ended in a traceback, a write outside the output or a silent wrong result, with the one
-line the user now sees (run in-process through cli.run, as tests/test_fuzz_readers.py does). docs/hardening.md
-quotes these lines. Also: the launcher check, and outputs that do not depend on Python's patch release.
+line the user now sees (run in-process through cli.run, as tests/robustness/test_fuzz_readers.py does).
+docs/hardening.md quotes these lines. Also: the launcher check, and outputs that do not depend on Python's patch
+release.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import yaml
 
 from tests.conftest import TINY, write_params
 from tests.fuzz import leftovers, run_inprocess
-from tests.test_faults_artifacts import TEACHER
-from tests.test_fuzz_readers import base, baseline_run, metrics_base, png_header, project, report_run, \
+from tests.robustness.test_faults_artifacts import TEACHER
+from tests.robustness.test_fuzz_readers import base, baseline_run, metrics_base, png_header, project, report_run, \
     verify_run  # noqa: F401
 
 

@@ -16,7 +16,7 @@ from stages.data.distilled import load_set
 from stages.data.folder import decode_rgb, load_imagefolder, read_classes
 from stages.models import load_checkpoint
 from stages.models.probes import teacher_view
-from tests.conftest import TINY, default_params, dvc, make_project, merge, run_stage, write_params
+from tests.conftest import REPO, TINY, default_params, dvc, make_project, merge, run_stage, write_params
 
 # Tiny photos: 16 px, 30 crops per class; one small ConvNet teacher that every recover method reads.
 PHOTOS = {"dataset": "photos", "class_prompt": "a photo of {name}",
@@ -54,7 +54,7 @@ def test_photos_build_offline_and_are_fixed_by_seed(monkeypatch):
 def photo_project(tmp_path_factory) -> Path:
     """photos prepared, a teacher, DELT's ranking and init, and the three recover sets, as dvc.yaml runs them."""
     root = tmp_path_factory.mktemp("photos")
-    (root / "stages").symlink_to(Path(__file__).resolve().parents[1] / "stages")
+    (root / "stages").symlink_to(REPO / "stages")
     write_params(root, merge(TINY, merge(PHOTOS, {"ipc": 3})))
     data, teachers = "data/photos", "artifacts/photos/teachers"
     run_stage(root, "prepare", "--out", data)

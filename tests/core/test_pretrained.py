@@ -15,7 +15,7 @@ from stages.models import load_checkpoint
 from stages.models.pretrained import imagenet_wnids, import_teacher, read_weights
 from stages.pipeline.errors import ArtifactError, ParamsError, ResourceError
 from stages.training.params import TeacherSource
-from tests.conftest import TINY, assert_refused, merge, run_stage, write_params
+from tests.conftest import REPO, TINY, assert_refused, merge, run_stage, write_params
 from tests.tiny import CIFAR10
 
 WEIGHTS = "ResNet18_Weights.IMAGENET1K_V1"
@@ -38,7 +38,7 @@ def subset(tmp_path_factory):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(
                     root / "src" / split / c / f"{i}.png")
-    (root / "stages").symlink_to(Path(__file__).resolve().parents[1] / "stages")
+    (root / "stages").symlink_to(REPO / "stages")
     write_params(root, merge(TINY, {"dataset": "imagefolder", "ipc": 1,
                                     "prepare": {"root": str(root / "src"), "image_size": SIZE}}))
     run_stage(root, "prepare", "--out", "data/imagefolder")
@@ -237,7 +237,8 @@ def test_a_torchvision_layout_small_image_resnet_loads_as_resnet18_modified(tmp_
 
 def test_gpu_settings_do_nothing_on_the_cpu():
     """bf16, channels-last and compile apply on CUDA only: on the CPU the model, its memory format and the
-    autocast context are untouched, so CPU bytes stay as they were (tests/determinism.py checks whole runs)."""
+    autocast context are untouched, so CPU bytes stay as they were (tests/pipeline/reproduced/test_determinism.py
+    checks whole runs)."""
     from stages.models import accel, build
 
     model = build("resnet18_modified", 10, SIZE, {"width": 4, "norm": "batch"})

@@ -1,8 +1,8 @@
 """params.yaml is validated at load: one message naming the key and the value.
 
 The faults the issue lists (unknown key, wrong type, ipc 0 / negative / above the smallest class, unknown
-method, arch, dataset or captioner, contradictory settings) run as real stage runs in test_faults_input.py;
-these are the loader's other checks, in-process.
+method, arch, dataset or captioner, contradictory settings) run as real stage runs in
+tests/robustness/test_faults_input.py; these are the loader's other checks, in-process.
 """
 
 import pytest
@@ -84,7 +84,7 @@ def test_ipc_up_to_the_smallest_class_is_accepted_once_data_exists(tmp_path):
     from tests.fuzz import data_meta
 
     data_meta(tmp_path / "data" / "digits", {"0": 140, "1": 12, "2": 150})
-    assert load_with(tmp_path, {"ipc": 12}).ipc == 12  # 13 is refused (test_faults_input.py)
+    assert load_with(tmp_path, {"ipc": 12}).ipc == 12  # 13 is refused (robustness/test_faults_input.py)
 
 
 def test_not_a_mapping(tmp_path):
