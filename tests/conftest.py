@@ -51,6 +51,15 @@ def write_params(folder: Path, override: dict | None = None) -> Path:
     return path
 
 
+def tiny_params(folder: Path, override: dict | None = None):
+    """TINY (+ override) written to folder/params.yaml and loaded through the validated schema, as a stage loads it."""
+    from stages.pipeline import params
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_params(folder, merge(TINY, override or {}))
+    return params.load(folder / "params.yaml", folder / "data")
+
+
 def stage_env() -> dict:
     """Quiet, reproducible, and offline: nothing a test runs may reach a model hub."""
     # One thread per stage: pytest runs a worker per core (pytest-xdist), and the bytes depend on the count.

@@ -174,7 +174,7 @@ def test_synthesize_shards_write_the_images_of_one_process(prepared, tmp_path, m
     and none on its rank - a short prompt's image must not depend on a long batch mate's windows."""
     from safetensors.torch import save_file
 
-    from tests.engines.test_diffusion import tiny_stable_diffusion
+    from tests.support.models import tiny_stable_diffusion
 
     sd = tiny_stable_diffusion(tmp_path / "sd")
     # batch 3 over 20 images: the ranks' batches are made up differently from one process's

@@ -6,42 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from stages.data.latents_folder import read_latents
 from stages.generation import img2img, text
-from stages.pipeline.artifacts import write_record
 from tests.conftest import run_stage, workdir
-
-WINDOW = 16
-
-
-def tiny_stable_diffusion(folder: Path) -> Path:
-    """SD-1.5's layout in miniature: CLIP text model, AutoencoderKL, cross-attention UNet, PNDM (SD's default)."""
-    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
-
-    tokenizer = AutoTokenizer.from_pretrained(text.minilm_path(), local_files_only=True, model_max_length=WINDOW)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=WINDOW, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                        sample_size=32)
-    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(16, 32), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=4, norm_num_groups=8)
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
-                              steps_offset=1)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
-    write_record(folder)  # as the diffusion stage does
-    return folder
+from tests.support.models import WINDOW, tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")

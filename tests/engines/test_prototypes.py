@@ -1,4 +1,5 @@
-"""prototypes@{d4m,vlcp}: k-means / LOF invariants, VLCP text prototypes, and the stage on a fake latents folder."""
+"""prototypes@{d4m,vlcp}: k-means / LOF invariants (stages/clustering) and the stage on a fake latents folder.
+VLCP's text prototypes are in tests/methods/vlcp/test_vlcp.py."""
 import json
 import shutil
 from pathlib import Path
@@ -12,8 +13,6 @@ from sklearn.neighbors import LocalOutlierFactor
 
 from stages.captions.jsonl import caption_line, record_captions
 from stages.clustering.kmeans import full_kmeans, lof_inliers, minibatch_kmeans, stream_chunks, vlcp_clusters
-from stages.methods.vlcp.text_prototypes import (class_text_prototypes, name_words, pick_caption, stopwords,
-                                               tokens)
 from stages.data.latents_folder import read_latents, write_latents
 from stages.pipeline.errors import DataError
 from tests.conftest import REPO, run_stage, write_params
@@ -110,67 +109,6 @@ def test_lof_finds_planted_outliers_and_contamination_zero_keeps_all():
     assert lof_inliers(x, 10, 0.0, "c").all()
     assert len(vlcp_clusters(x, 3, 10, 0.0, 2, 0, "c").outliers) == 0
     assert (~lof_inliers(x[:5], 10, 0.25, "c")).sum() == 1  # n_neighbors clamped to 4 below the class size
-
-
-# text prototypes
-
-CAPTIONS = [
-    "A fluffy cat sleeping on grass.",                      # cluster 0
-    "The fluffy cat has a striped tail on a hot day.",      # cluster 0
-    "Striped, STRIPED fluffy cat with striped paws.",       # cluster 0
-    "A fluffy cat with black ears.",                        # cluster 1
-    "A black fluffy cat, black nose.",                      # cluster 1
-    "A fluffy kitten.",                                     # cluster 1
-    "Zebra zebra zebra zebra, an outlier.",                 # LOF outlier
-]
-PATHS = [f"cat/{i}.png" for i in range(len(CAPTIONS))]
-ASSIGNMENT = np.array([0, 0, 0, 1, 1, 1, -1])
-NEAREST = np.array([0, 5])
-CLASS_WORDS = name_words("a photo of a cat", "cat")
-
-
-def prototypes(threshold=0.7, tpk=30):
-    return class_text_prototypes("cat", PATHS, CAPTIONS, ASSIGNMENT, NEAREST, CLASS_WORDS, threshold, tpk)
-
-
-def test_tokens_and_pinned_stopwords():
-    assert tokens("A Red-Car, in 3D! don't") == ["a", "red", "car", "in", "d", "don", "t"]
-    assert len(stopwords()) == 179 and {"the", "a", "don", "t", "wouldn't"} <= stopwords()
-    assert CLASS_WORDS == {"a", "photo", "of", "cat"}
-
-
-def test_dominant_word_picks_its_caption_and_excluded_words_never_score():
-    common, (first, second) = prototypes()
-    # fluffy: 6 of 6 inlier captions, cat: 5 of 6 >= 0.7 x 6 (a class-name word may be common too); the
-    # outlier's words are not counted
-    assert common == ["cat", "fluffy"]
-    # "striped" x4 (case-insensitive) dominates cluster 0: row 1 scores 4+1+1+1 (tail, hot, day) over row 2's 4+1
-    assert (first.caption, first.path, first.fallback) == (CAPTIONS[1], "cat/1.png", False)
-    assert first.top_words[0] == ("striped", 4)
-    assert ("hot", 1) in first.top_words  # a token, not dropped as a substring of "photo" (the reference would)
-    assert (second.caption, second.top_words[0]) == (CAPTIONS[3], ("black", 3))  # ties row 4, the first wins
-    for proto in (first, second):
-        words = {w for w, _ in proto.top_words}
-        assert not words & (stopwords() | CLASS_WORDS | {"fluffy", "zebra"})
-        assert proto.caption in CAPTIONS[:6] and PATHS[CAPTIONS.index(proto.caption)] == proto.path
-    assert prototypes() == (common, [first, second])  # deterministic
-
-
-def test_top_word_ties_go_by_word_and_caption_ties_to_the_first_member():
-    _, (first, _) = prototypes(tpk=3)
-    assert first.top_words == [("striped", 4), ("day", 1), ("grass", 1)]
-    assert first.path == "cat/1.png"  # rows 1 and 2 both score 4 + 0; row 1 comes first
-
-
-def test_class_common_threshold_is_document_frequency():
-    common, _ = prototypes(threshold=0.3)  # black: 2 of 6 captions >= 1.8; striped: 2 of 6
-    assert common == ["black", "cat", "fluffy", "striped"]
-
-
-def test_no_top_words_falls_back_to_the_member_nearest_the_centroid():
-    captions = ["A fluffy cat.", "The fluffy cat!", "a CAT, fluffy"]
-    proto = pick_caption(["c/0", "c/1", "c/2"], captions, stopwords() | CLASS_WORDS | {"fluffy"}, 30, nearest=1)
-    assert (proto.caption, proto.path, proto.top_words, proto.fallback) == ("The fluffy cat!", "c/1", [], True)
 
 
 # the stage

@@ -1,4 +1,6 @@
-"""The recover stage (sre2l, delt, infer) run as dvc.yaml runs it, on the shared prepared digits."""
+"""The recover stage (sre2l, delt, infer) run as dvc.yaml runs it, on the shared prepared digits: the three
+methods' sets, sharding, the settings it refuses, the output check, run(). Each method's own stage cases are in
+tests/methods/<name>/."""
 import json
 from pathlib import Path
 
@@ -6,33 +8,9 @@ import pytest
 import torch
 
 from stages.data.distilled import load_set, read_labels
-from tests.conftest import TINY, merge, run_stage, write_params
-
-FAST = {"ipc": 3, "sre2l": {"recover": {"iterations": 20}},
-        "delt": {"round_iterations": 5, "recover": {"iterations": 20}},
-        "infer": {"teachers": ["convnet"], "recover": {"iterations": 20}},
-        "teacher": {"archs": ["convnet"]}}
-
-
-def workdir(prepared: Path, name: str, override: dict | None = None) -> Path:
-    """A project folder sharing the prepared data and teacher, with its own params and outputs."""
-    folder = prepared / name
-    folder.mkdir()
-    for shared in ("stages", "data"):
-        (folder / shared).symlink_to(prepared / shared)
-    (folder / "artifacts" / "digits").mkdir(parents=True)
-    (folder / "artifacts" / "digits" / "teachers").symlink_to(prepared / "artifacts" / "digits" / "teachers")
-    write_params(folder, merge(merge(TINY, FAST), override or {}))
-    return folder
-
-
-def recover(folder: Path, method: str, init: str, out: str, check: bool = True):
-    return run_stage(folder, "recover", method, "--teachers", "artifacts/digits/teachers", "--init", init,
-                     "--data", "data/digits", "--out", out, "--stats", f"{out}.stats.json", check=check)
-
-
-def pngs(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+from tests.conftest import run_stage
+from tests.support.recover import pngs, recover
+from tests.support.recover import recover_project as workdir
 
 
 def test_sre2l_delt_and_infer_write_complete_sets(prepared):
@@ -84,14 +62,6 @@ def test_a_stage_sharded_by_ipc_range_writes_the_same_images(prepared):
     assert {**parts[0], **parts[1]} == pngs(whole / "out")
 
 
-def test_infer_at_ipc_1_keeps_one_real_base_per_class(prepared):
-    folder = workdir(prepared, "infer1", {"ipc": 1})
-    recover(folder, "infer", "data/digits/train", "out")
-    card, images = load_set(folder / "out", folder / "data" / "digits")
-    assert card.num_images == 10 and card.synthesis["compensators_per_base_set"] == 0
-    assert torch.equal(images.labels, torch.arange(10))
-
-
 @pytest.mark.parametrize("override, message", [
     ({"infer": {"ipc_init": 3}}, r"infer\.ipc_init = 3: 3·\(10 classes \+ 1 teachers\) = 33 stored images, "
                                  r"above the budget ipc·C = 30"),
@@ -105,25 +75,6 @@ def test_impossible_recover_settings_are_refused_by_name(prepared, override, mes
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert __import__("re").search(message, result.stderr), result.stderr
     assert not (folder / "out").exists()
-
-
-def test_sre2l_refuses_an_init_folder(prepared):
-    folder = workdir(prepared, "noinit")
-    result = recover(folder, "sre2l", "data/digits/train", "out", check=False)
-    assert result.returncode == 2 and "SRe2L starts from noise (--init noise)" in result.stderr
-    assert not (folder / "out").exists()
-
-
-def test_infer_twice_writes_the_same_bytes(prepared):
-    """Every file, compensators' safetensors header included (its metadata is one key: a hash map
-    with several keys is serialised in any order)."""
-    runs = []
-    for name in ("again_a", "again_b"):
-        folder = workdir(prepared, name, {"ipc": 2})
-        recover(folder, "infer", "data/digits/train", "out")
-        runs.append({p.relative_to(folder / "out").as_posix(): p.read_bytes()
-                     for p in sorted((folder / "out").rglob("*")) if p.is_file()})
-    assert "compensators.safetensors" in runs[0] and runs[0] == runs[1]
 
 
 @pytest.mark.parametrize("method, init, message", [

@@ -1,4 +1,5 @@
-"""Augmentation plans and FKD soft labels: replaying a stored epoch rebuilds the teacher's exact inputs."""
+"""Augmentation plans and FKD soft labels: replaying a stored epoch rebuilds the teacher's exact inputs; static
+(shipped) labels follow the plan's mixing."""
 import json
 
 import numpy as np
@@ -118,6 +119,20 @@ def test_renormalise_moves_between_normalisations_and_commutes_with_mixing():
     assert torch.allclose(renormalise(mixed, a, b), normalise(0.3 * pixels + 0.7 * pixels.flip(0), *b), atol=1e-6)
     x = normalise(pixels, *a)
     assert renormalise(x, a, a) is x
+
+
+def test_static_labels_are_mixed_with_the_images_lambda():
+    from stages.evaluate import static_labels
+
+    logits = torch.randn(10, 4)
+    plan = plan_epoch(10, 4, np.random.default_rng(0), Augment((0.5, 1.0), False, "mixup", 1.0, 8))
+    mixed = static_labels(plan, logits)
+    for batch in plan.batches():
+        lam = float(plan.lam[batch][0])
+        own = logits[plan.order[batch]]
+        assert torch.allclose(mixed[batch], lam * own + (1 - lam) * own[plan.partner[batch]])
+    plain = plan_epoch(10, 4, np.random.default_rng(0), Augment((0.5, 1.0), False, "none", 1.0, 8))
+    assert torch.equal(static_labels(plain, logits), logits[plain.order])
 
 
 def test_crops_are_torchvision_roi_align_without_importing_torchvision():

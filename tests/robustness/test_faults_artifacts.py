@@ -29,9 +29,8 @@ CONVNET = TINY["models"]["convnet"]
 
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory) -> Path:
-    """A tiny Stable Diffusion folder built from configs (tests/engines/test_diffusion.py), as the diffusion stage
-    writes."""
-    from tests.engines.test_diffusion import tiny_stable_diffusion
+    """A tiny Stable Diffusion folder built from configs (tests/support/models.py), as the diffusion stage writes."""
+    from tests.support.models import tiny_stable_diffusion
 
     return tiny_stable_diffusion(tmp_path_factory.mktemp("faults-sd") / "sd")
 
