@@ -48,6 +48,7 @@ def test_earlylate_rounds_match_the_reference_counts():
     assert sum(counts) == 115_500  # vs 50 × 4000 = 200,000 for SRe2L: −42.25 %
     assert iterations_per_rank(10, 4000, 500) == [4000, 4000, 3500, 3500, 3000, 2500, 2000, 1500, 1000, 500]
     assert join_rounds(3, 8) == [0, 1, 2]
+    assert round_sizes(7, 3) == [3, 2, 2] and join_rounds(7, 3) == [0, 0, 0, 1, 1, 2, 2]
 
 
 @pytest.mark.parametrize("ipc, rounds", [(7, 3), (10, 4), (3, 8), (50, 8), (1, 5)])
@@ -58,7 +59,6 @@ def test_join_rounds_fill_the_earlier_rounds_first(ipc, rounds):
     assert sum(sizes) == ipc == len(joins) and max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
     assert joins == sorted(joins) and [joins.count(r) for r in range(rounds)] == sizes
     assert iterations_per_rank(ipc, rounds * 100, 100) == [(rounds - j) * 100 for j in joins]
-    assert round_sizes(7, 3) == [3, 2, 2] and join_rounds(7, 3) == [0, 0, 0, 1, 1, 2, 2]
 
 
 def test_min_iterations_stops_classes_at_random_rounds():
