@@ -17,6 +17,25 @@ from tests.tiny import TINY, merge  # noqa: F401 (re-exported to the test files)
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tests that share one reproduced tiny project (the `reproduced` fixture in that folder's conftest.py).
+REPRODUCED = "tests/pipeline/reproduced/"
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist (-p no:xdist) there is nothing to schedule
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with tests/pipeline/reproduced/ as one unit: a file stays on one worker, and so do the
+    files that share the reproduced project, which a worker builds once (a session fixture is per worker)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedProjectScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return REPRODUCED if nodeid.startswith(REPRODUCED) else super()._split_scope(nodeid)
+
+    return SharedProjectScheduling(config, log)
+
+
 # pytest runs a worker per core (pytest-xdist): a test that trains in its own process takes one core, as the
 # stages it starts do (stage_env), or two busy workers with two threads each slow each other several-fold.
 torch.set_num_threads(1)
@@ -30,6 +49,15 @@ def write_params(folder: Path, override: dict | None = None) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(merge(default_params(), override or {}), sort_keys=False))
     return path
+
+
+def tiny_params(folder: Path, override: dict | None = None):
+    """TINY (+ override) written to folder/params.yaml and loaded through the validated schema, as a stage loads it."""
+    from stages.pipeline import params
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_params(folder, merge(TINY, override or {}))
+    return params.load(folder / "params.yaml", folder / "data")
 
 
 def stage_env() -> dict:
@@ -82,6 +110,13 @@ def dvc(project: Path, *args: str) -> str:
     return result.stdout + result.stderr
 
 
+def ran(log: str) -> set[str]:
+    """The stages a `dvc repro` log says it ran."""
+    import re
+
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
 def git(project: Path, *args: str) -> None:
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=project, check=True,
                    capture_output=True)
@@ -113,29 +148,6 @@ def project(tmp_path) -> Path:
 def default_project(tmp_path) -> Path:
     """The pipeline on the shipped params.yaml, untouched."""
     return make_project(tmp_path / "project", None)
-
-
-@pytest.fixture(scope="session")
-def reproduced(tmp_path_factory):
-    """The tiny pipeline reproduced once and committed; (project, the `dvc repro` log). Shared read-only.
-
-    A second user's run goes alongside, at the same time: `<project>/../second` is a git clone of the project
-    made before any result, reproduced without SOURCE_DATE_EPOCH (tests/determinism.py compares them).
-    """
-    project = make_project(tmp_path_factory.mktemp("reproduced") / "project", TINY)
-    second = project.parent / "second"
-    git(project.parent, "clone", "-q", str(project), str(second))
-    env = {k: v for k, v in stage_env().items() if k != "SOURCE_DATE_EPOCH"}
-    other = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=second, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    try:
-        log = dvc(project, "repro")
-    finally:
-        other_log = other.communicate()[0]
-    (second / "repro.log").write_text(other_log)
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "ipc 3 results")
-    return project, log
 
 
 @pytest.fixture(scope="session")

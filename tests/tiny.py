@@ -36,7 +36,7 @@ def merge(base: dict, override: dict) -> dict:
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 # A CIFAR-10 preset (presets/) at sizes a CPU runs in minutes: the paper's shapes (32 px, 10 classes, RN18-mod)
-# kept, on a generated imagefolder (tests/test_presets.py, benchmarks/gpu_check.py --tiny).
+# kept, on a generated imagefolder (tests/core/test_presets.py, benchmarks/gpu_check.py --tiny).
 TINY_PRESET = {**{k: TINY[k] for k in ("diffusion", "d4m", "vlcp", "podd")},
                "dataset": "imagefolder", "ipc": 2,
                "models": {"resnet18_modified": {"width": 4, "norm": "batch"}},

@@ -144,7 +144,7 @@ def test_hub_readme_configs_pointing_outside_the_folder_are_refused(tmp_path):
         (hub / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
                                        f"    path: {pattern}\n---\n# a card\n")
         lines[name] = one_error(import_run(tmp_path, "hub"))
-    card = "hub/" + "README.md"  # (spelt apart: tests/test_docs.py reads `<folder>/<name>.md` as a doc reference)
+    card = "hub/" + "README.md"  # (spelt apart: tests/core/test_docs.py reads `<folder>/<name>.md` as a doc reference)
     assert lines["absolute"] == (f"error: DataError: {card}: configs: data_files '{outside}/data/*.parquet': "
                                  f"path '{outside}/data/*.parquet' leaves its folder (must be relative, without '..')")
     assert lines["dotdot"].startswith(f"error: DataError: {card}: configs: data_files '../outside/data/*.parquet'"
@@ -367,7 +367,7 @@ def test_export_hub_refuses_fkd_epochs_that_differ_from_their_record(tmp_path):
 
     from stages.data.augment import Augment, plan_epoch
     from stages.training.soft_labels import epoch_file, write_epoch
-    from tests.test_hub import make_set
+    from tests.pipeline.test_hub import make_set
 
     set_dir, data, _ = make_set(tmp_path)
     labels = set_dir.parent.parent / "soft_labels" / "toy"
@@ -496,7 +496,7 @@ def test_damaged_timm_weights_in_the_hugging_face_cache_are_named_as_the_cache(t
 
     from stages.models.pretrained import import_teacher
     from stages.training.params import TeacherSource
-    from tests.test_pretrained import ten_wnids
+    from tests.core.test_pretrained import ten_wnids
 
     timm = pytest.importorskip("timm")
     name = "test_resnet.r160_in1k"

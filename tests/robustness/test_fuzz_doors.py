@@ -355,7 +355,7 @@ def test_import_hub_folder(hub_base, tmp_path, full):
 
 @pytest.fixture(scope="module")
 def export_base(tmp_path_factory) -> Path:
-    from tests.test_hub import make_set
+    from tests.pipeline.test_hub import make_set
 
     root = tmp_path_factory.mktemp("fuzz_export") / "project"
     root.mkdir()
@@ -543,7 +543,7 @@ def test_torch_hub_cache(tmp_path, full, monkeypatch):
 
     from stages.models.pretrained import import_teacher
     from stages.training.params import TeacherSource
-    from tests.test_pretrained import ten_wnids
+    from tests.core.test_pretrained import ten_wnids
 
     name = "ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1"
     weights = torchvision.models.get_weight(name)

@@ -179,7 +179,7 @@ def test_export_hub_over_the_folder_of_two_sets_deletes_nothing(tmp_path, monkey
     """The reported loss: `export_hub --set .../ipc2/distilled/toy --out .../ipc2` exited 0 and deleted the sets
     and their soft labels. Now one line, and every file is still there."""
     from stages import export_hub
-    from tests.test_hub import make_set
+    from tests.pipeline.test_hub import make_set
 
     set_dir, data, _ = make_set(tmp_path)
     shutil.copytree(set_dir, set_dir.with_name("other"))
