@@ -427,7 +427,9 @@ def code_reads(modules: frozenset[str]) -> list[Read]:
             scans[id(fn)] = Scan(program, fn, env, typed).run()
         grown = False
         for target, name, paths in (h for s in scans.values() for h in s.handed):
-            annotated = any(a.arg == name and model_paths(a.annotation) for a in target.params())
+            # an annotated parameter is what its annotation says (`path: Path` is no section, whatever a
+            # same-named function elsewhere is handed); only an unannotated one takes what callers hand it
+            annotated = any(a.arg == name and a.annotation is not None for a in target.params())
             if not annotated and not paths <= bound.get((id(target), name), set()):
                 bound.setdefault((id(target), name), set()).update(paths)
                 grown = True
