@@ -43,11 +43,6 @@ def check_rows(folder: Path, labels: list[int], paths: list[str], classes: list[
                             f"({len(classes)} classes); rerun the latents stage")
 
 
-def prototypes_methods() -> list[str]:
-    """The methods whose packages plug into this stage."""
-    return [m.name for m in methods.methods() if "prototypes" in m.shared_stages]
-
-
 def class_record(p, recipe, name: str, prompt: str, paths: list[str], clusters: Clusters,
                  captions: dict[str, str] | None) -> dict:
     members = [[paths[i] for i in clusters.members(j)] for j in range(p.ipc)]
@@ -99,9 +94,7 @@ def summary(method: str, recipe, p: Params, record: dict, n_classes: int, n_imag
 def run(p: Params, method: str, latents_dir: Path, data: Path, captions_dir: Path | None, out: Path) -> dict:
     """The prototypes stage for `method` (d4m, vlcp, ...): cluster each class's latents as its recipe says (VLCP's
     text prototypes from the captions folder), write <out>.safetensors and <out>.json. Returns the JSON record."""
-    if method not in prototypes_methods():
-        raise PipelineError(f"prototypes {method}: not a method on the diffusion model "
-                            f"({', '.join(prototypes_methods())})")
+    methods.check_joins("prototypes", method, "the diffusion model")
     if out.name in ("", ".."):
         raise ParamsError(f"--out {out}: names the files <out>.json and <out>.safetensors, so it must end in a name "
                           "(artifacts/<ds>/ipc<N>/prototypes/<method>)")
@@ -136,7 +129,7 @@ def run(p: Params, method: str, latents_dir: Path, data: Path, captions_dir: Pat
 
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=prototypes_methods(), help="a method on the diffusion model")
+    parser.add_argument("method", choices=methods.joining("prototypes"), help="a method on the diffusion model")
     parser.add_argument("--latents", required=True, type=Path, help="artifacts/<ds>/latents")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset> (for classes.json)")
     parser.add_argument("--captions", type=Path, help="artifacts/<ds>/captions, the captions folder (vlcp only)")

@@ -29,7 +29,6 @@ from stages.data.folder import read_classes
 from stages.data.prepared import inputs_of
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.artifacts import read_data_meta
-from stages.pipeline.errors import PipelineError
 from stages.pipeline.outputs import write_json
 from stages.pipeline.params import Params
 from stages.models.teachers import Teachers
@@ -38,18 +37,12 @@ from stages.recover_engine.finished import FinishedBatches
 from stages.pipeline import outputs
 
 
-def engine_methods() -> list[str]:
-    """The methods whose packages plug into this stage."""
-    return [m.name for m in methods.methods() if "recover" in m.shared_stages]
-
-
 def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: Path, stats: Path) -> dict | None:
     """The recover stage: `method`'s images (and labels, if its recipe ships some) from its teachers into the set
     `out`, resuming finished batches; writes the card and `stats` and returns the stats (None on a torchrun rank
     other than 0). `init` is `noise` (sre2l), the select stage's init set (delt) or the train folder of the
     bases (infer): whatever the method's recipe starts from."""
-    if method not in engine_methods():
-        raise PipelineError(f"recover {method}: not a method on the recover engine ({', '.join(engine_methods())})")
+    methods.check_joins("recover", method, "the recover engine")
     outputs.claim(f"recover {method}", {"--out": (out, outputs.set_kind(method)),
                                         "--stats": (stats, outputs.json_kind("synthesis stats", method=method,
                                                                              images=None))},
@@ -85,7 +78,7 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
 
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=engine_methods(), help="a method on the recover engine")
+    parser.add_argument("method", choices=methods.joining("recover"), help="a method on the recover engine")
     parser.add_argument("--teachers", required=True, type=Path, help="artifacts/<ds>/teachers")
     parser.add_argument("--init", required=True, help="starting images: `noise` (sre2l), the select stage's "
                         "init set (delt), or the real train folder the bases are drawn from (infer)")

@@ -28,17 +28,12 @@ from stages.clustering.record import PrototypesRecord
 from stages.pipeline.artifacts import read_data_meta, read_model
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.card import EVALUATION_NOTE, write_card
-from stages.pipeline.errors import ArtifactError, DataError, ParamsError, PipelineError
+from stages.pipeline.errors import ArtifactError, DataError, ParamsError
 from stages.pipeline.outputs import sha256_file, write_json
 from stages.pipeline.params import Params
 from stages.pipeline.progress import progress
 from stages.pipeline.seeds import derive_seed
 from stages.pipeline import outputs
-
-
-def synthesize_methods() -> list[str]:
-    """The methods whose packages plug into this stage."""
-    return [m.name for m in methods.methods() if "synthesize" in m.shared_stages]
 
 
 def read_centroids(tensors: Path, method: str) -> torch.Tensor:
@@ -111,9 +106,7 @@ def run(p: Params, method: str, diffusion: Path, prototypes: Path, data: Path, o
     """The synthesize stage for `method`: img2img from every prototype into the set folder `out` (card
     included) and the stats JSON. Under torchrun each rank draws its share; rank 0 writes card and stats and
     returns the stats, the other ranks None."""
-    if method not in synthesize_methods():
-        raise PipelineError(f"synthesize {method}: not a method on the diffusion model "
-                            f"({', '.join(synthesize_methods())})")
+    methods.check_joins("synthesize", method, "the diffusion model")
     if prototypes.name in ("", ".."):
         raise ParamsError(f"--prototypes {prototypes}: names the files <prototypes>.json and .safetensors, so it "
                           "must end in a name (artifacts/<ds>/ipc<N>/prototypes/<method>)")
@@ -158,7 +151,7 @@ def run(p: Params, method: str, diffusion: Path, prototypes: Path, data: Path, o
 
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=synthesize_methods(), help="a method on the diffusion model")
+    parser.add_argument("method", choices=methods.joining("synthesize"), help="a method on the diffusion model")
     parser.add_argument("--diffusion", required=True, type=Path, help="artifacts/<ds>/diffusion")
     parser.add_argument("--prototypes", required=True, type=Path,
                         help="artifacts/<ds>/ipc<N>/prototypes/<method> (reads .safetensors and .json)")

@@ -14,10 +14,13 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import pytest
 
 from stages.pipeline import cli
 
@@ -188,3 +191,24 @@ def data_meta(data_dir: Path, train_counts: dict[str, int]) -> Path:
         "val_counts": dict.fromkeys(classes, 1), "mean": [0.5] * 3, "std": [0.25] * 3,
         "skipped": {"count": 0, "files": []}, "ignored": {"count": 0, "files": []}})
     return data_dir / "meta.json"
+
+
+# The stage-run kinds cost ~0.2-0.7 s a case: CI runs a fixed share of them, the slow run all.
+FULL = pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="all")])
+
+
+def share(cases: dict, every: int, full: bool) -> dict:
+    """All cases (the slow run), or every `every`-th in their fixed order (CI)."""
+    if full or every <= 1:
+        return cases
+    return {k: v for i, (k, v) in enumerate(cases.items()) if i % every == 0}
+
+
+def report(kind: str, results: dict[str, str | None], started: float) -> None:
+    failed = {k: v for k, v in results.items() if v is not None}
+    line = f"{kind}: {len(results)} cases, {len(results) - len(failed)} ok, {time.perf_counter() - started:.1f} s"
+    if os.environ.get("DDPIPE_FUZZ_LOG"):
+        with open(os.environ["DDPIPE_FUZZ_LOG"], "a") as f:
+            f.write(line + "\n")
+    print(line)
+    assert not failed, "\n".join(f"{k}: {v}" for k, v in list(failed.items())[:15])

@@ -98,6 +98,19 @@ def set_role(name: str) -> Role | None:
     return next((s.role for s in evaluated_sets() if s.name == name), None)
 
 
+def joining(stage: str) -> list[str]:
+    """The methods whose packages plug into the shared stage `stage` (recover, prototypes, synthesize)."""
+    return [m.name for m in methods() if stage in m.shared_stages]
+
+
+def check_joins(stage: str, name: str, what: str) -> None:
+    """`name` must be a method on the shared stage `stage` (one error line naming the others)."""
+    if name not in joining(stage):
+        from stages.pipeline.errors import PipelineError
+
+        raise PipelineError(f"{stage} {name}: not a method on {what} ({', '.join(joining(stage))})")
+
+
 def recipe(name: str) -> Any:
     """The part `name` plays in the shared stages (its package's recipe.RECIPE)."""
     return importlib.import_module(f"{__name__}.{name}.recipe").RECIPE

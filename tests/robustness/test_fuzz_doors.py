@@ -27,29 +27,11 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from tests.fuzz import Outcome, byte_damage, json_damage, leftovers, run_inprocess
+from tests.fuzz import FULL, Outcome, byte_damage, json_damage, leftovers, report, run_inprocess, share
 from tests.robustness.test_doors import (CLASSES, hub_folder, import_project, imagefolder, nan_teacher_file, png,
                                          png_header)
 
-FULL = pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="all")])
 HUB_FILE = "hub/data/train-00000-of-00001.parquet"
-
-
-def share(cases: dict, every: int, full: bool) -> dict:
-    """All cases (the slow run), or every `every`-th in their fixed order (CI)."""
-    if full or every <= 1:
-        return cases
-    return {k: v for i, (k, v) in enumerate(cases.items()) if i % every == 0}
-
-
-def report(kind: str, results: dict[str, str | None], started: float) -> None:
-    failed = {k: v for k, v in results.items() if v is not None}
-    line = f"{kind}: {len(results)} cases, {len(results) - len(failed)} ok, {time.perf_counter() - started:.1f} s"
-    if os.environ.get("DDPIPE_FUZZ_LOG"):
-        with open(os.environ["DDPIPE_FUZZ_LOG"], "a") as f:
-            f.write(line + "\n")
-    print(line)
-    assert not failed, "\n".join(f"{k}: {v}" for k, v in list(failed.items())[:15])
 
 
 @dataclass

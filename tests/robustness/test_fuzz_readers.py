@@ -12,7 +12,6 @@ one. A summary line per kind is appended to $DDPIPE_FUZZ_LOG when set.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import time
@@ -25,28 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import TINY, merge, write_params
-from tests.fuzz import byte_damage, judge, json_damage, run_inprocess, tree_digest
+from tests.fuzz import FULL, byte_damage, judge, json_damage, report, run_inprocess, share, tree_digest
 from tests.robustness.test_faults_artifacts import TEACHER
-
-# The stage-run kinds cost ~0.2-0.7 s a case: CI runs a fixed share of them, the slow run all.
-FULL = pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="all")])
-
-
-def share(cases: dict, every: int, full: bool) -> dict:
-    """All cases (the slow run), or every `every`-th in their fixed order (CI)."""
-    if full or every <= 1:
-        return cases
-    return {k: v for i, (k, v) in enumerate(cases.items()) if i % every == 0}
-
-
-def report(kind: str, results: dict[str, str | None], started: float) -> None:
-    failed = {k: v for k, v in results.items() if v is not None}
-    line = f"{kind}: {len(results)} cases, {len(results) - len(failed)} ok, {time.perf_counter() - started:.1f} s"
-    if os.environ.get("DDPIPE_FUZZ_LOG"):
-        with open(os.environ["DDPIPE_FUZZ_LOG"], "a") as f:
-            f.write(line + "\n")
-    print(line)
-    assert not failed, "\n".join(f"{k}: {v}" for k, v in list(failed.items())[:15])
 
 
 @pytest.fixture(scope="module")
