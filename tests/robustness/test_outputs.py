@@ -27,7 +27,7 @@ TEACHER = f"{A}/teachers/convnet"
 
 # stage: (module, argv before the outputs, {output argument: a fresh path}, the inputs it names)
 STAGES = {
-    "prepare": ("stages.prepare", [], {"--out": "data/new"}, ["ext/root"]),
+    "prepare": ("stages.prepare", [], {"--out": "data/new"}, ["ext/source"]),
     "teacher": ("stages.teacher", ["--arch", "convnet", "--data", DATA], {"--out": f"{A}/teachers/new"}, [DATA]),
     "baseline": ("stages.methods.baselines.baseline", ["random", "--data", DATA],
                  {"--out": f"{A}/ipc3/distilled/random"}, [DATA]),
@@ -89,13 +89,13 @@ def layout(root: Path) -> None:
         f"{A}/captions/captions.jsonl": "", f"{A}/diffusion/model_index.json": "{}",
         f"{A}/latents/latents.safetensors": "x", f"{A}/latents/index.csv": "row\n",
         f"{A}/ipc3/prototypes/d4m.json": "{}", f"{A}/ipc3/prototypes/d4m.safetensors": "x",
-        "ext/mine/0/a.png": "x", "ext/root/train/0/a.png": "x", "notes.txt": "mine", "notes.json": '{"mine": 1}',
+        "ext/mine/0/a.png": "x", "ext/source/train/0/a.png": "x", "notes.txt": "mine", "notes.json": '{"mine": 1}',
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     write_params(root, merge(TINY, {"external": {"mine": {"path": "ext/mine", "method": "mine"}},
-                                    "dataset": "imagefolder", "prepare": {"root": "ext/root"}}))
+                                    "dataset": "imagefolder", "prepare": {"root": "ext/source"}}))
 
 
 # prototypes' --out is a prefix (<out>.json, <out>.safetensors): refused where those names would land inside
