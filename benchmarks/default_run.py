@@ -64,9 +64,8 @@ def compare(before: dict, after: dict) -> None:
     print(f"{'stage':<20} {'before s':>9} {'after s':>9} {'after/before':>13}")
     for name in names:
         b, a = sums[0].get(name), sums[1].get(name)
-        ratio = f"{a / b:.2f}" if a and b else "-"
-        print(f"{name:<20} {b if b is not None else '-':>9} {a if a is not None else '-':>9} {ratio:>13}"
-              .replace("None", "-"))
+        shown = [f"{v:.1f}" if v is not None else "-" for v in (b, a)]
+        print(f"{name:<20} {shown[0]:>9} {shown[1]:>9} {f'{a / b:.2f}' if a and b else '-':>13}")
     b, a = before["total_seconds"], after["total_seconds"]
     print(f"{'total (dvc repro)':<20} {b:>9.0f} {a:>9.0f} {a / b:>13.2f}")
     print(f"before: {before['commit']} in {before['project']}; after: {after['commit']} in {after['project']}")

@@ -11,8 +11,10 @@ as mean ± std. For baseline@random's draws, seed k trains on draw k with draw k
 Storage: the images' bytes, the bytes of the labels each protocol needs (FKD files as stored, shipped labels,
 noaug's whole-image logits as float32, the teacher for online KD) and the full train set's bytes.
 On the CPU the (protocol, seed) students train side by side, one per core on one thread each
-(stages/pipeline/side_by_side.py); under torchrun they are split over the ranks and rank 0 writes the
-metrics: the same file as one process makes. Wall time goes to the run log
+(stages/pipeline/side_by_side.py); with evaluate.together (auto: on a GPU) the seeds of each (student,
+protocol) train as one vmapped model (stages/training/together.py), equal to their separate runs within float
+rounding. Under torchrun the students (or groups) are split over the ranks and rank 0 writes the metrics: the
+same file as one process makes. Wall time goes to the run log
 (stages/pipeline/runlog.py).
 A killed run resumes from `.<metrics file>.resume/`: finished students are kept there, an unfinished one
 continues from its last epoch.
@@ -47,10 +49,11 @@ from stages.pipeline.outputs import dir_bytes, write_csv, write_json
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
-from stages.training.loop import Batch, Optim, hard_loss, kd_loss, train
+from stages.training.loop import Batch, History, Optim, hard_loss, kd_loss, train
 from stages.training.params import Evaluate
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, read_checked_epoch
+from stages.training.together import train_together
 from stages.pipeline import outputs
 
 
@@ -218,42 +221,94 @@ def epoch_plans(st: Students, protocol: str, s: int, data: ImageSet, rng: np.ran
     return plans
 
 
-def student_run(st: Students, arch: str, protocol: str, s: int, device: torch.device, resume: Resume) -> dict:
-    """One student (architecture, protocol, seed) trained and validated: its summary and curve (kept in the
-    resume folder, so a rerun after a kill skips it)."""
-    cfg = st.cfg
-    # the first student keeps the names (and resume files) a single-student run has
-    name = f"{protocol}-seed{s}" if arch == cfg.students[0] else f"{arch}-{protocol}-seed{s}"
-    desc = f"{st.method} [{protocol} seed {s}" + ("]" if arch == cfg.students[0] else f" {arch}]")
-    if resume.done(f"{name}.json"):
-        print(f"evaluate {desc}: finished before the interruption; resumed")
-        return read_json(resume.path(f"{name}.json"), hint=f"the progress folder {resume.folder} can be removed")
-    with st.initialising:
+def student_name(cfg: Evaluate, arch: str, protocol: str, s: int) -> str:
+    """A student's name in the resume folder; the first architecture's keep a single-student run's names."""
+    return f"{protocol}-seed{s}" if arch == cfg.students[0] else f"{arch}-{protocol}-seed{s}"
+
+
+def student_desc(st: Students, arch: str, protocol: str, s: int) -> str:
+    """How the progress lines name a student: `<method> [<protocol> seed <s>( <arch>)]`."""
+    return f"{st.method} [{protocol} seed {s}" + ("]" if arch == st.cfg.students[0] else f" {arch}]")
+
+
+def new_student(st: Students, arch: str, protocol: str, s: int, device: torch.device):
+    """Student s of (architecture, protocol): its initial weights, its draw and its augmentation generator."""
+    with st.initialising:  # initial weights come from torch's global generator, shared by the threads
         torch.manual_seed(derive_seed(st.p.seed, "evaluate", protocol, s))
         student = build(arch, st.num_classes, st.size, st.student_configs[arch]).to(device)
-    data = st.draws[s % len(st.draws)]
     rng = None if protocol == "fkd" else \
         np.random.default_rng(derive_seed(st.p.seed, "evaluate", protocol, s, "augment"))
-    history = train(student, data, st.norm, st.epochs, st.batch_size, epoch_plans(st, protocol, s, data, rng),
-                    st.losses[protocol], Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), st.val, cfg.eval_points,
-                    desc=f"evaluate {desc}", resume=resume, state=name, rng=rng)
+    return student, st.draws[s % len(st.draws)], rng
+
+
+def finished(st: Students, arch: str, protocol: str, s: int, history: History, resume: Resume) -> dict:
+    """A trained student's summary and curve, kept in the resume folder (a rerun after a kill skips it)."""
     summary = history.summary()
-    print(f"evaluate {desc}: top-1 {summary['top1']:.4f} "
+    print(f"evaluate {student_desc(st, arch, protocol, s)}: top-1 {summary['top1']:.4f} "
           f"(best {summary['top1_best']:.4f}), {summary['images_per_second']:.0f} img/s")
     curve = [{"method": st.method, "protocol": protocol, "seed": s, "epoch": e, "top1": round(t1, 6),
               "top5": round(t5, 6), "loss": round(loss, 6)}
              for e, t1, t5, loss in zip(history.epochs, history.top1, history.top5, history.loss)]
-    resume.write_bytes(f"{name}.json", json.dumps({"summary": summary, "curve": curve}).encode())
+    resume.write_bytes(f"{student_name(st.cfg, arch, protocol, s)}.json",
+                       json.dumps({"summary": summary, "curve": curve}).encode())
     return {"summary": summary, "curve": curve}
+
+
+def kept(st: Students, arch: str, protocol: str, seeds: range | list[int], resume: Resume) -> list[dict] | None:
+    """These students' results if a run before an interruption finished them all."""
+    names = [student_name(st.cfg, arch, protocol, s) for s in seeds]
+    if not all(resume.done(f"{name}.json") for name in names):
+        return None
+    for s in seeds:
+        print(f"evaluate {student_desc(st, arch, protocol, s)}: finished before the interruption; resumed")
+    return [read_json(resume.path(f"{name}.json"), hint=f"the progress folder {resume.folder} can be removed")
+            for name in names]
+
+
+def student_run(st: Students, arch: str, protocol: str, s: int, device: torch.device, resume: Resume) -> dict:
+    """One student (architecture, protocol, seed) trained on its own and validated."""
+    cfg, name = st.cfg, student_name(st.cfg, arch, protocol, s)
+    if done := kept(st, arch, protocol, [s], resume):
+        return done[0]
+    student, data, rng = new_student(st, arch, protocol, s, device)
+    history = train(student, data, st.norm, st.epochs, st.batch_size, epoch_plans(st, protocol, s, data, rng),
+                    st.losses[protocol], Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), st.val, cfg.eval_points,
+                    desc=f"evaluate {student_desc(st, arch, protocol, s)}", resume=resume, state=name, rng=rng)
+    return finished(st, arch, protocol, s, history, resume)
+
+
+def group_run(st: Students, arch: str, protocol: str, device: torch.device, resume: Resume) -> list[dict]:
+    """Every seed's student of (architecture, protocol) trained together as one vmapped model
+    (stages/training/together.py) and validated."""
+    cfg, seeds = st.cfg, range(st.cfg.seeds)
+    if done := kept(st, arch, protocol, seeds, resume):
+        return done
+    students, draws, rngs = zip(*(new_student(st, arch, protocol, s, device) for s in seeds))
+    histories = train_together(list(students), list(draws), st.norm, st.epochs, st.batch_size,
+                               [epoch_plans(st, protocol, s, d, r) for s, d, r in zip(seeds, draws, rngs)],
+                               st.losses[protocol], Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), st.val,
+                               cfg.eval_points, desc=f"evaluate {st.method} [{arch} {protocol} x{cfg.seeds}]",
+                               resume=resume, state=f"{arch}-{protocol}-together", rngs=list(rngs))
+    return [finished(st, arch, protocol, s, h, resume) for s, h in zip(seeds, histories)]
+
+
+def together(cfg: Evaluate, device: torch.device) -> bool:
+    """Whether the seeds of a (student, protocol) train as one model: evaluate.together, `auto` on a GPU
+    (on this CPU it measured slower than students side by side: docs/performance.md)."""
+    return device.type == "cuda" if cfg.together == "auto" else cfg.together
 
 
 def train_students(world: distributed.World, st: Students, jobs: list[tuple[str, str, int]],
                    resume: Resume) -> dict[tuple[str, str, int], dict]:
-    """Every job's student run, keyed by job: this rank trains its share (side by side on the CPU) and the
-    ranks gather them all."""
-    share = world.shard(jobs)
-    mine = map_side_by_side(lambda job: student_run(st, *job, world.device, resume), share,
-                            jobs_at_once(world.device, len(share)))
+    """Every (architecture, protocol, seed) student's run, keyed by job: this rank trains its share, its seeds
+    together or its students side by side, and the ranks gather them all."""
+    if together(st.cfg, world.device):  # jobs list each (architecture, protocol)'s seeds in a row
+        groups = list(dict.fromkeys((arch, protocol) for arch, protocol, _ in jobs))
+        mine = [result for group in world.shard(groups) for result in group_run(st, *group, world.device, resume)]
+    else:
+        share = world.shard(jobs)
+        mine = map_side_by_side(lambda job: student_run(st, *job, world.device, resume), share,
+                                jobs_at_once(world.device, len(share)))
     return dict(zip(jobs, (result for part in world.gather(mine) for result in part)))
 
 

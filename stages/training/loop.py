@@ -96,6 +96,18 @@ def eval_epochs(epochs: int, points: int) -> set[int]:
     return set(range(step, epochs + 1, step)) | {epochs}
 
 
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate along half a cosine, from its value to 0 over `total_steps` steps."""
+    total = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+
+
+def save_due(resume: Resume | None, first: bool, last_save: float, save_cost: float) -> bool:
+    """Whether to checkpoint after this epoch: always after the first (it measures the cost), then once the
+    time since the last save is SAVE_COST_RATIO times what saving costs."""
+    return bool(resume and resume.enabled and (first or time.perf_counter() - last_save >= SAVE_COST_RATIO * save_cost))
+
+
 def make_optimizer(model: nn.Module, cfg: Optim) -> torch.optim.Optimizer:
     # foreach: one multi-tensor update per step, not a Python loop over the parameters (torch picks it only on GPUs)
     if cfg.name == "sgd":
@@ -141,8 +153,7 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
     step_model = accel.compiled(model, device)
     steps_per_epoch = math.ceil(len(data) / batch_size)
     optimizer = make_optimizer(model, optim)
-    total = max(1, epochs * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    schedule = cosine(optimizer, epochs * steps_per_epoch)
     checkpoints, history, first = eval_epochs(epochs, eval_points), History(), 0
     saved = resume.load(state) if resume else None
     if saved:
@@ -193,8 +204,7 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             bar.set_postfix(loss=f"{mean_loss:.3f}", top1=f"{top1:.3f}")
             if on_eval:
                 on_eval(epoch + 1, {"loss": mean_loss, "top1": top1, "top5": top5})
-        if resume and resume.enabled and (epoch == first or
-                                          time.perf_counter() - last_save >= SAVE_COST_RATIO * save_cost):
+        if save_due(resume, epoch == first, last_save, save_cost):
             now = time.perf_counter()
             resume.save(state, {"epoch": epoch + 1, "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
                                 "schedule": schedule.state_dict(), "history": dataclasses.asdict(history),

@@ -104,6 +104,7 @@ class Evaluate(Section):
     mix: Literal["cutmix", "mixup", "none"]
     mix_alpha: PositiveFloat
     eval_points: Positive
+    together: Union[Literal["auto"], bool]  # the seeds of a (student, protocol) as one vmapped model
 
     _scale = field_validator("crop_scale")(check_scale)
 

@@ -96,3 +96,27 @@ def test_topk_benchmark_quick(prepared):
     assert "top-10 (every class) gives the dense top-1 exactly: True" in out
     ratio = re.search(r"^ratio dense / top-10 bytes per crop at 1000 classes: (\d+\.\d+)x", out, re.M)
     assert ratio and float(ratio[1]) > 5, out  # 10 of 1000 fp16 logits (+ their int16 classes) and the plan
+
+
+def test_students_together_benchmark_quick():
+    out = run_benchmark("students_together.py")
+    rates = dict(re.findall(r"^  (one at a time|side by side|together) +[\d.]+ s +(\d+) images/s per student", out,
+                            re.M))
+    assert set(rates) == {"one at a time", "side by side", "together"} and all(int(r) > 0 for r in rates.values())
+    spread = re.search(r"^final losses, together vs one at a time: largest relative difference (\S+)$", out, re.M)
+    assert spread and float(spread.group(1)) < 1e-3, out
+
+
+def test_default_run_benchmark_compares_two_runs(tmp_path):
+    """`compare` sums a foreach stage's members and prints after/before per stage and in total."""
+    import json
+
+    runs = {"before": {"a@x": 10.0, "a@y": 30.0, "b": 5.0}, "after": {"a@x": 5.0, "a@y": 15.0, "c": 2.0}}
+    for name, stages in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"project": name, "commit": name[:1],
+                                                           "total_seconds": sum(stages.values()), "stages": stages}))
+    out = run_benchmark("default_run.py", "compare", str(tmp_path / "before.json"), str(tmp_path / "after.json"),
+                        quick=False)
+    assert re.search(r"^a +40\.0 +20\.0 +0\.50$", out, re.M), out
+    assert re.search(r"^b +5\.0 +- +-$", out, re.M) and re.search(r"^c +- +2\.0 +-$", out, re.M), out
+    assert re.search(r"^total \(dvc repro\) +45 +22 +0\.49$", out, re.M), out
