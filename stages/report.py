@@ -107,12 +107,16 @@ def metric_rows(m: EvaluateMetrics) -> list[dict]:
     return rows
 
 
-def flag_sets(table: pd.DataFrame, num_classes: int, noise_factor: float, copies_margin: float) -> list[str]:
+def flag_sets(table: pd.DataFrame, num_classes: int, noise_factor: float, copies_margin: float,
+              hard_margin: float = 0.0) -> list[str]:
     """Per row, why its set is not a distilled dataset ('' if it is one).
 
-    Noise: teacher fidelity below noise_factor x chance. Near-copies: intra-class cosine above that of
-    random real images at the same IPC (else the full train set) by more than copies_margin."""
+    Noise: teacher fidelity below noise_factor x chance, or students trained on the set with hard labels
+    (protocol `hard`) within hard_margin of chance - a teacher can read a class signal that teaches no
+    student. Near-copies: intra-class cosine above that of random real images at the same IPC (else the full
+    train set) by more than copies_margin."""
     chance = 1 / num_classes
+    hard = {(row.method, row.ipc): row.top1 for row in table[table.protocol == "hard"].itertuples()}
     real = {row.ipc: row.intra_class_cosine for row in table[table.method.isin([REFERENCE, UPPER_BOUND])].itertuples()
             if not np.isnan(row.intra_class_cosine)}
     reasons = []
@@ -121,6 +125,10 @@ def flag_sets(table: pd.DataFrame, num_classes: int, noise_factor: float, copies
         if row.teacher_fidelity < noise_factor * chance:
             why.append(f"noise: the teacher reads {pct(row.teacher_fidelity)} % of its images as their class, under "
                        f"{noise_factor:g} x chance ({pct(chance)} %)")
+        taught = hard.get((row.method, row.ipc))
+        if row.method not in (REFERENCE, UPPER_BOUND) and taught is not None and taught < chance + hard_margin:
+            why.append(f"noise: students trained on its images with hard labels reach {pct(taught)} %, within "
+                       f"{pct(hard_margin)} points of chance ({pct(chance)} %)")
         reference = real.get(row.ipc, real.get("all"))
         if row.method not in (REFERENCE, UPPER_BOUND) and reference is not None and \
                 row.intra_class_cosine > reference + copies_margin:
@@ -312,7 +320,8 @@ def run(p: Params, metrics: list[Path], sets: list[Path], data: Path, out: Path,
                   {"--metrics": metrics, "--sets": sets, "--data": data})
     classes = read_classes(data)
     table = collect(metrics, p.report.lrs_weight, p.report.ars_weight)
-    table["flag"] = flag_sets(table, len(classes), p.flags.noise_factor, p.flags.copies_margin)
+    table["flag"] = flag_sets(table, len(classes), p.flags.noise_factor, p.flags.copies_margin,
+                              p.flags.hard_margin)
     for r in table[table.flag != ""].drop_duplicates(["method", "ipc"]).itertuples():
         print(f"warning: report: {r.method} (IPC {r.ipc}) is flagged - {r.flag}", file=sys.stderr)
     ipc = report_ipc(table)

@@ -131,6 +131,7 @@ class Flags(Section):
     """When the report and diffusion_check say a set is not a distilled dataset (docs/faithfulness.md)."""
     noise_factor: PositiveFloat  # flagged as noise: teacher fidelity below noise_factor x chance (1 / classes)
     copies_margin: NonNegFloat  # flagged as near-copies: intra-class cosine above the real images' + margin
+    hard_margin: NonNegFloat  # flagged as noise too: `hard` students within this of chance (whatever the fidelity)
 
 
 SECTIONS = {"teacher": Teacher, "evaluate": Evaluate, "report": Report, "relabel": Relabel,

@@ -146,6 +146,24 @@ def test_the_report_marks_noise_and_near_copy_sets_and_says_why():
     assert not table.flag.any() and "Flagged sets" not in markdown(table, "t")
 
 
+def test_a_set_that_teaches_hard_students_nothing_is_noise_whatever_the_teacher_reads():
+    """The offline diffusion model on photos: the teacher reads 30 % of the images as their class (over 2 x
+    chance) but `hard` students reach 12 % (chance 10 %): noise, said on every row of the set."""
+    import pandas as pd
+
+    from stages.report import flag_sets
+
+    rows = [("random", "fkd", 0.60), ("random", "hard", 0.40), ("d4m", "fkd", 0.30), ("d4m", "hard", 0.12),
+            ("vlcp", "fkd", 0.50), ("vlcp", "hard", 0.16)]
+    table = pd.DataFrame([{"method": m, "protocol": pr, "ipc": 10, "top1": top1, "teacher_fidelity": 0.3,
+                           "intra_class_cosine": 0.4} for m, pr, top1 in rows])
+    flags = flag_sets(table, 10, noise_factor=2.0, copies_margin=0.2, hard_margin=0.05)
+    assert flags[:2] == ["", ""] and flags[4:] == ["", ""]  # vlcp: 16 % is 6 points above chance
+    assert flags[2] == flags[3] == ("noise: students trained on its images with hard labels reach 12.0 %, within "
+                                    "5.0 points of chance (10.0 %)")
+    assert flag_sets(table, 10, 2.0, 0.2, hard_margin=0.07)[4] != ""  # a wider margin takes vlcp too
+
+
 @pytest.mark.parametrize("roll, shifts", [("symmetric", set(range(-2, 3))), ("positive", {0, 1, 2})])
 def test_the_roll_range_is_a_param(roll, shifts):
     """ddpipe rolls by [-jitter, jitter]; the references' torch.roll by randint(0, jitter) is `positive`."""
