@@ -49,7 +49,7 @@ from stages.pipeline.outputs import dir_bytes, write_csv, write_json
 from stages.pipeline.resume import Resume
 from stages.pipeline.seeds import derive_seed
 from stages.pipeline.side_by_side import jobs_at_once, map_side_by_side
-from stages.training.loop import Batch, History, Optim, hard_loss, kd_loss, train
+from stages.training.loop import Batch, History, Optim, hard_loss, kd_loss, mse_ce_loss, train
 from stages.training.params import Evaluate
 from stages.training.recipe import eval_augment, eval_batch_size
 from stages.training.soft_labels import epoch_file, read_checked_epoch
@@ -132,15 +132,16 @@ class Evaluation:
 
 def protocol_losses(cfg: Evaluate, teacher: torch.nn.Module, norm: tuple, teacher_norm: tuple,
                     kind: str | None) -> dict[str, Callable[[torch.Tensor, Batch], torch.Tensor]]:
-    """Each protocol's loss; `static` depends on the `kind` of labels the set ships."""
-    def online_kd(logits, batch):
-        return kd_loss(logits, predict(teacher, renormalise(batch.x, norm, teacher_norm)), cfg.temperature)
+    """Each protocol's loss; `static` depends on the `kind` of labels the set ships. Targets that are logits
+    (fkd, teacher, noaug, shipped logits) take evaluate.loss: KL at a temperature, or EDC's MSE + CE."""
+    def soft(target_logits, temperature):  # the recipe's loss on a batch whose targets are logits
+        if cfg.loss == "mse_ce":
+            return lambda logits, batch: mse_ce_loss(logits, target_logits(batch), batch, cfg.ce_weight)
+        return lambda logits, batch: kd_loss(logits, target_logits(batch), temperature)
 
-    def stored_kd(logits, batch):
-        return kd_loss(logits, batch.soft, cfg.temperature)
-
-    def static_kd(logits, batch):
-        return kd_loss(logits, batch.soft, cfg.static_temperature)
+    online_kd = soft(lambda batch: predict(teacher, renormalise(batch.x, norm, teacher_norm)), cfg.temperature)
+    stored_kd = soft(lambda batch: batch.soft, cfg.temperature)
+    static_kd = soft(lambda batch: batch.soft, cfg.static_temperature)
 
     def soft_targets(logits, batch):
         return F.cross_entropy(logits, batch.soft)
@@ -221,6 +222,11 @@ def epoch_plans(st: Students, protocol: str, s: int, data: ImageSet, rng: np.ran
     return plans
 
 
+def recipe_optim(cfg: Evaluate) -> Optim:
+    """The students' optimizer, schedule and weight average."""
+    return Optim(cfg.optimizer, cfg.lr, cfg.weight_decay, zeta=cfg.zeta, ema=cfg.ema)
+
+
 def student_name(cfg: Evaluate, arch: str, protocol: str, s: int) -> str:
     """A student's name in the resume folder; the first architecture's keep a single-student run's names."""
     return f"{protocol}-seed{s}" if arch == cfg.students[0] else f"{arch}-{protocol}-seed{s}"
@@ -272,7 +278,7 @@ def student_run(st: Students, arch: str, protocol: str, s: int, device: torch.de
         return done[0]
     student, data, rng = new_student(st, arch, protocol, s, device)
     history = train(student, data, st.norm, st.epochs, st.batch_size, epoch_plans(st, protocol, s, data, rng),
-                    st.losses[protocol], Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), st.val, cfg.eval_points,
+                    st.losses[protocol], recipe_optim(cfg), st.val, cfg.eval_points,
                     desc=f"evaluate {student_desc(st, arch, protocol, s)}", resume=resume, state=name, rng=rng)
     return finished(st, arch, protocol, s, history, resume)
 
@@ -286,7 +292,7 @@ def group_run(st: Students, arch: str, protocol: str, device: torch.device, resu
     students, draws, rngs = zip(*(new_student(st, arch, protocol, s, device) for s in seeds))
     histories = train_together(list(students), list(draws), st.norm, st.epochs, st.batch_size,
                                [epoch_plans(st, protocol, s, d, r) for s, d, r in zip(seeds, draws, rngs)],
-                               st.losses[protocol], Optim(cfg.optimizer, cfg.lr, cfg.weight_decay), st.val,
+                               st.losses[protocol], recipe_optim(cfg), st.val,
                                cfg.eval_points, desc=f"evaluate {st.method} [{arch} {protocol} x{cfg.seeds}]",
                                resume=resume, state=f"{arch}-{protocol}-together", rngs=list(rngs))
     return [finished(st, arch, protocol, s, h, resume) for s, h in zip(seeds, histories)]

@@ -1,6 +1,7 @@
 """One training loop for teachers and students: plans in, cosine-scheduled steps, periodic validation."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -48,6 +49,8 @@ class Optim:
     lr: float
     weight_decay: float
     momentum: float = 0.9
+    zeta: float = 1.0  # the cosine's period in runs: 1 ends at lr 0; EDC's smoothing schedule: ζ > 1 ends above it
+    ema: float | None = None  # validate an EMA of the weights with this decay (EDC), not the weights themselves
 
 
 @dataclass
@@ -81,6 +84,12 @@ def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: flo
                     reduction="batchmean")
 
 
+def mse_ce_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Batch, ce_weight: float) -> torch.Tensor:
+    """EDC's student loss (`mse_gt`): MSE between student and teacher logits plus ce_weight x cross-entropy on
+    each slot's own label. As EDC's code does, the label is the slot's own even when cutmix pasted a partner in."""
+    return F.mse_loss(logits, teacher_logits.float()) + ce_weight * F.cross_entropy(logits, batch.labels)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     logits = predict(model, images)
@@ -96,10 +105,43 @@ def eval_epochs(epochs: int, points: int) -> set[int]:
     return set(range(step, epochs + 1, step)) | {epochs}
 
 
-def cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """The learning rate along half a cosine, from its value to 0 over `total_steps` steps."""
-    total = max(1, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int, zeta: float = 1.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate along half a cosine from its value, reaching 0 after zeta x `total_steps` steps: zeta 1 is
+    the usual cosine to 0; EDC's smoothing schedule stretches it (zeta 2: the run ends at half the lr)."""
+    span = max(1, total_steps) * zeta
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / span)))
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters (EDC's EMA evaluation): updated after every step,
+    swapped in for validation. BatchNorm's running statistics stay the model's own, as EDC's swap leaves them."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.params = list(model.parameters())
+        self.average = [p.detach().clone() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The averaged weights in the model for the duration (validation), the trained ones after."""
+        with torch.no_grad():
+            for p, a in zip(self.params, self.average):
+                p.data, a.data = a.data, p.data
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, a in zip(self.params, self.average):
+                    p.data, a.data = a.data, p.data
+
+
+def averaged(average: "WeightAverage | None"):
+    """Validation's weights: the average's when there is one."""
+    return average.swapped() if average else contextlib.nullcontext()
 
 
 def save_due(resume: Resume | None, first: bool, last_save: float, save_cost: float) -> bool:
@@ -153,12 +195,13 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
     step_model = accel.compiled(model, device)
     steps_per_epoch = math.ceil(len(data) / batch_size)
     optimizer = make_optimizer(model, optim)
-    schedule = cosine(optimizer, epochs * steps_per_epoch)
+    schedule = cosine(optimizer, epochs * steps_per_epoch, optim.zeta)
+    average = WeightAverage(bare, optim.ema) if optim.ema else None
     checkpoints, history, first = eval_epochs(epochs, eval_points), History(), 0
     saved = resume.load(state) if resume else None
     if saved:
         try:
-            first, history = restore(saved, bare, optimizer, schedule, rng, device)
+            first, history = restore(saved, bare, optimizer, schedule, rng, device, average)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:  # e.g. saved by another version of this code
             raise ArtifactError(f"{resume.path(state)}.pt: not a training state this run can resume "
                                 f"({str(e).splitlines()[0]}); delete {resume.folder} to start afresh") from None
@@ -186,6 +229,8 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
                 loss.backward()
             optimizer.step()
             schedule.step()
+            if average:
+                average.update()
             running += loss.detach() * (rows.stop - rows.start)
             step_losses.append(loss.detach())
             history.images_seen += global_size
@@ -194,7 +239,8 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             raise DivergedError(diverged(desc, epoch, step_losses, summed))
         if epoch + 1 in checkpoints:
             history.seconds += time.perf_counter() - start
-            top1, top5 = accuracy(bare, *val)
+            with averaged(average):
+                top1, top5 = accuracy(bare, *val)
             start = time.perf_counter()
             history.epochs.append(epoch + 1)
             history.top1.append(top1)
@@ -208,6 +254,7 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             now = time.perf_counter()
             resume.save(state, {"epoch": epoch + 1, "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
                                 "schedule": schedule.state_dict(), "history": dataclasses.asdict(history),
+                                "average": average.average if average else None,
                                 "rng": rng.bit_generator.state if rng else None, "torch_rng": torch.get_rng_state(),
                                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
             last_save = time.perf_counter()
@@ -217,18 +264,29 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
 
 
 def restore(saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer, schedule, rng: np.random.Generator | None,
-            device: torch.device) -> tuple[int, History]:
+            device: torch.device, average: WeightAverage | None = None) -> tuple[int, History]:
     """Put a saved training state back; returns the next epoch and the history so far."""
     saved = fresh(saved)
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
+    restore_average(saved, average)
     if rng is not None:
         rng.bit_generator.state = saved["rng"]
     torch.set_rng_state(saved["torch_rng"])
     if saved["cuda_rng"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(saved["cuda_rng"], device)
     return saved["epoch"], History(**saved["history"])
+
+
+def restore_average(saved: dict, average: WeightAverage | None) -> None:
+    """The weight average as saved (a state saved without one, or with one, cannot resume the other way)."""
+    stored = saved.get("average")
+    if (stored is None) != (average is None):
+        raise ValueError("saved with another evaluate.ema setting")
+    if average:
+        with torch.no_grad():
+            torch._foreach_copy_(average.average, [t.to(a.device) for t, a in zip(stored, average.average)])
 
 
 def diverged(desc: str, epoch: int, step_losses: list[torch.Tensor], summed: torch.Tensor) -> str:

@@ -105,6 +105,10 @@ class Evaluate(Section):
     mix_alpha: PositiveFloat
     eval_points: Positive
     together: Union[Literal["auto"], bool]  # the seeds of a (student, protocol) as one vmapped model
+    zeta: Annotated[float, Field(ge=1)]  # the lr cosine reaches 0 after zeta x the run (EDC's smoothing: > 1)
+    ema: Optional[Annotated[float, Field(gt=0, lt=1)]]  # validate an EMA of the weights with this decay (EDC)
+    loss: Literal["kl", "mse_ce"]  # on logit targets: KL at a temperature, or EDC's MSE + ce_weight x CE
+    ce_weight: NonNegFloat
 
     _scale = field_validator("crop_scale")(check_scale)
 

@@ -27,8 +27,8 @@ from stages.models import accel
 from stages.pipeline.errors import ArtifactError, DivergedError
 from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume, fresh
-from stages.training.loop import Batch, History, Optim, cosine, diverged, epoch_batches, eval_epochs, make_optimizer, \
-    save_due
+from stages.training.loop import Batch, History, Optim, WeightAverage, averaged, cosine, diverged, epoch_batches, \
+    eval_epochs, make_optimizer, restore_average, save_due
 
 
 def _flat(name: str) -> str:
@@ -113,12 +113,13 @@ def train_together(models: list[nn.Module], draws: list[ImageSet], norm: tuple[l
     size, device = draws[0].images.shape[-1], next(models[0].parameters()).device
     group = Together(models).to(device)
     optimizer = make_optimizer(group, optim)
-    schedule = cosine(optimizer, epochs * math.ceil(n / batch_size))
+    schedule = cosine(optimizer, epochs * math.ceil(n / batch_size), optim.zeta)
+    average = WeightAverage(group, optim.ema) if optim.ema else None  # elementwise: each student's own average
     checkpoints, histories, first = eval_epochs(epochs, eval_points), [History() for _ in models], 0
     saved = resume.load(state) if resume else None
     if saved:
         try:
-            first, histories = restore_group(saved, group, optimizer, schedule, rngs, device)
+            first, histories = restore_group(saved, group, optimizer, schedule, rngs, device, average)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:  # e.g. saved by another version of this code
             raise ArtifactError(f"{resume.path(state)}.pt: not a training state this run can resume "
                                 f"({str(e).splitlines()[0]}); delete {resume.folder} to start afresh") from None
@@ -141,6 +142,8 @@ def train_together(models: list[nn.Module], draws: list[ImageSet], norm: tuple[l
             losses.sum().backward()  # each student's weights get its own loss's gradient
             optimizer.step()
             schedule.step()
+            if average:
+                average.update()
             running += losses.detach() * len(batches[0].labels)
             step_losses.append(losses.detach())
             seen += len(batches[0].labels)
@@ -150,7 +153,8 @@ def train_together(models: list[nn.Module], draws: list[ImageSet], norm: tuple[l
                                          [step[bad] for step in step_losses], running[bad]))
         if epoch + 1 in checkpoints:
             seconds += time.perf_counter() - start
-            accs = accuracies(group, *val)
+            with averaged(average):
+                accs = accuracies(group, *val)
             start = time.perf_counter()
             for history, (top1, top5), loss in zip(histories, accs, (running / n).tolist()):
                 history.epochs.append(epoch + 1)
@@ -167,6 +171,7 @@ def train_together(models: list[nn.Module], draws: list[ImageSet], norm: tuple[l
             resume.save(state, {"epoch": epoch + 1, "model": group.state_dict(), "optimizer": optimizer.state_dict(),
                                 "schedule": schedule.state_dict(),
                                 "history": [dataclasses.asdict(h) for h in histories],
+                                "average": average.average if average else None,
                                 "rng": [r.bit_generator.state if r else None for r in rngs],
                                 "torch_rng": torch.get_rng_state(),
                                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
@@ -180,7 +185,8 @@ def train_together(models: list[nn.Module], draws: list[ImageSet], norm: tuple[l
 
 
 def restore_group(saved: dict, group: Together, optimizer: torch.optim.Optimizer, schedule,
-                  rngs: list[np.random.Generator | None], device: torch.device) -> tuple[int, list[History]]:
+                  rngs: list[np.random.Generator | None], device: torch.device,
+                  average: WeightAverage | None = None) -> tuple[int, list[History]]:
     """Put a saved group state back; returns the next epoch and each student's history so far."""
     saved = fresh(saved)
     if len(saved["history"]) != group.size:
@@ -188,6 +194,7 @@ def restore_group(saved: dict, group: Together, optimizer: torch.optim.Optimizer
     group.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
+    restore_average(saved, average)
     for rng, state in zip(rngs, saved["rng"]):
         if rng is not None:
             rng.bit_generator.state = state

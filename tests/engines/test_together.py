@@ -100,9 +100,10 @@ def test_training_together_follows_each_separate_run():
     assert together[0].loss != together[1].loss
 
 
-def test_a_killed_group_resumes_to_the_same_bytes(tmp_path):
-    """Interrupted after its first epoch, a rerun continues from the saved group state and ends with the
-    uninterrupted run's weights and histories."""
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_a_killed_group_resumes_to_the_same_bytes(tmp_path, ema):
+    """Interrupted after its first epoch, a rerun continues from the saved group state (and weight average)
+    and ends with the uninterrupted run's histories."""
     aug = Augment((0.5, 1.0), False, "none", 1.0, 16)
     draws = [images(k) for k in range(2)]
     val = (images(9).normalised(*NORM).tensor(), images(9).labels)
@@ -112,7 +113,8 @@ def test_a_killed_group_resumes_to_the_same_bytes(tmp_path):
         rngs = [np.random.default_rng(k) for k in range(2)]
         histories = train_together(models, draws, NORM, 3, 20,
                                    [plans_for(d, r, aug, 20) for d, r in zip(draws, rngs)], loss,
-                                   Optim("adamw", 1e-3, 0.01), val, 3, "group", resume=resume, state="g", rngs=rngs)
+                                   Optim("adamw", 1e-3, 0.01, ema=ema), val, 3, "group", resume=resume, state="g",
+                                   rngs=rngs)
         return histories
 
     whole = run(None)
