@@ -96,3 +96,12 @@ def test_topk_benchmark_quick(prepared):
     assert "top-10 (every class) gives the dense top-1 exactly: True" in out
     ratio = re.search(r"^ratio dense / top-10 bytes per crop at 1000 classes: (\d+\.\d+)x", out, re.M)
     assert ratio and float(ratio[1]) > 5, out  # 10 of 1000 fp16 logits (+ their int16 classes) and the plan
+
+
+def test_startup_benchmark_measures_a_revision_beside_this_tree():
+    out = run_benchmark("startup.py", "--before", "HEAD", "-n", "1", "--modules", "stages.plots_page", quick=False)
+    row = re.search(r"^stages\.plots_page +1 +(\d+\.\d+) +(\d+\.\d+) +(\d+\.\d+)$", out, re.M)
+    assert row and all(float(v) > 0 for v in row.groups()), out
+    assert re.search(r"^sum, weighted by starts +1 ", out, re.M), out
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    assert not re.search(r"/before ", worktrees), worktrees  # the temporary worktree is gone
