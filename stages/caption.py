@@ -22,8 +22,8 @@ from pathlib import Path
 
 from stages.captions import attributes
 from stages.captions.jsonl import FILE, caption_line, parse_line, record_captions
-from stages.data.folder import read_classes
-from stages.data.prepared import Item, inputs_of, split_items
+from stages.data.files import read_classes
+from stages.data.splits import Item, inputs_of, split_items
 from stages.pipeline import cli, params
 from stages.pipeline.errors import ArtifactError
 from stages.pipeline.outputs import atomic_dir

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from stages.data.distilled import load_set, write_labels
-from stages.data.folder import decode_rgb, decode_rgb_bytes, read_classes, save_png
+from stages.data.files import decode_rgb, decode_rgb_bytes, read_classes, save_png
 from stages.pipeline import cli, params
 from stages.pipeline.card import EVALUATION_NOTE, Card, read_card, write_card
 from stages.pipeline.artifacts import class_names, parse_json, read_text

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from stages.data import sources
-from stages.data.folder import save_png
-from stages.data.prepared import MANIFEST, square, write_manifest
+from stages.data.files import save_png
+from stages.data.splits import MANIFEST, square, write_manifest
 from stages.pipeline import cli, params
 from stages.pipeline.params import Params
 from stages.pipeline.errors import DataError, ParamsError

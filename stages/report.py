@@ -25,9 +25,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stages import methods  # noqa: E402
-from stages.data.distilled import images_root  # noqa: E402
-from stages.data.folder import read_classes  # noqa: E402
-from stages.data.prepared import split_items  # noqa: E402
+from stages.data.files import read_classes  # noqa: E402
+from stages.data.splits import images_root, split_items  # noqa: E402
 from stages.pipeline import cli, params  # noqa: E402
 from stages.evaluation.metrics import EvaluateMetrics, read_metrics  # noqa: E402
 from stages.pipeline.card import read_card  # noqa: E402

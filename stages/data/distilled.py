@@ -10,26 +10,11 @@ from safetensors.torch import save_file
 
 from stages.data.folder import ImageSet, read_classes
 from stages.data.prepared import open_images
-from stages.pipeline.paths import inside, relative
+from stages.data.splits import images_root
+from stages.pipeline.paths import inside
 from stages.pipeline.artifacts import label_paths
 from stages.pipeline.card import Card, read_card, verify_content
 from stages.pipeline.errors import ArtifactError
-
-
-def images_root(set_dir: Path, card: Card, draw: int = 0) -> Path:
-    """The set's own folder, its draw<k>/ (baseline@random's draws, k = draw modulo their number), or
-    (baseline@full) a folder under data/<dataset>/ named by the card."""
-    if card.draws is not None:
-        return Path(set_dir) / f"draw{draw % card.draws}"
-    if card.images_from is None:
-        return set_dir
-    where = f"{set_dir / 'card.json'}: images_from"
-    ref = relative(card.images_from, where)
-    if ref.parts[:1] != ("data",) or len(ref.parts) < 2:
-        raise ArtifactError(f"{where} = {card.images_from!r}: must be a folder under the project's data/")
-    # data/<dataset> may be a link (where the user keeps a dataset); below it, nothing may lead out.
-    dataset = Path(*ref.parts[:2])
-    return inside(dataset, "/".join(ref.parts[2:]), where) if len(ref.parts) > 2 else dataset
 
 
 def open_set(set_dir: str | Path, data_dir: str | Path) -> Card:

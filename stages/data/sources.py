@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from stages.data.folder import decode_rgb
+from stages.data.files import decode_rgb
 from stages.pipeline.artifacts import class_names, component
 from stages.pipeline.errors import DataError, ParamsError
 from stages.pipeline.paths import Root

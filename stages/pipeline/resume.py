@@ -20,8 +20,6 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import torch
-
 from stages.pipeline.errors import ArtifactError
 
 KEY = "key.json"
@@ -101,6 +99,8 @@ class Resume:
         """Save `state` (tensors, dicts, lists, numbers, strings) as `<name>.pt`."""
         if not self.enabled:
             return
+        import torch  # here, not at the top: caption resumes through this class without torch
+
         tmp = self.folder / f".{name}.pt.tmp"
         torch.save(state, tmp)
         _sync_and_replace(tmp, self.folder / f"{name}.pt")
@@ -110,6 +110,8 @@ class Resume:
         path = self.folder / f"{name}.pt"
         if self.stale or not path.exists():
             return None
+        import torch  # here, not at the top: caption resumes through this class without torch
+
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
@@ -128,6 +130,8 @@ def fresh(obj):
     """Fresh (aligned) copies of every tensor in `obj`: tensors read from a file can sit at odd offsets and
     take vector kernels' unaligned paths, which round differently in the last bit, and an optimizer keeps
     loaded moments as they are, so they must be copies (bit-equality with an uninterrupted run)."""
+    import torch  # here, not at the top: caption resumes through this module without torch
+
     if isinstance(obj, torch.Tensor):
         return obj.clone()
     if isinstance(obj, dict):

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.data.folder import read_classes
-from stages.data.prepared import Item, split_items
+from stages.data.files import read_classes
+from stages.data.splits import Item, split_items
 from stages.pipeline import cli, params
 from stages.pipeline.card import EVALUATION_NOTE, write_card
 from stages.pipeline.errors import ParamsError

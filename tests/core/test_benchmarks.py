@@ -120,3 +120,12 @@ def test_default_run_benchmark_compares_two_runs(tmp_path):
     assert re.search(r"^a +40\.0 +20\.0 +0\.50$", out, re.M), out
     assert re.search(r"^b +5\.0 +- +-$", out, re.M) and re.search(r"^c +- +2\.0 +-$", out, re.M), out
     assert re.search(r"^total \(dvc repro\) +45 +22 +0\.49$", out, re.M), out
+
+
+def test_startup_benchmark_measures_a_revision_beside_this_tree():
+    out = run_benchmark("startup.py", "--before", "HEAD", "-n", "1", "--modules", "stages.plots_page", quick=False)
+    row = re.search(r"^stages\.plots_page +1 +(\d+\.\d+) +(\d+\.\d+) +(\d+\.\d+)$", out, re.M)
+    assert row and all(float(v) > 0 for v in row.groups()), out
+    assert re.search(r"^sum, weighted by starts +1 ", out, re.M), out
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    assert not re.search(r"/before ", worktrees), worktrees  # the temporary worktree is gone

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from stages.data.augment import Augment, crop_resize, plan_epoch, render
-from stages.data.folder import save_png
-from stages.data.prepared import Source, SourceImages, source_box, square
+from stages.data.files import save_png
+from stages.data.prepared import SourceImages, source_box
+from stages.data.splits import Source, square
 from stages.pipeline.errors import DataError
 from tests.conftest import TINY, assert_refused, merge, run_stage, write_params
 
@@ -96,7 +97,8 @@ def test_prepare_lists_the_sources_and_readers_see_the_copys_pixels(tmp_path, mo
     """Sources larger than and not square at image_size: the manifest lists them (no pixels written), and
     every whole image read through it is the copy's."""
     from stages.data.folder import load_imagefolder
-    from stages.data.prepared import open_images, split_items
+    from stages.data.prepared import open_images
+    from stages.data.splits import split_items
 
     src = tmp_path / "src"
     for split in ("train", "val"):

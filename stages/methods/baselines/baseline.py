@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.data.folder import read_classes
-from stages.data.prepared import Item, split_items
+from stages.data.files import read_classes
+from stages.data.splits import Item, split_items
 from stages.pipeline import cli, params
 from stages.pipeline.params import Params
 from stages.pipeline.card import EVALUATION_NOTE, write_card

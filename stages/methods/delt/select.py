@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.data.folder import read_classes
+from stages.data.files import read_classes
 from stages.pipeline.paths import file_name, inside
-from stages.data.prepared import split_items
+from stages.data.splits import split_items
 from stages.pipeline import cli, params
 from stages.pipeline.params import Params
 from stages.methods.delt.ranking import read_ranking
