@@ -18,10 +18,14 @@ with its compensator, the one thing that crosses jobs) is kept in `.<out>.resume
 params and inputs, and a rerun recovers only the rest. A batch depends on its own seed alone, so the set
 is the same bytes however often the run stopped; DELT's rounds need no saving (every image's (join, stop)
 comes from the params). A non-finite loss stops the run with DivergedError; nothing is saved as images.
+
+`--losses <csv>` (opt-in, not used by dvc.yaml) writes every iteration's cross-entropy, BN term and total per
+batch, for reading only: the images are the same bytes with or without it (the parity harness, docs/parity.md).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from stages import methods
@@ -33,6 +37,7 @@ from stages.pipeline.outputs import write_json
 from stages.pipeline.params import Params
 from stages.models.teachers import Teachers
 from stages.recover_engine.driver import engine_config, write_set_card
+from stages.recover_engine.engine import logging_losses
 from stages.recover_engine.finished import FinishedBatches
 from stages.pipeline import outputs
 
@@ -85,8 +90,12 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--out", required=True, type=Path, help="distilled set folder")
     parser.add_argument("--stats", required=True, type=Path, help="synthesis stats JSON (work done) to write")
+    parser.add_argument("--losses", type=Path, help="optional: write every iteration's losses (batch, iteration, lr, "
+                        "ce, bn, total) to this CSV; the images do not change (one process only)")
     args = parser.parse_args()
-    run(params.load(), args.method, args.teachers, args.init, args.data, args.out, args.stats)
+    p = params.load()
+    with logging_losses(args.losses) if args.losses else contextlib.nullcontext():
+        run(p, args.method, args.teachers, args.init, args.data, args.out, args.stats)
 
 
 if __name__ == "__main__":
