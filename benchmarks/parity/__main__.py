@@ -59,7 +59,7 @@ def main() -> None:
                         help="override a param, e.g. -S ipc=1 (repeatable)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both sides (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="unlogged timing runs of each side (the fastest "
-                        "counts; default 1)")
+                        "counts; default 1; 0: only the logged runs are timed and ddpipe's same-bytes check is skipped)")
     parser.add_argument("--no-evaluate", action="store_true", help="skip relabel/evaluate of both sets")
     args = parser.parse_args()
     module = importlib.import_module(f"benchmarks.parity.{args.method}")
@@ -70,9 +70,10 @@ def main() -> None:
                  args.params.resolve() if args.params else None, parse_set(args.overrides), args.threads,
                  not args.no_evaluate, command, args.reference_commit, args.repeats)
     t = result["time_memory"]
-    print(f"parity {args.method}: wall ratio ddpipe/reference {t['unlogged']['ratio']} (unlogged), "
-          f"{t['logged']['ratio']} (logged); peak RSS ratio {t['peak_rss_mib']['ratio']}; "
-          f"ddpipe logging same bytes: {result['ddpipe_logging_same_bytes']}")
+    unlogged = f", wall {t['unlogged']['ratio']} (unlogged)" if "unlogged" in t else ""
+    print(f"parity {args.method}: ddpipe/reference wall {t['logged']['ratio']}, CPU {t['logged']['cpu_ratio']} "
+          f"(logged){unlogged}; peak RSS {t['peak_rss_mib']['ratio']}; ddpipe logging same bytes: "
+          f"{result['ddpipe_logging_same_bytes']}")
     for protocol, r in result.get("evaluation", {}).get("protocols", {}).items():
         print(f"  {protocol}: ddpipe {r['ddpipe'][0]} ± {r['ddpipe'][1]}, reference {r['reference'][0]} ± "
               f"{r['reference'][1]} (difference {r['difference']:+})")

@@ -146,12 +146,12 @@ def run_reference(ctx: Context, module, checkout: Path, repeats: int = 1
         quiet = [c for c in command if c not in plan.reference_log_flags]
         unlogged = [run_measured(quiet, cwd, ctx.out / "logs" / f"reference_unlogged{i}.log", env)
                     for i in range(repeats)]
-        shutil.rmtree(images)
+        shutil.rmtree(images, ignore_errors=True)
     write_csv(ctx.out / "curves" / "reference.csv", rows, LOSS_COLUMNS)
     return plan, lines, logged, unlogged, rows
 
 
-def run_ddpipe(ctx: Context, plan: Plan, repeats: int = 1) -> tuple[Measured, list[Measured], list[dict], bool]:
+def run_ddpipe(ctx: Context, plan: Plan, repeats: int = 1) -> tuple[Measured, list[Measured], list[dict], bool | None]:
     """The stage `repeats` times without, then once with --losses; (logged, unlogged runs, loss rows, whether
     every run wrote the same bytes)."""
     target = ctx.sets / "distilled" / plan.ddpipe_set
@@ -166,7 +166,7 @@ def run_ddpipe(ctx: Context, plan: Plan, repeats: int = 1) -> tuple[Measured, li
     rows = read_csv(curves)
     batches = {name: i for i, name in enumerate(dict.fromkeys(r["batch"] for r in rows))}
     rows = [{**r, "batch": batches[r["batch"]]} for r in rows]
-    return logged, unlogged, rows, all(s == second for s in sets)
+    return logged, unlogged, rows, all(s == second for s in sets) if sets else None
 
 
 def evaluate(ctx: Context, name: str) -> dict:
@@ -197,6 +197,9 @@ def image_at(folder: Path, k: int) -> Path:
 
 
 def pair_stats(a: list[np.ndarray], b: list[np.ndarray]) -> dict:
+    if not a:  # e.g. k vs k+1 at IPC 1
+        return {"pairs": 0, "mean_abs_diff": None, "rmse": None, "psnr_db": None, "correlation": None,
+                "equal_pixels": None}
     diffs = [np.abs(x - y) for x, y in zip(a, b)]
     rmse = [float(np.sqrt(((x - y) ** 2).mean())) for x, y in zip(a, b)]
     corr = [float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in zip(a, b)]
@@ -207,6 +210,17 @@ def pair_stats(a: list[np.ndarray], b: list[np.ndarray]) -> dict:
             "equal_pixels": round(float(np.mean([(d == 0).mean() for d in diffs])), 4)}
 
 
+def as_jpeg(pixels: np.ndarray, quality: int = 75) -> np.ndarray:
+    """The image through a JPEG round trip at PIL's default quality: the codec's own share of a difference."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float64)
+
+
 def set_stats(images: list[np.ndarray]) -> dict:
     x = np.stack(images)
     return {"mean": round(float(x.mean()), 2), "std": round(float(x.std()), 2),
@@ -215,7 +229,8 @@ def set_stats(images: list[np.ndarray]) -> dict:
 
 def pixel_comparison(ctx: Context, ddpipe_dir: Path, reference_dir: Path) -> dict:
     """Image k of class c in both sets (same IPC index: the same seed where the adapter seeds the reference),
-    against two images of one set that share nothing but their class (k and k+1): the level of "unrelated"."""
+    against two images of one set that share nothing but their class (k and k+1): the level of "unrelated";
+    and ddpipe's images through a JPEG round trip at quality 75: the level the codec alone explains."""
     ours, theirs = [], []
     for c in ctx.classes:
         for k in range(ctx.ipc):
@@ -223,6 +238,7 @@ def pixel_comparison(ctx: Context, ddpipe_dir: Path, reference_dir: Path) -> dic
             theirs.append(load_pixels(image_at(reference_dir / c, k)))
     neighbours = [(i, i + 1) for i in range(len(ours)) if (i + 1) % ctx.ipc]
     return {"ddpipe_vs_reference_same_index": pair_stats(ours, theirs),
+            "ddpipe_vs_itself_as_jpeg75": pair_stats(ours, [as_jpeg(x) for x in ours]),
             "ddpipe_k_vs_k+1_same_class": pair_stats([ours[i] for i, _ in neighbours],
                                                      [ours[j] for _, j in neighbours]),
             "reference_k_vs_k+1_same_class": pair_stats([theirs[i] for i, _ in neighbours],
@@ -314,15 +330,45 @@ def markdown(result: dict) -> str:
     t = result["time_memory"]
     lines += ["## Time and memory of the recover itself", "", "| run | ddpipe | reference | ratio ddpipe/reference |",
               "|---|---|---|---|"]
-    for key, label in (("logged", "wall s, losses logged every iteration"), ("unlogged", "wall s, no loss logging"),
-                       ("peak_rss_mib", "peak RSS MiB (unlogged run)")):
-        lines.append(f"| {label} | {t[key]['ddpipe']} | {t[key]['reference']} | {t[key]['ratio']} |")
-    lines += ["", f"ddpipe's images with and without `--losses`: "
-              f"{'the same bytes' if result['ddpipe_logging_same_bytes'] else 'DIFFERENT (a bug)'}", "",
-              "## Loss curves (mean over batches)", "", "```", json.dumps(result["curves"], indent=1), "```", "",
-              "## Pixels", "", "```", json.dumps(result["pixels"], indent=1), "```", "",
+    for key, label in (("logged", "losses logged every iteration"), ("unlogged", "no loss logging (fastest run)")):
+        if key in t:
+            r = t[key]
+            lines += [f"| wall s, {label} | {r['ddpipe']} | {r['reference']} | {r['ratio']} |",
+                      f"| CPU s, {label} | {r['cpu_ddpipe']} | {r['cpu_reference']} | {r['cpu_ratio']} |"]
+    r = t["peak_rss_mib"]
+    same = result["ddpipe_logging_same_bytes"]
+    lines += [f"| peak RSS MiB | {r['ddpipe']} | {r['reference']} | {r['ratio']} |", "",
+              "ddpipe's images with and without `--losses`: " + {True: "the same bytes", False: "DIFFERENT (a bug)",
+                                                                  None: "not checked (--repeats 0)"}[same], "",
+              "## Loss curves (mean over batches)", "", *curve_table(result["curves"]), "",
+              "## Pixels (uint8 levels)", "", *pixel_table(result["pixels"]), "",
               "## Reference details recorded, not changed", "", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
+
+
+def curve_table(curves: dict) -> list[str]:
+    lines = ["| loss | iteration | ddpipe | reference |", "|---|---|---|---|"]
+    for column, marks in curves.items():
+        for t, v in marks.items():
+            if isinstance(v, dict):
+                lines.append(f"| {column} | {t} | {v['ddpipe']:.4g} | {v['reference']:.4g} |")
+        lines.append(f"| {column} | last 10 %: ratio ddpipe/reference | "
+                     f"{marks['last_10pct_ratio_ddpipe_over_reference']} | |")
+    return lines
+
+
+def pixel_table(pixels: dict) -> list[str]:
+    lines = ["| pairs | n | mean abs diff | RMSE | PSNR dB | correlation | equal pixels |",
+             "|---|---|---|---|---|---|---|"]
+    for name, v in pixels.items():
+        if "pairs" in v:
+            lines.append(f"| {name} | {v['pairs']} | {v['mean_abs_diff']} | {v['rmse']} | {v['psnr_db']} | "
+                         f"{v['correlation']} | {v['equal_pixels']} |")
+    lines += ["", "| set | mean | std | share at 0 | share at 255 |", "|---|---|---|---|---|"]
+    for name, v in pixels.items():
+        if "pairs" not in v:
+            lines.append(f"| {name} | {v['mean']} | {v['std']} | {v['at_0']} | {v['at_255']} |")
+    return lines
 
 
 def ratio(a: float, b: float) -> float:
@@ -372,19 +418,23 @@ def run(module, checkout: Path, project: Path, out: Path, params_file: Path | No
 
 def time_memory(ours_logged: Measured, ours_unlogged: list[Measured], ref_logged: Measured,
                 ref_unlogged: list[Measured]) -> dict:
-    """Wall seconds (unlogged: the fastest of the repeats, all listed) and peak RSS, with ratios ddpipe/reference."""
-    ours, theirs = fastest(ours_unlogged), fastest(ref_unlogged)
-    ours_rss, ref_rss = max(m.peak_rss_mib for m in ours_unlogged), max(m.peak_rss_mib for m in ref_unlogged)
-    return {
-        "logged": {"ddpipe": round(ours_logged.seconds, 2), "reference": round(ref_logged.seconds, 2),
-                   "ratio": ratio(ours_logged.seconds, ref_logged.seconds)},
-        "unlogged": {"ddpipe": round(ours.seconds, 2), "reference": round(theirs.seconds, 2),
-                     "ratio": ratio(ours.seconds, theirs.seconds),
-                     "all_ddpipe": [round(m.seconds, 2) for m in ours_unlogged],
-                     "all_reference": [round(m.seconds, 2) for m in ref_unlogged]},
-        "peak_rss_mib": {"ddpipe": round(ours_rss, 1), "reference": round(ref_rss, 1),
-                         "ratio": ratio(ours_rss, ref_rss)},
-    }
+    """Wall and CPU seconds (unlogged: the fastest of the repeats, all listed; none with --repeats 0) and peak RSS
+    (over every run of a side), with ratios ddpipe/reference."""
+    def row(ours: Measured, theirs: Measured) -> dict:
+        return {"ddpipe": round(ours.seconds, 2), "reference": round(theirs.seconds, 2),
+                "ratio": ratio(ours.seconds, theirs.seconds), "cpu_ddpipe": round(ours.cpu_seconds, 2),
+                "cpu_reference": round(theirs.cpu_seconds, 2), "cpu_ratio": ratio(ours.cpu_seconds, theirs.cpu_seconds)}
+
+    ours_rss = max(m.peak_rss_mib for m in [ours_logged, *ours_unlogged])
+    ref_rss = max(m.peak_rss_mib for m in [ref_logged, *ref_unlogged])
+    out = {"logged": row(ours_logged, ref_logged),
+           "peak_rss_mib": {"ddpipe": round(ours_rss, 1), "reference": round(ref_rss, 1),
+                            "ratio": ratio(ours_rss, ref_rss)}}
+    if ours_unlogged and ref_unlogged:
+        out["unlogged"] = {**row(fastest(ours_unlogged), fastest(ref_unlogged)),
+                           "all_ddpipe": [round(m.seconds, 2) for m in ours_unlogged],
+                           "all_reference": [round(m.seconds, 2) for m in ref_unlogged]}
+    return out
 
 
 def commit_of(checkout: Path) -> str | None:

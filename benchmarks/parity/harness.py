@@ -107,9 +107,11 @@ def write_shims(root: Path, shims: dict[str, str]) -> list[str]:
 
 @dataclass
 class Measured:
-    """A finished command: wall seconds, peak resident memory of the process (and its waited children) in MiB."""
+    """A finished command: wall seconds, CPU seconds (user + system: less sensitive than wall time to other work on
+    a shared machine), peak resident memory of the process (and its waited children) in MiB."""
     command: list[str]
     seconds: float
+    cpu_seconds: float
     peak_rss_mib: float
     log: Path
     output: str = field(repr=False, default="")
@@ -117,7 +119,8 @@ class Measured:
 
 def run_measured(command: list[str], cwd: Path, log: Path, env: dict | None = None) -> Measured:
     """Run `command` to completion with stdout+stderr to `log`; wall time, and peak RSS from the kernel's
-    accounting of that child (os.wait4's rusage, ru_maxrss in KiB on Linux). Exit != 0 raises RunError."""
+    accounting of that child (os.wait4's rusage: ru_maxrss in KiB on Linux, user + system CPU time).
+    Exit != 0 raises RunError."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         began = time.perf_counter()
@@ -130,7 +133,8 @@ def run_measured(command: list[str], cwd: Path, log: Path, env: dict | None = No
         last = next((line for line in reversed(text.splitlines()) if line.strip()), "(no output)")
         raise RunError(f"{' '.join(map(str, command[:4]))} ... exited {proc.returncode} in {cwd}: {last} "
                        f"(log: {log})")
-    return Measured([str(c) for c in command], seconds, usage.ru_maxrss / 1024, log, text)
+    return Measured([str(c) for c in command], seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, log,
+                    text)
 
 
 def child_env(threads: int, extra_path: list[Path] = ()) -> dict:
