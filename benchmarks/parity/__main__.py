@@ -59,7 +59,7 @@ def main() -> None:
                         help="override a param, e.g. -S ipc=1 (repeatable)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both sides (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="unlogged timing runs of each side (the fastest "
-                        "counts; default 1; 0: only the logged runs are timed and ddpipe's same-bytes check is skipped)")
+                        "counts; default 1; 0: only the logged runs are timed, no same-bytes check of ddpipe)")
     parser.add_argument("--no-evaluate", action="store_true", help="skip relabel/evaluate of both sets")
     args = parser.parse_args()
     module = importlib.import_module(f"benchmarks.parity.{args.method}")
