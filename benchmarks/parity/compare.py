@@ -334,7 +334,8 @@ def markdown(result: dict) -> str:
         if key in t:
             r = t[key]
             lines += [f"| wall s, {label} | {r['ddpipe']} | {r['reference']} | {r['ratio']} |",
-                      f"| CPU s, {label} | {r['cpu_ddpipe']} | {r['cpu_reference']} | {r['cpu_ratio']} |"]
+                      f"| CPU s, {label} | {r['cpu_ddpipe']} | {r['cpu_reference']} | {r['cpu_ratio']} |",
+                      f"| 1-min load at start, exit | {r.get('load_ddpipe')} | {r.get('load_reference')} | |"]
     r = t["peak_rss_mib"]
     same = result["ddpipe_logging_same_bytes"]
     lines += [f"| peak RSS MiB | {r['ddpipe']} | {r['reference']} | {r['ratio']} |", "",
@@ -423,7 +424,8 @@ def time_memory(ours_logged: Measured, ours_unlogged: list[Measured], ref_logged
     def row(ours: Measured, theirs: Measured) -> dict:
         return {"ddpipe": round(ours.seconds, 2), "reference": round(theirs.seconds, 2),
                 "ratio": ratio(ours.seconds, theirs.seconds), "cpu_ddpipe": round(ours.cpu_seconds, 2),
-                "cpu_reference": round(theirs.cpu_seconds, 2), "cpu_ratio": ratio(ours.cpu_seconds, theirs.cpu_seconds)}
+                "cpu_reference": round(theirs.cpu_seconds, 2), "cpu_ratio": ratio(ours.cpu_seconds, theirs.cpu_seconds),
+                "load_ddpipe": ours.load, "load_reference": theirs.load}
 
     ours_rss = max(m.peak_rss_mib for m in [ours_logged, *ours_unlogged])
     ref_rss = max(m.peak_rss_mib for m in [ref_logged, *ref_unlogged])

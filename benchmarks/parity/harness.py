@@ -115,6 +115,7 @@ class Measured:
     peak_rss_mib: float
     log: Path
     output: str = field(repr=False, default="")
+    load: tuple[float, float] = (0.0, 0.0)  # the machine's 1-minute load average at start and at exit
 
 
 def run_measured(command: list[str], cwd: Path, log: Path, env: dict | None = None) -> Measured:
@@ -122,6 +123,7 @@ def run_measured(command: list[str], cwd: Path, log: Path, env: dict | None = No
     accounting of that child (os.wait4's rusage: ru_maxrss in KiB on Linux, user + system CPU time).
     Exit != 0 raises RunError."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
     with open(log, "w") as out:
         began = time.perf_counter()
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -134,7 +136,7 @@ def run_measured(command: list[str], cwd: Path, log: Path, env: dict | None = No
         raise RunError(f"{' '.join(map(str, command[:4]))} ... exited {proc.returncode} in {cwd}: {last} "
                        f"(log: {log})")
     return Measured([str(c) for c in command], seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, log,
-                    text)
+                    text, (round(load, 2), round(os.getloadavg()[0], 2)))
 
 
 def child_env(threads: int, extra_path: list[Path] = ()) -> dict:
