@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from pathlib import Path
 
 from stages import methods
@@ -34,24 +35,30 @@ from stages.data.prepared import inputs_of
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline.outputs import write_json
+from stages.pipeline.errors import ParamsError
 from stages.pipeline.params import Params
 from stages.models.teachers import Teachers
 from stages.recover_engine.driver import engine_config, write_set_card
-from stages.recover_engine.engine import logging_losses
+from stages.recover_engine.engine import LOSS_COLUMNS, logging_losses
 from stages.recover_engine.finished import FinishedBatches
 from stages.pipeline import outputs
 
 
-def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: Path, stats: Path) -> dict | None:
+def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: Path, stats: Path,
+        losses: Path | None = None) -> dict | None:
     """The recover stage: `method`'s images (and labels, if its recipe ships some) from its teachers into the set
     `out`, resuming finished batches; writes the card and `stats` and returns the stats (None on a torchrun rank
     other than 0). `init` is `noise` (sre2l), the select stage's init set (delt) or the train folder of the
-    bases (infer): whatever the method's recipe starts from."""
+    bases (infer): whatever the method's recipe starts from. `losses`: the opt-in per-iteration loss CSV."""
     methods.check_joins("recover", method, "the recover engine")
     outputs.claim(f"recover {method}", {"--out": (out, outputs.set_kind(method)),
                                         "--stats": (stats, outputs.json_kind("synthesis stats", method=method,
-                                                                             images=None))},
+                                                                             images=None)),
+                                        "--losses": (losses, outputs.file_kind("recover losses", ".csv",
+                                                                               ",".join(LOSS_COLUMNS)))},
                   {"--teachers": teachers_dir, "--init": None if init == "noise" else Path(init), "--data": data})
+    if losses is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ParamsError(f"--losses {losses}: one process only (not under torchrun)")
     recipe, section = methods.recipe(method), getattr(p, method)
     data_meta = read_data_meta(data)
     classes, size = read_classes(data), data_meta.image_size
@@ -63,7 +70,8 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
                 "teachers": teachers.card()}
     inputs = [data / "meta.json"] + ([inputs_of(init)] if init != "noise" else [])
 
-    with distributed.world() as world, distributed.shared_dir(world, out) as tmp:
+    log = logging_losses(losses) if losses is not None else contextlib.nullcontext()
+    with log, distributed.world() as world, distributed.shared_dir(world, out) as tmp:
         finished = FinishedBatches(world, out, settings, inputs)
         record = recipe.make(p, init, teachers, classes, size, tmp, world, finished)
         if not world.main:
@@ -93,9 +101,7 @@ def main() -> None:
     parser.add_argument("--losses", type=Path, help="optional: write every iteration's losses (batch, iteration, lr, "
                         "ce, bn, total) to this CSV; the images do not change (one process only)")
     args = parser.parse_args()
-    p = params.load()
-    with logging_losses(args.losses) if args.losses else contextlib.nullcontext():
-        run(p, args.method, args.teachers, args.init, args.data, args.out, args.stats)
+    run(params.load(), args.method, args.teachers, args.init, args.data, args.out, args.stats, args.losses)
 
 
 if __name__ == "__main__":
