@@ -18,10 +18,15 @@ with its compensator, the one thing that crosses jobs) is kept in `.<out>.resume
 params and inputs, and a rerun recovers only the rest. A batch depends on its own seed alone, so the set
 is the same bytes however often the run stopped; DELT's rounds need no saving (every image's (join, stop)
 comes from the params). A non-finite loss stops the run with DivergedError; nothing is saved as images.
+
+`--losses <csv>` (opt-in, not used by dvc.yaml) writes every iteration's cross-entropy, BN term and total per
+batch, for reading only: the images are the same bytes with or without it (the parity harness, docs/parity.md).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from pathlib import Path
 
 from stages import methods
@@ -30,23 +35,30 @@ from stages.data.prepared import inputs_of
 from stages.pipeline import cli, distributed, params, runlog
 from stages.pipeline.artifacts import read_data_meta
 from stages.pipeline.outputs import write_json
+from stages.pipeline.errors import ParamsError
 from stages.pipeline.params import Params
 from stages.models.teachers import Teachers
 from stages.recover_engine.driver import engine_config, write_set_card
+from stages.recover_engine.engine import LOSS_COLUMNS, logging_losses
 from stages.recover_engine.finished import FinishedBatches
 from stages.pipeline import outputs
 
 
-def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: Path, stats: Path) -> dict | None:
+def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: Path, stats: Path,
+        losses: Path | None = None) -> dict | None:
     """The recover stage: `method`'s images (and labels, if its recipe ships some) from its teachers into the set
     `out`, resuming finished batches; writes the card and `stats` and returns the stats (None on a torchrun rank
     other than 0). `init` is `noise` (sre2l), the select stage's init set (delt) or the train folder of the
-    bases (infer): whatever the method's recipe starts from."""
+    bases (infer): whatever the method's recipe starts from. `losses`: the opt-in per-iteration loss CSV."""
     methods.check_joins("recover", method, "the recover engine")
     outputs.claim(f"recover {method}", {"--out": (out, outputs.set_kind(method)),
                                         "--stats": (stats, outputs.json_kind("synthesis stats", method=method,
-                                                                             images=None))},
+                                                                             images=None)),
+                                        "--losses": (losses, outputs.file_kind("recover losses", ".csv",
+                                                                               ",".join(LOSS_COLUMNS)))},
                   {"--teachers": teachers_dir, "--init": None if init == "noise" else Path(init), "--data": data})
+    if losses is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ParamsError(f"--losses {losses}: one process only (not under torchrun)")
     recipe, section = methods.recipe(method), getattr(p, method)
     data_meta = read_data_meta(data)
     classes, size = read_classes(data), data_meta.image_size
@@ -58,7 +70,8 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
                 "teachers": teachers.card()}
     inputs = [data / "meta.json"] + ([inputs_of(init)] if init != "noise" else [])
 
-    with distributed.world() as world, distributed.shared_dir(world, out) as tmp:
+    log = logging_losses(losses) if losses is not None else contextlib.nullcontext()
+    with log, distributed.world() as world, distributed.shared_dir(world, out) as tmp:
         finished = FinishedBatches(world, out, settings, inputs)
         record = recipe.make(p, init, teachers, classes, size, tmp, world, finished)
         if not world.main:
@@ -85,8 +98,10 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--out", required=True, type=Path, help="distilled set folder")
     parser.add_argument("--stats", required=True, type=Path, help="synthesis stats JSON (work done) to write")
+    parser.add_argument("--losses", type=Path, help="optional: write every iteration's losses (batch, iteration, lr, "
+                        "ce, bn, total) to this CSV; the images do not change (one process only)")
     args = parser.parse_args()
-    run(params.load(), args.method, args.teachers, args.init, args.data, args.out, args.stats)
+    run(params.load(), args.method, args.teachers, args.init, args.data, args.out, args.stats, args.losses)
 
 
 if __name__ == "__main__":

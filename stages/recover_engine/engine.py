@@ -14,12 +14,15 @@ with the host every iteration; it raises DivergedError and the batch's pixels ar
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import csv
 import dataclasses
 import math
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -38,6 +41,28 @@ CHECK_EVERY = 50  # iterations between host-side checks for a non-finite loss (b
 # PyTorch's warning when a backward passes through an op with no autograd kernel: the gradient behind it is
 # silently missing (how a crop once left DELT's late ranks unoptimised), so the engine treats it as an error
 NO_AUTOGRAD = ".*an autograd kernel was not registered"
+LOSS_COLUMNS = ("batch", "iteration", "lr", "ce", "bn", "total")  # bn: the weighted BN sum before r_bn
+_loss_writers: list[Callable[..., None]] = []  # the active per-iteration loss log (opt-in, `recover --losses`)
+
+
+@contextlib.contextmanager
+def logging_losses(path: Path) -> Iterator[None]:
+    """While active, every recover iteration appends one CSV row (LOSS_COLUMNS) to `path`. Opt-in and for
+    reading only (the parity harness, docs/parity.md): the values are read from the same tensors the
+    optimiser uses, so the images are the same bytes with or without it; it costs one host sync per iteration."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(LOSS_COLUMNS)
+
+        def write(where: str, t: int, lr: float, ce: torch.Tensor, bn: torch.Tensor, total: torch.Tensor) -> None:
+            writer.writerow([where, t, f"{lr:.8g}", f"{ce.item():.8g}", f"{bn.item():.8g}", f"{total.item():.8g}"])
+
+        _loss_writers.append(write)
+        try:
+            yield
+        finally:
+            _loss_writers.remove(write)
 
 
 @dataclass(frozen=True)
@@ -99,7 +124,10 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
                 images, labels = batch
                 with accel.autocast(param.device):  # bf16 teacher forward on CUDA; BN statistics and loss in fp32
                     logits = teacher(augment(images, cfg, t, rng))
-                loss = F.cross_entropy(logits.float(), labels) + cfg.r_bn * bn.loss()
+                ce, bn_loss = F.cross_entropy(logits.float(), labels), bn.loss()
+                loss = ce + cfg.r_bn * bn_loss
+                if _loss_writers:
+                    _loss_writers[-1](where, t, optimizer.param_groups[0]["lr"], ce, bn_loss, loss)
                 first = ~torch.isfinite(loss.detach()) & (first_bad == never)
                 first_bad = torch.where(first, t, first_bad)
                 bad_loss = torch.where(first, loss.detach(), bad_loss)

@@ -1,0 +1,1 @@
+"""Parity runs: a method's official code beside ddpipe on the same inputs (docs/parity.md)."""

@@ -1,0 +1,194 @@
+"""The parity harness (benchmarks/parity, docs/parity.md) on a stand-in "reference": a script with a device
+string, a class count and loss prints, so the harness cannot rot while no real reference is at hand."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from benchmarks.parity.harness import (Adaptation, LossFormat, RunError, apply_adaptations, child_env, collect_images,
+                                       copy_reference, parse_losses, run_measured, write_shims)
+from tests.conftest import REPO, TINY, merge, default_params
+
+STAND_IN = '''import argparse
+import os
+
+import numpy as np
+from PIL import Image
+
+import shim
+
+DEVICE = "cuda"
+NUM_CLASSES = 100
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--out")
+parser.add_argument("--ipc", type=int)
+parser.add_argument("--verbose", action="store_true")
+args = parser.parse_args()
+assert DEVICE == "cpu" and shim.OK, "the adaptations did not reach the copy"
+for ipc_id in range(args.ipc):
+    for it in range(3):
+        if args.verbose:
+            print(f"------ iteration {it} ------")
+            print("loss_ce", 1.0 / (it + 1 + ipc_id))
+            print("loss_total", 2.0 / (it + 1 + ipc_id))
+    for c in range(NUM_CLASSES):
+        d = os.path.join(args.out, f"new{c:03d}")
+        os.makedirs(d, exist_ok=True)
+        pixels = np.full((16, 16, 3), 20 * c + ipc_id, np.uint8)
+        Image.fromarray(pixels).save(os.path.join(d, f"class{c:03d}_id{ipc_id:03d}.jpg"))
+'''
+
+ADAPTATIONS = [Adaptation("ref/train.py", '"cuda"', '"cpu"', "device: no GPU here", count=1),
+               Adaptation("ref/train.py", r"NUM_CLASSES = \d+", "NUM_CLASSES = 10", "class count", regex=True)]
+FORMAT = LossFormat(start=r"^-+ iteration (\d+) -+$", fields={"ce": r"^loss_ce (\S+)$", "total": r"^loss_total (\S+)$"})
+IMAGES = r"new(?P<label>\d{3})/class\d{3}_id(?P<index>\d{3})\.jpg"
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    root = tmp_path / "checkout"
+    (root / "ref").mkdir(parents=True)
+    (root / "ref" / "train.py").write_text(STAND_IN)
+    (root / "ref" / "unused.py").write_text("raise SystemExit('never copied')\n")
+    return root
+
+
+def test_adaptations_change_a_copy_only_and_are_listed(checkout, tmp_path):
+    copy = copy_reference(checkout, ["ref/train.py"], tmp_path / "copy")
+    lines = apply_adaptations(copy, ADAPTATIONS)
+    assert (checkout / "ref" / "train.py").read_text() == STAND_IN  # the checkout is untouched
+    assert not (copy / "ref" / "unused.py").exists()  # only the declared files are copied
+    text = (copy / "ref" / "train.py").read_text()
+    assert 'DEVICE = "cpu"' in text and "NUM_CLASSES = 10\n" in text and '"cuda"' not in text
+    assert len(lines) == 2 and "device: no GPU here" in lines[0] and "[1x]" in lines[0]
+    assert "regex" in lines[1] and "class count" in lines[1]
+
+
+def refuse(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`script` under cli.run, as the harness's command runs: a PipelineError is one `error:` line, exit 2."""
+    code = f"from stages.pipeline import cli\nfrom benchmarks.parity.harness import *\n{script}\ncli.run(main)\n"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(1), capture_output=True, text=True,
+                          timeout=60)
+
+
+def one_error(result: subprocess.CompletedProcess) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_a_missing_pattern_stops_the_run_naming_file_and_pattern(checkout, tmp_path):
+    copy = copy_reference(checkout, ["ref/train.py"], tmp_path / "copy")
+    result = refuse(f"""
+def main():
+    apply_adaptations(Path({str(copy)!r}), [
+        Adaptation("ref/train.py", '"cuda"', '"cpu"', "device"),
+        Adaptation("ref/train.py", "torch.load(args.arch_path)", "shim.load()", "teacher")])
+from pathlib import Path
+""", tmp_path)
+    line = one_error(result)
+    assert line.startswith("error: ReferenceChangedError: ref/train.py: adaptation 2 pattern "
+                           "'torch.load(args.arch_path)' not found (teacher)"), line
+    # found another number of times than declared: the same refusal
+    line = one_error(refuse(f"""
+def main():
+    apply_adaptations(Path({str(copy)!r}), [Adaptation("ref/train.py", "NUM_CLASSES", "N", "classes", count=1)])
+from pathlib import Path
+""", tmp_path))
+    assert "found 2 times, expected 1" in line, line
+    line = one_error(refuse(f"""
+def main():
+    copy_reference(Path({str(checkout)!r}), ["ref/gone.py"], Path({str(tmp_path / 'other')!r}))
+from pathlib import Path
+""", tmp_path))
+    assert line.startswith("error: ReferenceChangedError: ") and "ref/gone.py: not in the checkout" in line, line
+
+
+def test_the_reference_runs_measured_its_losses_parse_and_its_images_import(checkout, tmp_path):
+    copy = copy_reference(checkout, ["ref/train.py"], tmp_path / "copy")
+    apply_adaptations(copy, ADAPTATIONS)
+    write_shims(copy / "ref", {"shim.py": '"""written by the harness"""\nOK = True\n'})
+    out = tmp_path / "images"
+    run = run_measured([sys.executable, "train.py", "--out", str(out), "--ipc", "3", "--verbose"], copy / "ref",
+                       tmp_path / "logs" / "ref.log", child_env(1, [copy / "ref"]))
+    assert run.seconds > 0 and run.peak_rss_mib > 10  # a python process with numpy and PIL
+    rows = parse_losses(run.output, FORMAT)
+    assert [(r["batch"], r["iteration"]) for r in rows] == [(b, t) for b in range(3) for t in range(3)]
+    assert rows[4] == {"batch": 1, "iteration": 1, "ce": pytest.approx(1 / 3), "total": pytest.approx(2 / 3)}
+
+    classes = [str(c) for c in range(10)]
+    counts = collect_images(out, IMAGES, classes, tmp_path / "collected")
+    assert counts == dict.fromkeys(classes, 3)
+    assert (tmp_path / "collected" / "7" / "2.jpg").read_bytes() == (out / "new007" / "class007_id002.jpg").read_bytes()
+
+    # ddpipe's own import reads the collected folder (a tiny prepared project: digits, TINY's ipc 3)
+    project = tmp_path / "project"
+    project.mkdir()
+    params = merge(merge(default_params(), TINY), {"external": {"ref": {"path": str(tmp_path / "collected"),
+                                                                          "method": "stand-in"}}})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = child_env(1)
+    run_measured([sys.executable, "-m", "stages.prepare", "--out", "data/digits"], project, tmp_path / "p.log", env)
+    run_measured([sys.executable, "-m", "stages.import_set", "ref", "--data", "data/digits", "--out", "set"],
+                 project, tmp_path / "i.log", env)
+    imported = sorted(p.relative_to(project / "set").as_posix() for p in (project / "set").rglob("*.png"))
+    assert len(imported) == 30 and imported[0].startswith("0/") and '"method": "stand-in"' in \
+        (project / "set" / "card.json").read_text()
+
+    # a failing command is one error naming its log
+    with pytest.raises(RunError, match=r"exited 3 .*log: "):
+        run_measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path, tmp_path / "f.log", env)
+
+
+def test_recover_loss_log_leaves_the_images_alone(tmp_path):
+    from stages.models import build
+    from stages.recover_engine.engine import RecoverConfig, logging_losses, recover_batch
+
+    torch.manual_seed(0)
+    teacher = build("convnet", 10, 16, {"width": 8, "depth": 2, "norm": "batch"}).eval()
+    with torch.no_grad():  # BN statistics that are not the identity, as a trained teacher's
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    cfg = RecoverConfig(iterations=6, lr=0.1, r_bn=1.0, first_bn_multiplier=10, r_var=1.0, jitter=2,
+                        crop_min_scale=1.0, crop_schedule="fixed", flip=False, roll="positive")
+    init = torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def once() -> torch.Tensor:
+        return recover_batch(teacher, init, torch.arange(10), torch.zeros(10, dtype=torch.long), cfg, [0.3] * 3,
+                             [0.35] * 3, np.random.default_rng(2), where="batch")
+
+    plain = once()
+    with logging_losses(tmp_path / "losses.csv"):
+        logged = once()
+    assert torch.equal(plain, logged)
+    with open(tmp_path / "losses.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == list(range(6)) and rows[0]["batch"] == "batch"
+    for r in rows:  # total = ce + r_bn * bn
+        assert float(r["total"]) == pytest.approx(float(r["ce"]) + float(r["bn"]), rel=1e-5)
+    assert once().equal(plain)  # the log is off again outside the block
+
+
+@pytest.mark.skipif(not os.environ.get("DDPIPE_SRE2L_REFERENCE"),
+                    reason="DDPIPE_SRE2L_REFERENCE: a checkout of VILA-Lab/SRe2L, to check the adapter's patterns")
+def test_the_sre2l_adapter_still_applies(tmp_path):
+    from benchmarks.parity import sre2l
+    from benchmarks.parity.compare import Context
+
+    ctx = Context(tmp_path, tmp_path, "digits", 2, 0, [str(c) for c in range(10)], 16, [0.3] * 3, [0.35] * 3,
+                  params=type("P", (), {"sre2l": type("S", (), {"teacher": "convnet", "recover": type("R", (), dict(
+                      r_var=1.0, crop_min_scale=1.0, flip=False, dwa_steps=0, lr=0.25, iterations=5, jitter=2,
+                      r_bn=1.0, first_bn_multiplier=10.0, roll="positive", ipc_per_batch=1))})}),
+                  raw_params={}, threads=1)
+    plan = sre2l.plan(ctx)
+    copy = copy_reference(Path(os.environ["DDPIPE_SRE2L_REFERENCE"]), sre2l.FILES, tmp_path / "copy")
+    assert len(apply_adaptations(copy, plan.adaptations)) == len(plan.adaptations)
