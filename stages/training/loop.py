@@ -198,13 +198,9 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
     schedule = cosine(optimizer, epochs * steps_per_epoch, optim.zeta)
     average = WeightAverage(bare, optim.ema) if optim.ema else None
     checkpoints, history, first = eval_epochs(epochs, eval_points), History(), 0
-    saved = resume.load(state) if resume else None
-    if saved:
-        try:
-            first, history = restore(saved, bare, optimizer, schedule, rng, device, average)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # e.g. saved by another version of this code
-            raise ArtifactError(f"{resume.path(state)}.pt: not a training state this run can resume "
-                                f"({str(e).splitlines()[0]}); delete {resume.folder} to start afresh") from None
+    back = resumed(resume, state, lambda saved: restore(saved, bare, optimizer, schedule, rng, device, average))
+    if back:
+        first, history = back
         if world.main:
             print(f"{desc}: resumed from epoch {first} of {epochs} ({resume.folder})")
     bar = progress(range(first, epochs), desc=desc, unit="epoch", leave=False)
@@ -261,6 +257,19 @@ def train(model: nn.Module, data: ImageSet, norm: tuple[list, list], epochs: int
             save_cost = last_save - now
     history.seconds += time.perf_counter() - start
     return history
+
+
+def resumed(resume: Resume | None, state: str, put_back: Callable[[dict], tuple]) -> tuple | None:
+    """`put_back(saved)` of the training state saved as `state` (None when there is none); a state this run
+    cannot take (e.g. saved by another version of this code) is an ArtifactError naming the folder to delete."""
+    saved = resume.load(state) if resume else None
+    if not saved:
+        return None
+    try:
+        return put_back(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ArtifactError(f"{resume.path(state)}.pt: not a training state this run can resume "
+                            f"({str(e).splitlines()[0]}); delete {resume.folder} to start afresh") from None
 
 
 def restore(saved: dict, model: nn.Module, optimizer: torch.optim.Optimizer, schedule, rng: np.random.Generator | None,

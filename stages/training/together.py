@@ -24,11 +24,11 @@ from torch.func import functional_call, stack_module_state, vmap
 from stages.data.augment import EpochPlan
 from stages.data.folder import ImageSet
 from stages.models import accel
-from stages.pipeline.errors import ArtifactError, DivergedError
+from stages.pipeline.errors import DivergedError
 from stages.pipeline.progress import progress
 from stages.pipeline.resume import Resume, fresh
 from stages.training.loop import Batch, History, Optim, WeightAverage, averaged, cosine, diverged, epoch_batches, \
-    eval_epochs, make_optimizer, restore_average, save_due
+    eval_epochs, make_optimizer, restore_average, resumed, save_due
 
 
 def _flat(name: str) -> str:
@@ -116,13 +116,9 @@ def train_together(models: list[nn.Module], draws: list[ImageSet], norm: tuple[l
     schedule = cosine(optimizer, epochs * math.ceil(n / batch_size), optim.zeta)
     average = WeightAverage(group, optim.ema) if optim.ema else None  # elementwise: each student's own average
     checkpoints, histories, first = eval_epochs(epochs, eval_points), [History() for _ in models], 0
-    saved = resume.load(state) if resume else None
-    if saved:
-        try:
-            first, histories = restore_group(saved, group, optimizer, schedule, rngs, device, average)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # e.g. saved by another version of this code
-            raise ArtifactError(f"{resume.path(state)}.pt: not a training state this run can resume "
-                                f"({str(e).splitlines()[0]}); delete {resume.folder} to start afresh") from None
+    back = resumed(resume, state, lambda saved: restore_group(saved, group, optimizer, schedule, rngs, device, average))
+    if back:
+        first, histories = back
         print(f"{desc}: resumed from epoch {first} of {epochs} ({resume.folder})")
     bar = progress(range(first, epochs), desc=desc, unit="epoch", leave=False)
     start = last_save = time.perf_counter()
