@@ -2,7 +2,7 @@
 
 Run after a parity run (its work project holds the data, the teacher and ddpipe's set), with the same checkout:
 
-    python benchmarks/parity/diagnostics/sre2l.py --reference /src/SRe2L --run /tmp/parity/sre2l-ipc1-jitter0
+    python benchmarks/parity/diagnostics/sre2l.py --reference <SRe2L checkout> --run <the parity run's --out folder>
 
 1. The adapted reference again, plus EXPERIMENT-ONLY changes that are not parity adaptations (printed as such):
    writing PNG instead of JPEG, and then also clamping its start as ddpipe does; each set against ddpipe's
