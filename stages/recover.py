@@ -7,6 +7,8 @@ delt   images start as the real images `select` picked; EarlyLate: rank k joins 
 infer  ipc_init real base images per class, plus one compensator per teacher per base set: an
        additive image shared by all classes, optimised so that every base + compensator reads as its
        own class (docs/methods/infer.md). The set ships the teachers' mean logits of every image as static labels.
+edc    random real train images, refined so that the observers (one per iteration, in turn) classify them
+       and see the statistics the `statistics` stage measured on the real set (docs/methods/edc.md).
 
 Writes the set (<class>/<k>.png, lossless, k = IPC index) with card.json, and `--stats` (image-
 iterations; the saving against SRe2L at the same iterations); wall time and rate go to the run log. Under
@@ -38,7 +40,7 @@ from stages.pipeline.outputs import write_json
 from stages.pipeline.errors import ParamsError
 from stages.pipeline.params import Params
 from stages.models.teachers import Teachers
-from stages.recover_engine.driver import engine_config, write_set_card
+from stages.recover_engine.driver import write_set_card
 from stages.recover_engine.engine import LOSS_COLUMNS, logging_losses
 from stages.recover_engine.finished import FinishedBatches
 from stages.pipeline import outputs
@@ -48,8 +50,9 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
         losses: Path | None = None) -> dict | None:
     """The recover stage: `method`'s images (and labels, if its recipe ships some) from its teachers into the set
     `out`, resuming finished batches; writes the card and `stats` and returns the stats (None on a torchrun rank
-    other than 0). `init` is `noise` (sre2l), the select stage's init set (delt) or the train folder of the
-    bases (infer): whatever the method's recipe starts from. `losses`: the opt-in per-iteration loss CSV."""
+    other than 0). `init` is `noise` (sre2l), the select stage's init set (delt), the train folder of the
+    bases (infer) or the statistics folder (edc, whose starts come from data/train): what the recipe reads.
+    `losses`: the opt-in per-iteration loss CSV."""
     methods.check_joins("recover", method, "the recover engine")
     outputs.claim(f"recover {method}", {"--out": (out, outputs.set_kind(method)),
                                         "--stats": (stats, outputs.json_kind("synthesis stats", method=method,
@@ -63,7 +66,6 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
     data_meta = read_data_meta(data)
     classes, size = read_classes(data), data_meta.image_size
     teachers = Teachers(teachers_dir, recipe.teacher_archs(section), data_meta)
-    cfg = engine_config(section)
     # what decides the images: the method's params and its inputs (teacher weights by hash, the init or
     # train folder by listing, the data's meta.json), so other params or inputs start afresh
     settings = {"method": method, "ipc": p.ipc, "seed": p.seed, method: section.model_dump(),
@@ -73,7 +75,7 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
     log = logging_losses(losses) if losses is not None else contextlib.nullcontext()
     with log, distributed.world() as world, distributed.shared_dir(world, out) as tmp:
         finished = FinishedBatches(world, out, settings, inputs)
-        record = recipe.make(p, init, teachers, classes, size, tmp, world, finished)
+        record = recipe.make(p, init, teachers, classes, size, tmp, world, finished, data)
         if not world.main:
             return None
         images, work, seconds = write_set_card(tmp, p, method, classes, teachers, record, recipe.labels)
@@ -85,7 +87,7 @@ def run(p: Params, method: str, teachers_dir: Path, init: str, data: Path, out: 
     runlog.record("recover", out, seconds, method=method, images=images, image_iterations=work,
                   image_iterations_per_second=round(rate, 1))
     print(f"recover {method}: {images} images, {work:,} image-iterations in {seconds:.1f} s "
-          f"({rate:.0f}/s){recipe.summary(record, cfg)} → {out}")
+          f"({rate:.0f}/s){recipe.summary(record, section)} → {out}")
     return stats_json
 
 
@@ -94,7 +96,8 @@ def main() -> None:
     parser.add_argument("method", choices=methods.joining("recover"), help="a method on the recover engine")
     parser.add_argument("--teachers", required=True, type=Path, help="artifacts/<ds>/teachers")
     parser.add_argument("--init", required=True, help="starting images: `noise` (sre2l), the select stage's "
-                        "init set (delt), or the real train folder the bases are drawn from (infer)")
+                        "init set (delt), the real train folder the bases are drawn from (infer), or the statistics "
+                        "folder (edc; its real starts come from --data's train split)")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--out", required=True, type=Path, help="distilled set folder")
     parser.add_argument("--stats", required=True, type=Path, help="synthesis stats JSON (work done) to write")

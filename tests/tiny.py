@@ -16,6 +16,7 @@ TINY = {
     "sre2l": {"recover": {"iterations": 20}},
     "delt": {"round_iterations": 5, "recover": {"iterations": 20}},
     "infer": {"recover": {"iterations": 20}},
+    "edc": {"iterations": 10},
     "diffusion": {"train": {"vae_channels": [8, 16], "vae_steps": 5, "unet_channels": [16, 32], "unet_steps": 5,
                             "batch_size": 32, "text_window": 16},
                   "check": {"samples": 1, "steps": 2}},

@@ -102,23 +102,79 @@ def augment(x: torch.Tensor, cfg: RecoverConfig, t: int, rng: np.random.Generato
     return x
 
 
+def log_losses(where: str, t: int, lr: float, ce: torch.Tensor, reg: torch.Tensor, total: torch.Tensor) -> None:
+    """One row of the opt-in loss log (`logging_losses`), when one is active; reg: the weighted statistics sum."""
+    if _loss_writers:
+        _loss_writers[-1](where, t, lr, ce, reg, total)
+
+
+class Guard:
+    """What every recover loop checks around its steps, without waiting for the host each iteration: the first
+    non-finite loss (kept on the device, checked every CHECK_EVERY iterations and at the end: DivergedError
+    naming `where`, the iteration and the loss), non-finite pixels after finite losses, and a backward that
+    passes through an op with no autograd kernel (NotOptimisedError: no gradient reaches the pixels)."""
+
+    def __init__(self, param: torch.Tensor, iterations: int, where: str):
+        self.param, self.iterations, self.where = param, iterations, where
+        self.never = iterations  # "no bad iteration yet"
+        self.first_bad = torch.tensor(iterations, device=param.device)
+        self.bad_loss = torch.zeros((), device=param.device)
+
+    def __enter__(self) -> "Guard":
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        warnings.filterwarnings("error", message=NO_AUTOGRAD, category=UserWarning)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.warnings.__exit__(*exc)
+
+    def backward(self, t: int, loss: torch.Tensor) -> None:
+        first = ~torch.isfinite(loss.detach()) & (self.first_bad == self.never)
+        self.first_bad = torch.where(first, t, self.first_bad)
+        self.bad_loss = torch.where(first, loss.detach(), self.bad_loss)
+        try:
+            loss.backward()
+        except UserWarning as e:
+            reason = str(e).split('. ')[0]
+            raise NotOptimisedError(f"{self.where}: no gradient reaches the pixels ({reason})") from None
+
+    def after(self, t: int) -> None:
+        if (t + 1) % CHECK_EVERY and t + 1 != self.iterations:
+            return
+        if (bad := int(self.first_bad)) != self.never:  # the host sync, once per CHECK_EVERY iterations
+            raise DivergedError(f"{self.where}: loss = {self.bad_loss.item()} at iteration {bad} (the first "
+                                f"non-finite one)")
+        if not torch.isfinite(self.param.detach()).all():  # a finite loss with an inf/NaN gradient
+            raise DivergedError(f"{self.where}: non-finite pixels after iteration {t} with finite losses")
+
+
+def cosine_lr(optimizer: torch.optim.Optimizer, lr: float, t: int, iterations: int) -> float:
+    """The references' schedule: lr · ½(1 + cos(π t / iterations)), set on every group; returns it."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * t / iterations))
+    return optimizer.param_groups[0]["lr"]
+
+
+def frozen(model: nn.Module, device: torch.device) -> nn.Module:
+    """A teacher in eval mode, on the device's fast path, its weights out of autograd."""
+    model.eval()
+    accel.prepare(model, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int], tuple | None],
               cfg: RecoverConfig, rng: np.random.Generator, after_step: Callable[[], None], where: str) -> None:
     """The recover loop: Adam(0.5, 0.9) on `param`, cosine lr to 0, loss = CE + r_bn · BN loss on the
-    augmented batch `batch_at(t)` returns as (images, labels), or None when nothing is active.
-    Raises DivergedError naming `where`, the first iteration whose loss was not finite and that loss."""
-    teacher.eval()
-    accel.prepare(teacher, param.device)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    augmented batch `batch_at(t)` returns as (images, labels), or None when nothing is active."""
+    frozen(teacher, param.device)
     optimizer = torch.optim.Adam([param], lr=cfg.lr, betas=(0.5, 0.9), eps=1e-8)
-    never = cfg.iterations  # "no bad iteration yet"; kept on the device so the loop never waits for the host
-    first_bad, bad_loss = torch.tensor(never, device=param.device), torch.zeros((), device=param.device)
-    with BNStatisticsLoss(teacher, cfg.first_bn_multiplier, cfg.r_var) as bn, warnings.catch_warnings():
-        warnings.filterwarnings("error", message=NO_AUTOGRAD, category=UserWarning)
+    with BNStatisticsLoss(teacher, cfg.first_bn_multiplier, cfg.r_var) as bn, \
+            Guard(param, cfg.iterations, where) as guard:
         for t in range(cfg.iterations):
-            for group in optimizer.param_groups:
-                group["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * t / cfg.iterations))
+            lr = cosine_lr(optimizer, cfg.lr, t, cfg.iterations)
             batch = batch_at(t)
             if batch is not None:
                 images, labels = batch
@@ -126,29 +182,12 @@ def _optimise(teacher: nn.Module, param: torch.Tensor, batch_at: Callable[[int],
                     logits = teacher(augment(images, cfg, t, rng))
                 ce, bn_loss = F.cross_entropy(logits.float(), labels), bn.loss()
                 loss = ce + cfg.r_bn * bn_loss
-                if _loss_writers:
-                    _loss_writers[-1](where, t, optimizer.param_groups[0]["lr"], ce, bn_loss, loss)
-                first = ~torch.isfinite(loss.detach()) & (first_bad == never)
-                first_bad = torch.where(first, t, first_bad)
-                bad_loss = torch.where(first, loss.detach(), bad_loss)
+                log_losses(where, t, lr, ce, bn_loss, loss)
                 optimizer.zero_grad(set_to_none=True)
-                try:
-                    loss.backward()
-                except UserWarning as e:
-                    reason = str(e).split('. ')[0]
-                    raise NotOptimisedError(f"{where}: no gradient reaches the pixels ({reason})") from None
+                guard.backward(t, loss)
                 optimizer.step()
                 after_step()
-            if (t + 1) % CHECK_EVERY == 0 or t + 1 == cfg.iterations:
-                _check(first_bad, bad_loss, never, param, where, t)
-
-
-def _check(first_bad: torch.Tensor, bad_loss: torch.Tensor, never: int, param: torch.Tensor, where: str,
-           t: int) -> None:
-    if (bad := int(first_bad)) != never:  # the host sync, once per CHECK_EVERY iterations
-        raise DivergedError(f"{where}: loss = {bad_loss.item()} at iteration {bad} (the first non-finite one)")
-    if not torch.isfinite(param.detach()).all():  # a finite loss with an inf/NaN gradient
-        raise DivergedError(f"{where}: non-finite pixels after iteration {t} with finite losses")
+            guard.after(t)
 
 
 def pixel_bounds(mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

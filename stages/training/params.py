@@ -157,3 +157,11 @@ def teacher_arch(p, key: str, arch: str) -> None:
     """Methods name their teachers by arch: each must be one teacher.archs trains."""
     if arch not in p.teacher.archs:
         raise ValueError(f"{key} = {arch!r}: not one of teacher.archs {p.teacher.archs}")
+
+
+def teacher_archs(p, key: str, archs: list[str]) -> None:
+    """A method's list of teachers (INFER's teachers, EDC's observers): each one teacher.archs trains, once."""
+    for i, arch in enumerate(archs):
+        teacher_arch(p, f"{key}[{i}]", arch)
+    if len(set(archs)) != len(archs):
+        raise ValueError(f"{key} = {archs}: lists a teacher twice")

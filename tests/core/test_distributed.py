@@ -153,10 +153,14 @@ def test_relabel_and_evaluate_split_over_ranks_match_one_process(prepared):
     ("sre2l", {"sre2l": {"recover": {"ipc_per_batch": 1}}}, 30),  # 3 batches: 1 + 2 over the ranks
     # 2 base sets per class, each with one compensator (2 jobs, one per rank): 2 x (10 + 10) images
     ("infer", {"infer": {"teachers": ["convnet"], "recover": {"ipc_per_batch": 1}}}, 40),
+    # 30 images in class-major batches of 7: 5 batches, cutting across classes, 3 + 2 over the ranks
+    ("edc", {"edc": {"observers": ["convnet"], "iterations": 10, "batch_size": 7}}, 30),
 ])
 def test_recover_shards_write_the_images_of_one_process(prepared, method, override, images):
     folder = with_teachers(workdir(prepared, f"ddp-{method}", override), prepared)
-    init = "noise" if method == "sre2l" else "data/digits/train"
+    init = {"sre2l": "noise", "infer": "data/digits/train", "edc": "stats"}[method]
+    if method == "edc":
+        run_stage(folder, "statistics", "--teachers", f"{ART}/teachers", "--data", "data/digits", "--out", "stats")
     stats = {}
     for nproc in (1, 2):
         launch(folder, nproc, "recover", method, "--teachers", f"{ART}/teachers", "--init", init, "--data",

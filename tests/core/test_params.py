@@ -54,7 +54,8 @@ def test_missing_key_is_named(tmp_path):
 
 def test_torchvision_archs_are_registered(tmp_path):
     p = load_with(tmp_path, {"teacher": {"archs": ["convnet", "resnet18"], "source": {"resnet18": "train"}},
-                             "models": {"resnet18": None}, "infer": {"teachers": ["resnet18"]}})
+                             "models": {"resnet18": None}, "infer": {"teachers": ["resnet18"]},
+                             "edc": {"observers": ["resnet18"]}})
     assert p.teacher.archs == ["convnet", "resnet18"]
 
 
@@ -76,7 +77,8 @@ def test_teacher_sources_are_validated(tmp_path, override, expected):
 def test_a_timm_teacher_needs_no_registered_arch(tmp_path):
     p = load_with(tmp_path, {"teacher": {"archs": ["convnet", "rn18_timm"],
                                          "source": {"rn18_timm": {"type": "timm", "weights": "resnet18.a1_in1k"}}},
-                             "models": {"rn18_timm": None}, "infer": {"teachers": ["convnet", "rn18_timm"]}})
+                             "models": {"rn18_timm": None}, "infer": {"teachers": ["convnet", "rn18_timm"]},
+                             "edc": {"observers": ["convnet", "rn18_timm"]}})
     assert p.teacher.source["rn18_timm"].type == "timm"
 
 

@@ -36,6 +36,7 @@ NEEDS = {
     "stages.methods.delt.rank": TORCH | {"pandas", "pyarrow"},
     "stages.recover": TORCH,
     "stages.methods.rded.realistic_crops": TORCH,
+    "stages.methods.edc.statistics": TORCH,
     "stages.relabel": TORCH | {"pyarrow"},  # FKD soft labels are Parquet
     "stages.evaluate": TORCH | {"pyarrow"},
     "stages.diffusion": TORCH | DIFFUSERS,

@@ -22,7 +22,7 @@ from tests.conftest import REPO, TINY, default_params, dvc, make_project, merge,
 PHOTOS = {"dataset": "photos", "class_prompt": "a photo of {name}",
           "prepare": {"image_size": 16, "crops": 30},
           "teacher": {"archs": ["convnet"], "epochs": 8, "flip": True}, "evaluate": {"flip": True},
-          "infer": {"teachers": ["convnet"]}}
+          "infer": {"teachers": ["convnet"]}, "edc": {"observers": ["convnet"]}}
 # The thresholds the report flags by (params `flags`): a test and the report cannot disagree on what noise is.
 FLAGS = default_params()["flags"]
 NOISE_FACTOR = FLAGS["noise_factor"]    # a set the teacher reads below this x chance is noise
@@ -131,6 +131,7 @@ def test_every_method_on_photos(tmp_path):
     set the teacher reads at chance is flagged by the report."""
     project = make_project(tmp_path / "project", merge(TINY, merge(PHOTOS, {
         "teacher": {"archs": ["convnet", "resnet18_modified"]}, "infer": {"teachers": ["convnet", "resnet18_modified"]},
+        "edc": {"observers": ["convnet", "resnet18_modified"]},
         "caption": {"captioner": "attributes"}})))
     dvc(project, "repro")
     art = project / "artifacts" / "photos"

@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import REPO, TINY, assert_nothing_left, assert_refused, dvc, make_project, merge, stage_env, \
     stage_processes, write_params
 
-BASE = merge(TINY, {"teacher": {"archs": ["convnet"]}, "infer": {"teachers": ["convnet"]}})
+BASE = merge(TINY, {"teacher": {"archs": ["convnet"]}, "infer": {"teachers": ["convnet"]},
+                    "edc": {"observers": ["convnet"]}})
 TIMING = ("seconds", "per_second", "rate", "created")  # wall-clock fields: differ between any two runs
 
 

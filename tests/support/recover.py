@@ -8,6 +8,7 @@ from tests.conftest import TINY, merge, run_stage, write_params
 FAST = {"ipc": 3, "sre2l": {"recover": {"iterations": 20}},
         "delt": {"round_iterations": 5, "recover": {"iterations": 20}},
         "infer": {"teachers": ["convnet"], "recover": {"iterations": 20}},
+        "edc": {"observers": ["convnet"], "iterations": 10},
         "teacher": {"archs": ["convnet"]}}
 
 

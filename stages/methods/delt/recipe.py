@@ -48,15 +48,16 @@ class DeltRecipe:
     def teacher_archs(self, section) -> list[str]:
         return [section.teacher]
 
-    def make(self, p, init: str, teachers, classes: list[str], size: int, out: Path, world, finished) -> dict:
+    def make(self, p, init: str, teachers, classes: list[str], size: int, out: Path, world, finished,
+             data: Path) -> dict:
         start = delt_init(expect_init("delt", init, "the select stage's init set"), classes, p.ipc, size,
                           teachers.mean, teachers.std)
         return recover_images(p, "delt", teachers, classes, size, out, world, finished, start,
                               delt_span(p, len(classes)))
 
-    def summary(self, record: dict, cfg) -> str:
-        return (f"; vs {record['sre2l_image_iterations']:,} for SRe2L at the same {cfg.iterations} iterations: "
-                f"{100 * record['saving_vs_sre2l']:.1f} % fewer")
+    def summary(self, record: dict, section) -> str:
+        return (f"; vs {record['sre2l_image_iterations']:,} for SRe2L at the same {section.recover.iterations} "
+                f"iterations: {100 * record['saving_vs_sre2l']:.1f} % fewer")
 
 
 RECIPE = DeltRecipe()

@@ -8,7 +8,7 @@ from pydantic import Field
 from stages.pipeline.params import Positive, Section
 from stages.methods.infer.budget import infer_budget
 from stages.recover_engine.params import Recover
-from stages.training.params import teacher_arch
+from stages.training.params import teacher_archs
 
 ORDER = 43
 
@@ -24,10 +24,7 @@ SECTIONS = {"infer": Infer}
 
 
 def check(p) -> None:
-    for i, arch in enumerate(p.infer.teachers):
-        teacher_arch(p, f"infer.teachers[{i}]", arch)
-    if len(set(p.infer.teachers)) != len(p.infer.teachers):
-        raise ValueError(f"infer.teachers = {p.infer.teachers}: lists a teacher twice")
+    teacher_archs(p, "infer.teachers", p.infer.teachers)
 
 
 def check_data(p, counts: dict[str, int]) -> None:

@@ -116,11 +116,12 @@ class InferRecipe:
     def teacher_archs(self, section) -> list[str]:
         return list(section.teachers)
 
-    def make(self, p, init: str, teachers, classes: list[str], size: int, out: Path, world, finished) -> dict | None:
+    def make(self, p, init: str, teachers, classes: list[str], size: int, out: Path, world, finished,
+             data: Path) -> dict | None:
         return run_infer(p, teachers, expect_init("infer", init, "a train folder"), classes, size, out, world,
                          finished)
 
-    def summary(self, record: dict, cfg) -> str:
+    def summary(self, record: dict, section) -> str:
         return ""
 
 

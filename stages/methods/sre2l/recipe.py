@@ -14,12 +14,13 @@ class Sre2lRecipe:
     def teacher_archs(self, section) -> list[str]:
         return [section.teacher]
 
-    def make(self, p, init: str, teachers, classes: list[str], size: int, out: Path, world, finished) -> dict:
+    def make(self, p, init: str, teachers, classes: list[str], size: int, out: Path, world, finished,
+             data: Path) -> dict:
         if init != "noise":
             raise PipelineError(f"recover sre2l: --init {init}: SRe2L starts from noise (--init noise)")
         return recover_images(p, "sre2l", teachers, classes, size, out, world, finished)
 
-    def summary(self, record: dict, cfg) -> str:
+    def summary(self, record: dict, section) -> str:
         return ""
 
 

@@ -109,7 +109,7 @@ def test_the_recipe_recovers_against_one_teacher_ships_no_labels_and_reports_its
     assert delt.teacher_archs(p.delt) == ["resnet18_modified"] and delt.labels is None
     assert delt.unit == "IPC indices"
     record = {"sre2l_image_iterations": 600, "saving_vs_sre2l": 0.25}
-    assert delt.summary(record, SimpleNamespace(iterations=20)) == \
+    assert delt.summary(record, SimpleNamespace(recover=SimpleNamespace(iterations=20))) == \
         "; vs 600 for SRe2L at the same 20 iterations: 25.0 % fewer"
 
 

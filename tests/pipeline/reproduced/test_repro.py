@@ -15,11 +15,11 @@ from PIL import Image
 
 from tests.conftest import dvc, ran
 
-RECOVERED = ("sre2l", "delt", "infer")
+RECOVERED = ("sre2l", "delt", "infer", "edc")
 DIFFUSED = ("d4m", "vlcp")
 SELECTED = ("rded",)  # real crops picked by a teacher: the stage is named after the method
 METHODS = (*RECOVERED, *DIFFUSED, *SELECTED)
-ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "select",
+ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "select", "statistics",
               "baseline@random", "baseline@full", *(f"recover@{m}" for m in RECOVERED), *SELECTED,
               "caption", "diffusion", "diffusion_check", "latents",
               *(f"{s}@{m}" for s in ("prototypes", "synthesize") for m in DIFFUSED), "poster",
@@ -27,9 +27,9 @@ ALL_STAGES = {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank",
               "report", "plots_page"}
 # Changing ipc must not re-caption, retrain the diffusion model or re-encode latents (nor retrain teachers);
 # PoDD's poster has its own budget (podd.ipc), so it and its evaluation stay too.
-IPC_STAGES = ALL_STAGES - {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "baseline@full",
-                           "relabel@full", "evaluate@full", "caption", "diffusion", "diffusion_check", "latents",
-                           "poster", "relabel@podd", "evaluate@podd", "plots_page"}
+IPC_STAGES = ALL_STAGES - {"prepare", "teacher@convnet", "teacher@resnet18_modified", "rank", "statistics",
+                           "baseline@full", "relabel@full", "evaluate@full", "caption", "diffusion", "diffusion_check",
+                           "latents", "poster", "relabel@podd", "evaluate@podd", "plots_page"}
 
 
 def check_metrics(path, images, protocols=("fkd", "teacher", "hard")):
