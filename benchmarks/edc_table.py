@@ -25,10 +25,10 @@ import pandas as pd
 SETS = ("random", "sre2l", "rded", "edc")
 DATASET = {  # every key either dataset changes, set each time (exp run keeps the workspace's last values)
     "digits": ["dataset=digits", "prepare.image_size=16", "teacher.flip=false", "evaluate.flip=false",
-               "class_prompt=handwritten digit {name}", "edc.flip=false", "edc.statistics.flip=false"],
+               "class_prompt='handwritten digit {name}'", "edc.flip=false", "edc.statistics.flip=false"],
     # docs/photos.md's settings; EDC's flips (recover and statistics) as its scripts, for natural images
     "photos": ["dataset=photos", "prepare.image_size=32", "teacher.flip=true", "evaluate.flip=true",
-               "class_prompt=a photo of {name}", "edc.flip=true", "edc.statistics.flip=true"],
+               "class_prompt='a photo of {name}'", "edc.flip=true", "edc.statistics.flip=true"],
 }
 RECIPE = {
     "today": [],
