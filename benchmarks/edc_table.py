@@ -86,6 +86,10 @@ def run(project: Path, out: Path, datasets: list[str], ipcs: list[int]) -> None:
                 out.write_text(json.dumps(done, indent=1) + "\n")
 
 
+def pm(row) -> str:
+    return f"{100 * row.top1:.1f} ± {100 * row.top1_std:.1f}"
+
+
 def table(out: Path) -> str:
     """One Markdown table per dataset: set x (IPC, recipe), fkd and hard top-1 with the report's scores."""
     lines = []
@@ -99,7 +103,6 @@ def table(out: Path) -> str:
             for name in SETS:
                 r = rows[rows.method == name]
                 fkd, hard = (r[r.protocol == p].iloc[0] for p in ("fkd", "hard"))
-                pm = lambda x: f"{100 * x.top1:.1f} ± {100 * x.top1_std:.1f}"
                 sec = d["recover_seconds"].get(name)
                 flag = fkd.flag if isinstance(fkd.flag, str) else ""
                 lines.append(f"| {d['ipc']} | {d['recipe']} | {name} | {pm(fkd)} | {pm(hard)} | "
