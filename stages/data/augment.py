@@ -69,7 +69,7 @@ def crop_resize(x: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
     _, _, h, w = x.shape
     top, left, bh, bw = torch.from_numpy(boxes).unbind(1)
     rois = torch.stack([torch.arange(len(x), dtype=torch.float32), left * w, top * h,
-                        (left + bw) * w, (top + bh) * h], 1).to(x.dtype)
+                        (left + bw) * w, (top + bh) * h], 1).to(device=x.device, dtype=x.dtype)
     kernel = roi_align_kernel(differentiable=torch.is_grad_enabled() and x.requires_grad)
     return kernel(x, rois, 1.0, size, size, 1, True)  # spatial scale, out h, w, sampling ratio, aligned
 

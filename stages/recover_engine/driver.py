@@ -57,7 +57,7 @@ def run_engine(method: str, section, cfg: RecoverConfig, teachers: Teachers, cla
     bar = progress(total=len(groups), initial=len(saved), desc=f"recover {method}", unit="batch")
     try:
         for r in synthesize(teachers.models[0], len(classes), size, todo, cfg, teachers.mean, teachers.std,
-                            derive_seed(seed, method), init, span):
+                            derive_seed(seed, method), init, span, world.device):
             pixels = to_uint8(r.images, teachers.mean, teachers.std)
             assert_moved(method, to_uint8(r.start, teachers.mean, teachers.std), pixels,
                          [f"class {classes[y]}" for y in r.labels.tolist()], r.indices.tolist(), r.optimised)

@@ -203,7 +203,7 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
     Image i takes part in iterations [join[i], stop[i]) (stop defaults to the end): outside them it is
     not in the forward pass, so neither the loss nor the batch's BN statistics see it.
     """
-    low, high = pixel_bounds(mean, std)
+    low, high = (bound.to(init.device) for bound in pixel_bounds(mean, std))
     x = torch.maximum(torch.minimum(init, high), low).requires_grad_(True)
     stop = torch.full_like(join, cfg.iterations) if stop is None else stop
 
@@ -230,9 +230,9 @@ def recover_compensators(teacher: nn.Module, bases: torch.Tensor, cfg: RecoverCo
     compensators [G, 3, H, W] and the composed images [G, C, 3, H, W] (normalised, clamped).
     """
     groups, classes = bases.shape[:2]
-    low, high = pixel_bounds(mean, std)
-    u = torch.zeros(groups, 1, *bases.shape[2:], requires_grad=True)
-    labels = torch.arange(classes).repeat(groups)
+    low, high = (bound.to(bases.device) for bound in pixel_bounds(mean, std))
+    u = torch.zeros(groups, 1, *bases.shape[2:], device=bases.device, requires_grad=True)
+    labels = torch.arange(classes, device=bases.device).repeat(groups)
 
     def composed() -> torch.Tensor:  # what the teacher sees is exactly what is saved
         return torch.clamp(bases + u, low.unsqueeze(0), high.unsqueeze(0)).flatten(0, 1)
@@ -342,10 +342,12 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
                mean: list[float], std: list[float], seed: int,
                init: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                span: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-               ) -> Iterator[GroupResult]:
-    """Recover every group. `init(labels, indices, gen)` gives the starting images (default N(0, 1)
-    noise in normalised space); `span(labels, indices)` each image's (join, stop) iterations (default:
-    the whole run). With `cfg.dwa_steps`, each group runs against its own DWA-perturbed teacher copy."""
+               device: torch.device | str = "cpu") -> Iterator[GroupResult]:
+    """Recover every group on `device`. `init(labels, indices, gen)` gives the starting images (default N(0, 1)
+    noise in normalised space, drawn on the CPU so every device starts from the same pixels); `span(labels,
+    indices)` each image's (join, stop) iterations (default: the whole run). With `cfg.dwa_steps`, each group
+    runs against its own DWA-perturbed teacher copy. Results come back on the CPU."""
+    teacher = teacher.to(device)
     for group in groups:
         group_seed = group.seed(seed)
         gen, rng = torch.Generator().manual_seed(group_seed), np.random.default_rng(group_seed)
@@ -358,9 +360,9 @@ def synthesize(teacher: nn.Module, num_classes: int, image_size: int, groups: li
         # rounds): the learning-rate and crop schedules span the iterations that are run
         run = dataclasses.replace(cfg, iterations=max(1, min(cfg.iterations, int(stop.max()))))
         began = time.perf_counter()
-        model = batch_teacher(teacher, start, labels, run, rng)
-        images = recover_batch(model, start, labels, join, run, mean, std, rng, stop,
-                               where=group.describe())
+        on = [t.to(device) for t in (start, labels, join, stop)]
+        model = batch_teacher(teacher, on[0], on[1], run, rng)
+        images = recover_batch(model, on[0], on[1], on[2], run, mean, std, rng, on[3], where=group.describe()).cpu()
         steps = (stop.clamp(max=run.iterations) - join).clamp(min=0)
         yield GroupResult(labels, indices, images, int(steps.sum()), time.perf_counter() - began, start, steps > 0,
                           group)

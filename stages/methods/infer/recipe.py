@@ -57,17 +57,20 @@ def run_infer(p: Params, teachers: Teachers, train_dir: Path, classes: list[str]
     saved = finished.load(list(names.values()), "recover infer")
     bar = progress(jobs, desc="recover infer", unit="batch")
     for m, group in bar:
-        arch, teacher = teachers.archs[m], teachers.models[m]
+        arch, teacher = teachers.archs[m], teachers.models[m].to(world.device)
         batch = bases[group.start - start:group.stop - start]
         if (job := saved.get(names[m, group])) is None:  # the job's own seed: independent of earlier jobs
             gen_rng = np.random.default_rng(derive_seed(p.seed, "infer", arch, group.start))
             began = time.perf_counter()
-            teacher = batch_teacher(teacher, batch.flatten(0, 1), torch.arange(C).repeat(len(batch)), cfg, gen_rng)
+            on = batch.to(world.device)
+            teacher = batch_teacher(teacher, on.flatten(0, 1), torch.arange(C, device=world.device).repeat(len(batch)),
+                                    cfg, gen_rng)
             try:
-                u, images = recover_compensators(teacher, batch, cfg, teachers.mean, teachers.std, gen_rng,
+                u, images = recover_compensators(teacher, on, cfg, teachers.mean, teachers.std, gen_rng,
                                                  where=f"teacher {arch}, base sets [{group.start}, {group.stop})")
             except DivergedError as e:
                 raise diverged("infer", e) from None
+            u, images = u.cpu(), images.cpu()
             # the compensator is what moved: its base set's composed images, together, against the bases
             pixels = to_uint8(images.flatten(0, 1), teachers.mean, teachers.std)
             sets = list(range(group.start, group.stop))

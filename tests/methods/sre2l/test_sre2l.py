@@ -13,7 +13,8 @@ def test_the_recipe_starts_from_noise_only_against_its_one_teacher(tmp_path):
     p, sre2l = tiny_params(tmp_path, {"sre2l": {"teacher": "resnet18_modified"}}), recipe("sre2l")
     assert sre2l.teacher_archs(p.sre2l) == ["resnet18_modified"] and sre2l.labels is None
     with pytest.raises(PipelineError, match=r"recover sre2l: --init init: SRe2L starts from noise \(--init noise\)"):
-        sre2l.make(p, "init", None, [], 8, tmp_path / "out", None, None)  # refused before anything is read
+        # refused before anything is read
+        sre2l.make(p, "init", None, [], 8, tmp_path / "out", None, None, tmp_path / "data")
     assert not (tmp_path / "out").exists()
 
 
