@@ -60,8 +60,10 @@ def missing_keys(preset) -> list[str]:
     from stages import methods
 
     absent = [k for k in REQUIRED if not lookup(preset, k)[0]]
-    absent += [f"{m.name}.recover.{k}" for m in methods.methods() if "recover" in m.shared_stages for k in RECOVER_KNOBS
+    absent += [f"{m.name}.recover.{k}" for m in methods.methods() if "recover" in m.shared_stages and m.engine_knobs
+               for k in RECOVER_KNOBS
                if not (lookup(preset, f"{m.name}.recover.{k}")[0] or lookup(preset, f"recover.{k}")[0])]
+    absent += [k for m in methods.methods() for k in m.preset_keys if not lookup(preset, k)[0]]
     _, archs = lookup(preset, "teacher.archs")
     _, sources = lookup(preset, "teacher.source")
     _, students = lookup(preset, "evaluate.students")

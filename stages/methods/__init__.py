@@ -56,6 +56,8 @@ class Method:
     shared_stages: tuple[str, ...] = ()  # shared stage modules it plugs into through its recipe (recover, ...)
     doc: str = ""  # its page, docs/methods/<name>.md
     notes: dict[str, Any] = field(default_factory=dict)
+    preset_keys: tuple[str, ...] = ()  # params a paper preset must set for it (stages/preset.py)
+    engine_knobs: bool = True  # on `recover`: its section overrides the engine's shared block (EDC runs its own loop)
 
     @property
     def page(self) -> str:
