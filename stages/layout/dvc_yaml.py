@@ -4,9 +4,10 @@ Code deps are kept at package granularity: a stage depends on its own module (a 
 method package, and on every shared package its module imports, transitively (read with ast, nothing is
 imported): `stages/pipeline`, `stages/data`, ... as folders. A shared stage that methods plug into through
 their recipes (recover, prototypes, synthesize) depends on `stages/methods/${key}` (its foreach key) and on
-what those recipes import. So an edit reruns the stages whose code it touched, and a D4M edit never reruns
-a teacher. The evaluated sets are the registry's (stages/methods): one entry per set, in its order, in
-relabel/evaluate's foreach and in the student curves plots.
+what those recipes import, another method's package included (EDC's recipe imports RDED's selection). So an
+edit reruns the stages whose code it touched, and a D4M edit never reruns a teacher. The evaluated sets are
+the registry's (stages/methods): one entry per set, in its order, in relabel/evaluate's foreach and in the
+student curves plots.
 
 The top-level `artifacts:` section names what `dvc artifacts get <repo> <name>` fetches: a model per teacher in
 params.yaml's teacher.archs (`teacher-<arch>`) and a dataset per distilled set the registry declares (`<set>`;
@@ -52,10 +53,6 @@ def unit(module: str) -> str:
     return "/".join(parts[:3] if parts[1] == "methods" else parts[:2])
 
 
-def method_folder(dep: str) -> bool:
-    return dep.startswith("stages/methods/") and dep.count("/") == 2 and not dep.endswith(".py")
-
-
 def runs(module: str) -> set[str]:
     """`module`, the packages `python -m` imports first, and everything they import, transitively."""
     parts = module.split(".")
@@ -71,7 +68,9 @@ def code_deps(body: dict) -> list[str]:
     if joined:  # a shared stage: each method's recipe, its package standing as the foreach key
         for m in joined:
             deps |= {unit(r) for r in runs(f"stages.methods.{m.name}.recipe")}
-        deps = {d for d in deps if not method_folder(d)}
+        # each joined method's own package stands as the foreach key; another method's package a recipe imports
+        # (EDC's RDED starts) stays a dep of every item, so its edits rerun the stage
+        deps -= {f"stages/methods/{m.name}" for m in joined}
         foreach = body.get("foreach")
         deps.add(f"stages/methods/{METHOD_KEY['foreach-dict' if isinstance(foreach, dict) else 'foreach-list']}")
     return sorted(deps)

@@ -27,6 +27,7 @@ def test_methods_stay_apart():
 
     assert users("stages/methods/delt/selection.py") == {"rank", "select"}
     assert users("stages/methods/podd/rat_bptt.py") == {"poster"}
+    assert users("stages/methods/rded/patches.py") == {"rded", "recover"}  # EDC's RDED starts borrow it
     assert users("stages/methods/d4m/params.py") == set()  # through stages/methods/${key}: prototypes, synthesize
     assert {s for s, deps in runs.items() if "stages/methods/${key}" in deps or "stages/methods/${item}" in deps} \
         == {"recover", "prototypes", "synthesize"}

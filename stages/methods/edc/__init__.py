@@ -6,5 +6,5 @@ METHOD = Method(
     name="edc", summary="real images refined so several observers see the real set's per-class statistics",
     sets=(EvaluatedSet("edc", order=35),), stages=("statistics", "recover@edc"), shared_stages=("recover",),
     engine_knobs=False, preset_keys=tuple(f"edc.{k}" for k in (
-        "observers", "statistics.crop", "statistics.flip", "iterations", "lr", "r_loss", "momentum",
+        "observers", "init", "statistics.crop", "statistics.flip", "iterations", "lr", "r_loss", "momentum",
         "crop_min_scale", "flip", "batch_size", "jpeg_quality")))

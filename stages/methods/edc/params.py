@@ -6,6 +6,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
+from stages.methods.rded.params import Rded
 from stages.pipeline.params import Fraction, NonNegFloat, Positive, PositiveFloat, Section, UnitFloat
 from stages.training.params import teacher_archs
 
@@ -22,7 +23,9 @@ class EdcStatistics(Section):
 class Edc(Section):
     observers: Annotated[list[str], Field(min_length=1)]  # teachers matched in turn, one per iteration
     statistics: EdcStatistics
-    distinct_init: bool  # false: each image draws its real start independently (the reference; repeats possible)
+    init: Literal["real", "rded"]  # real: random train images of the class (CIFAR, Tiny) | rded: RDED's set (ImageNet)
+    rded: Rded  # init rded: RDED's selection, made in-process with these knobs (observer: one of `observers`)
+    distinct_init: bool  # init real, false: each image draws its start independently (the reference; repeats possible)
     iterations: Positive
     lr: PositiveFloat  # Adam(0.5, 0.9), cosine to 0
     r_loss: NonNegFloat  # weight of the statistic-matching sum
@@ -44,3 +47,5 @@ SECTIONS = {"edc": Edc}
 
 def check(p) -> None:
     teacher_archs(p, "edc.observers", p.edc.observers)
+    if p.edc.init == "rded" and p.edc.rded.observer not in p.edc.observers:
+        raise ValueError(f"edc.rded.observer = {p.edc.rded.observer!r}: not one of edc.observers {p.edc.observers}")

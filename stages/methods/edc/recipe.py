@@ -1,5 +1,5 @@
-"""EDC's part in the recover stage (docs/methods/edc.md): real train images, optimised so that the observers
-(`edc.observers`, one per iteration in turn) classify them and see the real set's statistics.
+"""EDC's part in the recover stage (docs/methods/edc.md): real train images (or RDED's set, `init: rded`), optimised
+so that the observers (`edc.observers`, one per iteration in turn) classify them and see the real set's statistics.
 
 The images are made in batches of `edc.batch_size` in class-major order (class 0's IPC indices, then class
 1's, ...), as the reference's `turn_index` orders them. Batch b, iteration t runs observer (b x iterations + t)
@@ -12,6 +12,7 @@ saves it: the last iterate, through JPEG at `jpeg_quality` (null: lossless), as 
 """
 from __future__ import annotations
 
+import functools
 import io
 import time
 from pathlib import Path
@@ -21,7 +22,9 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from stages.data.folder import normalise
 from stages.data.prepared import open_images
+from stages.methods.rded.patches import distil_class
 from stages.methods.edc.statistics import load_statistics
 from stages.methods.edc.matching import StatisticMatching
 from stages.models import accel
@@ -65,6 +68,19 @@ def start_rows(members: list[np.ndarray], labels: torch.Tensor, indices: torch.T
     order = {c: np.random.default_rng(derive_seed(seed, "edc", "starts", c)).permutation(members[c])
              for c in set(labels.tolist())}
     return [int(order[c][k]) for c, k in zip(labels.tolist(), indices.tolist())]
+
+
+def rded_class(p, observer, train, members: np.ndarray, label: int, name: str, size: int, teachers) -> torch.Tensor:
+    """One class's ipc starts as RDED makes them (uint8 [ipc, 3, H, W]): its selection with `edc.rded`'s knobs,
+    scored by that observer, at the seed the rded stage uses for the class (`rded` with the same knobs and
+    observer makes the same images)."""
+    if min(len(members), p.edc.rded.candidates) < p.ipc * p.edc.rded.factor ** 2:
+        raise PipelineError(f"edc.rded: class {name!r} gives {min(len(members), p.edc.rded.candidates)} candidates, "
+                            f"ipc x factor² = {p.ipc * p.edc.rded.factor ** 2} needed")
+    rng = np.random.default_rng(derive_seed(p.seed, "rded", name))
+    pixels, _ = distil_class(observer, train.images[torch.from_numpy(members)], label, p.edc.rded, p.ipc, size,
+                             teachers.mean, teachers.std, rng)
+    return pixels
 
 
 def recover_batch(observers: list, matchings: list[StatisticMatching], start: torch.Tensor, labels: torch.Tensor,
@@ -117,6 +133,8 @@ def run_edc(p, teachers, statistics_dir: Path, train_dir: Path, classes: list[st
     members = [np.flatnonzero(train.labels.numpy() == c) for c in range(C)]
     if e.distinct_init and (small := [classes[c] for c in range(C) if len(members[c]) < p.ipc]):
         raise PipelineError(f"edc.distinct_init: classes {small} have fewer than ipc = {p.ipc} train images")
+    rded_start = functools.cache(lambda c: rded_class(p, observers[teachers.archs.index(e.rded.observer)], train,
+                                                       members[c], c, classes[c], size, teachers))
     batches = world.shard(plan_batches(C, p.ipc, e.batch_size))
     names = {b.start: f"batch{b.start:07d}" for b in batches}
     saved = finished.load(list(names.values()), "recover edc")
@@ -127,8 +145,13 @@ def run_edc(p, teachers, statistics_dir: Path, train_dir: Path, classes: list[st
         labels, indices = order // p.ipc, order % p.ipc
         if (job := saved.get(names[b.start])) is None:
             rng = np.random.default_rng(derive_seed(p.seed, "edc", b.start))
-            rows = start_rows(members, labels, indices, e.distinct_init, p.seed, rng)
-            start = train.normalised(teachers.mean, teachers.std)[torch.tensor(rows)]
+            if e.init == "rded":
+                rows = [-1] * len(labels)  # no one train image: RDED's stitched crops
+                start = normalise(torch.stack([rded_start(c)[k] for c, k in zip(labels.tolist(), indices.tolist())])
+                                  .float() / 255, teachers.mean, teachers.std)
+            else:
+                rows = start_rows(members, labels, indices, e.distinct_init, p.seed, rng)
+                start = train.normalised(teachers.mean, teachers.std)[torch.tensor(rows)]
             if e.flip:  # the reference's init transform flips each start image at random
                 start = torch.where(torch.from_numpy(rng.uniform(size=len(rows)) < 0.5).view(-1, 1, 1, 1),
                                     start.flip(3), start)
@@ -154,7 +177,7 @@ def run_edc(p, teachers, statistics_dir: Path, train_dir: Path, classes: list[st
                                                  "image_iterations": e.iterations * len(rows),
                                                  "seconds": time.perf_counter() - began})
         save_pixels(out, classes, labels, indices, job["pixels"])
-        starts.update({f"{classes[y]}/{k:03d}": train.paths[r] for y, k, r in
+        starts.update({f"{classes[y]}/{k:03d}": train.paths[r] if r >= 0 else f"rded {k}" for y, k, r in
                        zip(labels.tolist(), indices.tolist(), job["rows"].tolist())})
         work, seconds = work + job["image_iterations"], seconds + job["seconds"]
         bar.set_postfix(img_it_per_s=f"{work / max(seconds, 1e-9):.0f}")

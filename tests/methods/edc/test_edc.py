@@ -202,3 +202,31 @@ def test_starts_are_drawn_per_image_as_the_reference_or_distinct_within_a_class_
     drawn = start_rows(members, torch.zeros(50, dtype=torch.long), torch.arange(50) % 5, False, 0,
                        np.random.default_rng(0))
     assert set(drawn) <= set(range(5)) and len(set(drawn)) < 50
+
+
+def test_rded_starts_are_the_images_the_rded_stage_makes_with_the_same_knobs(prepared):
+    """init rded: each class's starts are RDED's selection, made in-process; `rded` with the same knobs and
+    observer writes exactly those pixels, and recover@edc refines them."""
+    from stages.data.folder import read_classes
+    from stages.data.prepared import open_images
+    from stages.methods.edc.recipe import rded_class
+    from stages.models.teachers import Teachers
+    from stages.pipeline import params
+    from stages.pipeline.artifacts import read_data_meta
+
+    knobs = {"observer": "convnet", "candidates": 20, "crops": 2, "factor": 2, "crop_scale": [0.3, 1.0]}
+    folder = edc_project(prepared, "edc_rded", {"rded": knobs, "edc": {"init": "rded", "rded": knobs}})
+    run_stage(folder, "rded", "--teachers", "artifacts/digits/teachers", "--data", "data/digits", "--out", "rded")
+    p = params.load(folder / "params.yaml", folder / "data")
+    data = folder / "data" / "digits"
+    classes, meta = read_classes(data), read_data_meta(data)
+    teachers = Teachers(folder / "artifacts" / "digits" / "teachers", ["convnet"], meta)
+    train = open_images(data / "train", classes, meta.image_size)
+    _, rded_set = load_set(folder / "rded", data)
+    for c in (0, 7):
+        members = np.flatnonzero(train.labels.numpy() == c)
+        starts = rded_class(p, teachers.models[0], train, members, c, classes[c], meta.image_size, teachers)
+        assert torch.equal(starts, rded_set.images[rded_set.labels == c])
+    recover(folder, "edc", "stats", "out")
+    card, images = load_set(folder / "out", data)
+    assert card.num_images == 30 and set(card.synthesis["starts"].values()) == {"rded 0", "rded 1", "rded 2"}

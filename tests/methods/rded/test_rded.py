@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from stages.methods.rded import realistic_crops as rded
+from stages.methods.rded import patches as selection
 from stages.data.distilled import load_set
 
 
@@ -29,10 +30,10 @@ def test_selection_keeps_each_candidates_best_crop_and_the_lowest_losses():
                            [0.2, 0.8, 0.3],   # best crop 0 (0.2)
                            [1.0, 1.1, 0.95],  # best crop 2 (0.95)
                            [0.4, 0.1, 0.6]])  # best crop 1 (0.1)
-    index, crop = rded.select_patches(losses, 3)
+    index, crop = selection.select_patches(losses, 3)
     assert index.tolist() == [3, 1, 0] and crop.tolist() == [1, 0, 1]
     with pytest.raises(ValueError):
-        rded.select_patches(losses, 5)
+        selection.select_patches(losses, 5)
 
 
 def test_observer_scores_pick_the_most_confident_patches():
@@ -40,38 +41,38 @@ def test_observer_scores_pick_the_most_confident_patches():
     patches = torch.rand(6, 2, 3, 4, 4)
     patches[4, 1] = 1.0  # the brightest patches: the lowest class-0 loss
     patches[2, 0] = 0.95
-    losses = rded.patch_losses(ClassOfMeanBrightness(), patches, 0, [0.5] * 3, [0.5] * 3, 8)
+    losses = selection.patch_losses(ClassOfMeanBrightness(), patches, 0, [0.5] * 3, [0.5] * 3, 8)
     assert losses.shape == (6, 2)
-    index, crop = rded.select_patches(losses, 2)
+    index, crop = selection.select_patches(losses, 2)
     assert index.tolist() == [4, 2] and crop.tolist() == [1, 0]
 
 
 def test_stitched_layout_puts_patch_k_ipc_plus_i_in_cell_k_of_image_i():
     ipc, factor, size = 3, 2, 8
     patches = torch.arange(ipc * factor ** 2, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
-    out = rded.stitch(patches, ipc, factor, size)
+    out = selection.stitch(patches, ipc, factor, size)
     assert out.shape == (ipc, 3, size, size)
     for i in range(ipc):
         cells = [out[i, 0, 0, 0], out[i, 0, 0, 4], out[i, 0, 4, 0], out[i, 0, 4, 4]]  # row-major
         assert [int(c) for c in cells] == [k * ipc + i for k in range(4)]
-    odd = rded.stitch(torch.rand(2 * 4, 3, 3, 3), 2, 2, 7)  # 7 = 4 + 3: first row/column a pixel bigger
+    odd = selection.stitch(torch.rand(2 * 4, 3, 3, 3), 2, 2, 7)  # 7 = 4 + 3: first row/column a pixel bigger
     assert odd.shape == (2, 3, 7, 7)
-    assert torch.equal(rded.stitch(patches[:ipc], ipc, 1, 4), patches[:ipc])  # factor 1: the patches themselves
+    assert torch.equal(selection.stitch(patches[:ipc], ipc, 1, 4), patches[:ipc])  # factor 1: the patches themselves
 
 
 def test_candidates_are_square_crops_and_deterministic_from_the_seed():
     images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
-    a = rded.candidate_patches(images, 4, 8, (0.08, 1.0), np.random.default_rng(1))
-    b = rded.candidate_patches(images, 4, 8, (0.08, 1.0), np.random.default_rng(1))
-    c = rded.candidate_patches(images, 4, 8, (0.08, 1.0), np.random.default_rng(2))
+    a = selection.candidate_patches(images, 4, 8, (0.08, 1.0), np.random.default_rng(1))
+    b = selection.candidate_patches(images, 4, 8, (0.08, 1.0), np.random.default_rng(1))
+    c = selection.candidate_patches(images, 4, 8, (0.08, 1.0), np.random.default_rng(2))
     assert a.shape == (5, 4, 3, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
-    whole = rded.candidate_patches(images, 1, 16, (1.0, 1.0), np.random.default_rng(0))[:, 0]
+    whole = selection.candidate_patches(images, 1, 16, (1.0, 1.0), np.random.default_rng(0))[:, 0]
     assert torch.allclose(whole, images.float() / 255, atol=1e-6)  # a full-area square crop is the image
 
 
 def test_padding_centres_a_patch_in_zeros():
     x = torch.ones(1, 3, 4, 4)
-    padded = rded.pad_to(x, 8)
+    padded = selection.pad_to(x, 8)
     assert padded.shape == (1, 3, 8, 8) and padded.sum() == 48 and padded[0, 0, 2:6, 2:6].min() == 1
 
 
