@@ -5,11 +5,11 @@ SRe2L and random"). Not a benchmark of code paths: it runs the grid and prints t
     python benchmarks/edc_table.py table <out.json>
 
 `run` works in `project`, a clone of this repository (its DVC cache keeps the teachers, the statistics and
-`full` between configurations). For every dataset, IPC and recipe it writes the overrides below into the clone's
-params.yaml and runs `dvc repro` on the targets evaluate@{random,sre2l,rded,edc,full}, then the report stage's module over just those metrics
-(the report's DD-Ranking scores, flags and intra-class cosine), and keeps the report's rows, the recover
-stages' run-log seconds and the commands in `out.json` (written after every configuration, so a stopped run
-keeps what it finished).
+`full` between configurations). For every dataset, IPC and recipe it writes the overrides below into the
+clone's params.yaml and runs `dvc repro` on the targets evaluate@{random,sre2l,rded,edc,full}, then the report
+stage's module over just those metrics (the report's DD-Ranking scores, flags and intra-class cosine), and keeps
+the report's rows, the recover stages' run-log seconds and the commands in `out.json` (written after every
+configuration, so a stopped run keeps what it finished).
 """
 from __future__ import annotations
 
