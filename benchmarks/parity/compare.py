@@ -80,6 +80,10 @@ class Plan:
     ddpipe_set: str  # the set's folder name under artifacts/<ds>/ipc<N>/distilled
     knobs: list[tuple[str, str, str]] = field(default_factory=list)  # (knob, ddpipe, reference): printed, in the table
     notes: list[str] = field(default_factory=list)  # reference details recorded, not changed
+    # commands each side needs once before its measured runs (EDC: the statistics pass), timed and reported apart:
+    # ddpipe's after `python -m` in the work project, the reference's in reference_cwd ({out} as above)
+    ddpipe_before: list[list[str]] = field(default_factory=list)
+    reference_before: list[list[str]] = field(default_factory=list)
 
 
 def merge(base: dict, overrides: dict) -> dict:
@@ -125,9 +129,9 @@ def fastest(runs: list[Measured]) -> Measured:
 
 
 def run_reference(ctx: Context, module, checkout: Path, repeats: int = 1
-                  ) -> tuple[Plan, list[str], Measured, list[Measured], list[dict]]:
-    """Copy, adapt, print, run (logged, then `repeats` times unlogged, for the time); collect the images as
-    <out>/reference_images."""
+                  ) -> tuple[Plan, list[str], Measured, list[Measured], list[dict], list[Measured]]:
+    """Copy, adapt, print, run the plan's `reference_before` commands once, then the reference (logged, then
+    `repeats` times unlogged, for the time); collect the images as <out>/reference_images."""
     plan = module.plan(ctx)
     with tempfile.TemporaryDirectory(prefix=f"parity-{module.NAME}-") as tmp:
         root = copy_reference(checkout, module.FILES, Path(tmp))
@@ -137,6 +141,10 @@ def run_reference(ctx: Context, module, checkout: Path, repeats: int = 1
         cwd, images = root / plan.reference_cwd, root / "images"
         env = child_env(ctx.threads, [cwd])
         command = [c.replace("{out}", str(images)) for c in plan.reference_command]
+        before = [run_measured([c.replace("{out}", str(images)) for c in b], cwd,
+                               ctx.out / "logs" / f"reference_before{i}.log", env)
+                  for i, b in enumerate(plan.reference_before)]
+        shutil.rmtree(images, ignore_errors=True)
         logged = run_measured(command, cwd, ctx.out / "logs" / "reference.log", env)
         rows = parse_losses(logged.output, plan.loss_format)
         if not rows:
@@ -148,13 +156,16 @@ def run_reference(ctx: Context, module, checkout: Path, repeats: int = 1
                     for i in range(repeats)]
         shutil.rmtree(images, ignore_errors=True)
     write_csv(ctx.out / "curves" / "reference.csv", rows, LOSS_COLUMNS)
-    return plan, lines, logged, unlogged, rows
+    return plan, lines, logged, unlogged, rows, before
 
 
-def run_ddpipe(ctx: Context, plan: Plan, repeats: int = 1) -> tuple[Measured, list[Measured], list[dict], bool | None]:
-    """The stage `repeats` times without, then once with --losses; (logged, unlogged runs, loss rows, whether
-    every run wrote the same bytes)."""
+def run_ddpipe(ctx: Context, plan: Plan, repeats: int = 1
+               ) -> tuple[Measured, list[Measured], list[dict], bool | None, list[Measured]]:
+    """The plan's `ddpipe_before` commands once, then the stage `repeats` times without, then once with --losses;
+    (logged, unlogged runs, loss rows, whether every run wrote the same bytes, the before runs)."""
     target = ctx.sets / "distilled" / plan.ddpipe_set
+    before = [ddpipe_stage(ctx, b, ctx.out / "logs" / f"ddpipe_before{i}.log")
+              for i, b in enumerate(plan.ddpipe_before)]
     unlogged, sets = [], []
     for i in range(repeats):
         unlogged.append(ddpipe_stage(ctx, plan.ddpipe_command, ctx.out / "logs" / f"ddpipe_unlogged{i}.log"))
@@ -166,7 +177,7 @@ def run_ddpipe(ctx: Context, plan: Plan, repeats: int = 1) -> tuple[Measured, li
     rows = read_csv(curves)
     batches = {name: i for i, name in enumerate(dict.fromkeys(r["batch"] for r in rows))}
     rows = [{**r, "batch": batches[r["batch"]]} for r in rows]
-    return logged, unlogged, rows, all(s == second for s in sets) if sets else None
+    return logged, unlogged, rows, all(s == second for s in sets) if sets else None, before
 
 
 def evaluate(ctx: Context, name: str) -> dict:
@@ -338,7 +349,11 @@ def markdown(result: dict) -> str:
                       f"| 1-min load at start, exit | {r.get('load_ddpipe')} | {r.get('load_reference')} | |"]
     r = t["peak_rss_mib"]
     same = result["ddpipe_logging_same_bytes"]
-    lines += [f"| peak RSS MiB | {r['ddpipe']} | {r['reference']} | {r['ratio']} |", "",
+    lines.append(f"| peak RSS MiB | {r['ddpipe']} | {r['reference']} | {r['ratio']} |")
+    for side, runs in t.get("before", {}).items():  # run once before the measured runs (EDC: statistics)
+        lines += [f"| before, {side}: `{b['command']}`: wall s (CPU s), peak RSS MiB | {b['seconds']} "
+                  f"({b['cpu_seconds']}), {b['peak_rss_mib']} | | |" for b in runs]
+    lines += ["",
               "ddpipe's images with and without `--losses`: " + {True: "the same bytes", False: "DIFFERENT (a bug)",
                                                                   None: "not checked (--repeats 0)"}[same], "",
               "## Loss curves (mean over batches)", "", *curve_table(result["curves"]), "",
@@ -386,11 +401,11 @@ def run(module, checkout: Path, project: Path, out: Path, params_file: Path | No
         "path": str((out / "reference_images").resolve()), "method": f"{module.NAME}-reference"}}}))
     work = work_project(project, out, params_file, overrides, module.teachers(merge(base, overrides)))
     ctx = context(work, out, threads)
-    plan, lines, ref_logged, ref_unlogged, ref_rows = run_reference(ctx, module, checkout, repeats)
+    plan, lines, ref_logged, ref_unlogged, ref_rows, ref_before = run_reference(ctx, module, checkout, repeats)
     ddpipe_stage(ctx, ["stages.import_set", reference_name, "--data", f"data/{ctx.dataset}",
                        "--out", str((ctx.sets / "distilled" / reference_name).relative_to(work))],
                  out / "logs" / "import_set.log")
-    ours_logged, ours_unlogged, our_rows, same_bytes = run_ddpipe(ctx, plan, repeats)
+    ours_logged, ours_unlogged, our_rows, same_bytes, ours_before = run_ddpipe(ctx, plan, repeats)
     batches = len({r["batch"] for r in our_rows})
     plot_curves(our_rows, ref_rows, out / "curves.png",
                 f"{module.NAME}: {ctx.dataset}, IPC {ctx.ipc} (mean over {batches} batches)")
@@ -401,7 +416,7 @@ def run(module, checkout: Path, project: Path, out: Path, params_file: Path | No
                       "commit": commit or commit_of(checkout), "tested_commit": module.TESTED_COMMIT,
                       "files": module.FILES},
         "adaptations": lines, "knobs": plan.knobs, "notes": plan.notes,
-        "time_memory": time_memory(ours_logged, ours_unlogged, ref_logged, ref_unlogged),
+        "time_memory": time_memory(ours_logged, ours_unlogged, ref_logged, ref_unlogged, ours_before, ref_before),
         "ddpipe_logging_same_bytes": same_bytes,
         "curves": curve_summary(our_rows, ref_rows),
         "pixels": pixel_comparison(ctx, ctx.sets / "distilled" / plan.ddpipe_set, out / "reference_images"),
@@ -418,9 +433,10 @@ def run(module, checkout: Path, project: Path, out: Path, params_file: Path | No
 
 
 def time_memory(ours_logged: Measured, ours_unlogged: list[Measured], ref_logged: Measured,
-                ref_unlogged: list[Measured]) -> dict:
+                ref_unlogged: list[Measured], ours_before: list[Measured] = (), ref_before: list[Measured] = ()
+                ) -> dict:
     """Wall and CPU seconds (unlogged: the fastest of the repeats, all listed; none with --repeats 0) and peak RSS
-    (over every run of a side), with ratios ddpipe/reference."""
+    (over every run of a side), with ratios ddpipe/reference; the plan's `before` commands apart (`before`)."""
     def row(ours: Measured, theirs: Measured) -> dict:
         return {"ddpipe": round(ours.seconds, 2), "reference": round(theirs.seconds, 2),
                 "ratio": ratio(ours.seconds, theirs.seconds), "cpu_ddpipe": round(ours.cpu_seconds, 2),
@@ -436,6 +452,10 @@ def time_memory(ours_logged: Measured, ours_unlogged: list[Measured], ref_logged
         out["unlogged"] = {**row(fastest(ours_unlogged), fastest(ref_unlogged)),
                            "all_ddpipe": [round(m.seconds, 2) for m in ours_unlogged],
                            "all_reference": [round(m.seconds, 2) for m in ref_unlogged]}
+    if ours_before or ref_before:
+        out["before"] = {side: [{"command": " ".join(m.command[:4]), "seconds": round(m.seconds, 2),
+                                 "cpu_seconds": round(m.cpu_seconds, 2), "peak_rss_mib": round(m.peak_rss_mib, 1)}
+                                for m in runs] for side, runs in (("ddpipe", ours_before), ("reference", ref_before))}
     return out
 
 

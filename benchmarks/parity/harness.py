@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.pipeline.errors import PipelineError
+from stages.pipeline.errors import ParamsError, PipelineError
 
 REPO = Path(__file__).resolve().parents[2]  # the ddpipe code being compared (this checkout)
 
@@ -103,6 +103,15 @@ def write_shims(root: Path, shims: dict[str, str]) -> list[str]:
         first = next((line.strip('"# ') for line in text.splitlines() if line.strip()), "")
         lines.append(f"  shim {rel}: {first}")
     return lines
+
+
+def refuse_unexpressible(section: str, fixed: dict[str, tuple], reference: str = "the reference") -> None:
+    """ddpipe knobs the reference has no flag for ({knob: (ddpipe's value, the reference's fixed behaviour)}) must
+    be at its behaviour for the comparison: the first that is not is a ParamsError naming `section`.knob."""
+    for knob, (ours, theirs) in fixed.items():
+        if ours != theirs:
+            raise ParamsError(f"{section}.{knob} = {ours!r}: {reference} has no such knob (it always runs as "
+                              f"{theirs!r}); set it to {theirs!r} for the comparison")
 
 
 @dataclass

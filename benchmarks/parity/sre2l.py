@@ -10,8 +10,7 @@ the roll, the clamp, the JPEG writer) runs as published. ddpipe runs with the re
 """
 from __future__ import annotations
 
-from benchmarks.parity.harness import Adaptation, LossFormat
-from stages.pipeline.errors import ParamsError
+from benchmarks.parity.harness import Adaptation, LossFormat, refuse_unexpressible
 from stages.pipeline.seeds import derive_seed
 
 NAME = "sre2l"
@@ -65,10 +64,7 @@ def check_expressible(r) -> None:
     """Engine settings the reference has no flag for must be at its fixed behaviour."""
     fixed = {"r_var": (r.r_var, 1.0), "crop_min_scale": (r.crop_min_scale, 1.0), "flip": (r.flip, False),
              "dwa_steps": (r.dwa_steps, 0)}
-    for knob, (ours, theirs) in fixed.items():
-        if ours != theirs:
-            raise ParamsError(f"sre2l.recover.{knob} = {ours!r}: the reference has no such knob (it always "
-                              f"runs as {theirs!r}); set it to {theirs!r} for the comparison")
+    refuse_unexpressible("sre2l.recover", fixed)
 
 
 def plan(ctx):

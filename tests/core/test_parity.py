@@ -192,3 +192,41 @@ def test_the_sre2l_adapter_still_applies(tmp_path):
     plan = sre2l.plan(ctx)
     copy = copy_reference(Path(os.environ["DDPIPE_SRE2L_REFERENCE"]), sre2l.FILES, tmp_path / "copy")
     assert len(apply_adaptations(copy, plan.adaptations)) == len(plan.adaptations)
+
+
+def edc_context(tmp_path, **edc):
+    """A Context whose params carry only what the EDC adapter reads (no project on disk)."""
+    from benchmarks.parity.compare import Context
+
+    section = dict(observers=["convnet", "resnet18_modified"], distinct_init=False, iterations=3, lr=0.05,
+                   r_loss=0.01, first_multiplier=10.0, momentum=0.8, drop_rate=0.0, patch_swap=True,
+                   crop_min_scale=0.08, flip=True, flatness=False, flatness_weight=1.0, ema_alpha=0.99,
+                   batch_size=10, jpeg_quality=75,
+                   statistics=type("St", (), dict(batch_size=64, crop="pad", flip=True))) | edc
+    return Context(tmp_path, tmp_path, "digits", 2, 0, [str(c) for c in range(10)], 16, [0.3] * 3, [0.35] * 3,
+                   params=type("P", (), {"edc": type("E", (), section)}), raw_params={}, threads=1)
+
+
+def test_the_edc_adapter_refuses_what_the_reference_cannot_run(tmp_path):
+    from benchmarks.parity import edc
+    from stages.pipeline.errors import ParamsError
+
+    plan = edc.plan(edc_context(tmp_path))
+    assert plan.ddpipe_before[0][0] == "stages.methods.edc.statistics" and plan.reference_before
+    assert "--store-best-images" not in plan.reference_before[0] and "--store-best-images" in plan.reference_command
+    for knob, value in (("distinct_init", True), ("jpeg_quality", None), ("flip", False), ("patch_swap", False)):
+        with pytest.raises(ParamsError, match=f"edc.{knob} = "):
+            edc.plan(edc_context(tmp_path, **{knob: value}))
+    assert edc.ddpipe_overrides({}) == {"edc": {"flip": True, "statistics": {"flip": True}}}
+
+
+@pytest.mark.skipif(not os.environ.get("DDPIPE_EDC_REFERENCE"),
+                    reason="DDPIPE_EDC_REFERENCE: a checkout of shaoshitong/EDC, to check the adapter's patterns")
+def test_the_edc_adapter_still_applies(tmp_path):
+    from benchmarks.parity import edc
+
+    plan = edc.plan(edc_context(tmp_path))
+    copy = copy_reference(Path(os.environ["DDPIPE_EDC_REFERENCE"]), edc.FILES, tmp_path / "copy")
+    assert len(apply_adaptations(copy, plan.adaptations)) == len(plan.adaptations)
+    text = (copy / edc.SCRIPT).read_text()
+    assert "cuda" not in text.replace("torch.cuda.empty_cache()", "").replace("torch.cuda.device_count()", "")
