@@ -195,7 +195,9 @@ def table(root: Path) -> None:
     print("| dataset | IPC | method | setting | intra-class cos | fidelity | fkd top-1 | hard top-1 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['setting']} | {r['intra_class_cosine']:.3f} | "
+        cos = r["intra_class_cosine"]  # null at IPC 1: one image per class has no pair
+        cos = "–" if cos is None else f"{cos:.3f}"
+        print(f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['setting']} | {cos} | "
               f"{100 * r['teacher_fidelity']:.0f} % | {100 * r['fkd_mean']:.1f} ± {100 * r['fkd_std']:.1f} | "
               f"{100 * r['hard_mean']:.1f} ± {100 * r['hard_std']:.1f} |")
 
