@@ -1,14 +1,19 @@
-"""The recover knobs at small scale: one recover method under several settings, each set evaluated as the
-pipeline does (recover → relabel → evaluate, protocols fkd and hard), into docs/small-data-knobs.md's table.
+"""The recover knobs at small scale: one recover method (sre2l, delt, infer or edc) under several settings, each
+set evaluated as the pipeline does (recover → relabel → evaluate, protocols fkd and hard), into
+docs/small-data-knobs.md's table.
 
     python benchmarks/small_data_knobs.py --root knobs --dataset digits --ipc 10 \
         --method sre2l --settings default r_bn1 r_var11
+    python benchmarks/small_data_knobs.py --root knobs --dataset digits --ipc 1 \
+        --method edc --settings r_loss0.01 r_loss0.1
     python benchmarks/small_data_knobs.py --root knobs --table
 
-Each setting is the shipped params.yaml with `dataset`, `ipc` and the setting's `<method>.recover` (or
-`<method>`) overrides. The stages run from their own folder per setting (`<root>/<dataset>-ipc<N>-<method>-
-<setting>/`), exactly as dvc.yaml runs them; prepare, the teacher and the random baseline run once per dataset
-(and IPC) and are shared by symlink. Results are appended to `<root>/results.jsonl`; `--table` prints them.
+Each setting is the shipped params.yaml with `dataset`, `ipc` and the setting's overrides of the method's section
+(`<method>.recover` for the recover engine's methods sre2l, delt and infer; EDC's knobs are top-level in `edc`).
+The stages run from their own folder per setting (`<root>/<dataset>-ipc<N>-<method>-<setting>/`), exactly as
+dvc.yaml runs them, a method's prerequisite stages included (DELT: rank and select; EDC: statistics); prepare, the
+teachers the method reads and the random baseline run once per dataset (and IPC) and are shared by symlink.
+Results are appended to `<root>/results.jsonl`; `--table` prints them.
 """
 from __future__ import annotations
 
@@ -42,6 +47,16 @@ SETTINGS = {
     "r_bn0.1": {"recover": {"r_bn": 0.1}},
     "r_bn10": {"recover": {"r_bn": 10.0}},
 }
+# EDC's settings: overrides of the `edc` section itself (EDC does not use the recover engine's block)
+EDC_SETTINGS = {
+    "default": {},
+    "r_loss0.01": {"r_loss": 0.01},  # EDC's CIFAR/Tiny scripts (the shipped value)
+    "r_loss0.1": {"r_loss": 0.1},  # EDC's ImageNet-1K script
+    "momentum0.8": {"momentum": 0.8},  # the shipped value (CIFAR scripts)
+    "momentum0": {"momentum": 0.0},  # EDC's ImageNet-10 script
+    "r_loss0.1_momentum0": {"r_loss": 0.1, "momentum": 0.0},
+}
+METHODS = ["sre2l", "delt", "infer", "edc"]
 PROTOCOLS = ["fkd", "hard"]
 
 
@@ -62,17 +77,46 @@ def params_for(dataset: str, ipc: int, method: str | None, override: dict, extra
     return merge(p, {method: override}) if method else p
 
 
-def shared(root: Path, dataset: str, ipc: int, extra: dict) -> Path:
-    """prepare + the convnet teacher (once per dataset) and the random baseline (once per IPC)."""
+def settings_of(method: str) -> dict:
+    return EDC_SETTINGS if method == "edc" else SETTINGS
+
+
+def teachers_of(p: dict, method: str | None) -> list[str]:
+    """The teacher archs a method's stages read (dvc.yaml's deps), evaluate's teacher first."""
+    archs = {"sre2l": [p["sre2l"]["teacher"]], "delt": [p["delt"]["ranker"], p["delt"]["teacher"]],
+             "infer": list(p["infer"]["teachers"]), "edc": list(p["edc"]["observers"]), None: []}[method]
+    return list(dict.fromkeys([p["evaluate"]["teacher"], *archs]))
+
+
+def shared(root: Path, dataset: str, ipc: int, extra: dict, method: str | None = None) -> Path:
+    """prepare + the teachers `method` reads (each once per dataset; evaluate's convnet always)."""
     base = root / f"{dataset}-base"
     base.mkdir(parents=True, exist_ok=True)
-    (base / "params.yaml").write_text(yaml.safe_dump(params_for(dataset, ipc, None, {}, extra), sort_keys=False))
+    p = params_for(dataset, ipc, None, {}, extra)
+    (base / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     if not (base / "data" / dataset).exists():
         stage(base, "prepare", "--out", f"data/{dataset}")
-    teacher = f"artifacts/{dataset}/teachers/convnet"
-    if not (base / teacher).exists():
-        stage(base, "teacher", "--arch", "convnet", "--data", f"data/{dataset}", "--out", teacher)
+    for arch in teachers_of(p, method):
+        teacher = f"artifacts/{dataset}/teachers/{arch}"
+        if not (base / teacher).exists():
+            stage(base, "teacher", "--arch", arch, "--data", f"data/{dataset}", "--out", teacher)
     return base
+
+
+def prerequisites(folder: Path, p: dict, method: str, dataset: str) -> str:
+    """A method's stages before recover, in its folder as dvc.yaml runs them; returns recover's --init."""
+    data, art = f"data/{dataset}", f"artifacts/{dataset}"
+    if method == "delt":  # rank → select (dvc.yaml's rank and select stages)
+        stage(folder, "methods.delt.rank", "--teacher", f"{art}/teachers/{p['delt']['ranker']}", "--data", data,
+              "--out", f"{art}/ranking.csv")
+        init = f"{art}/ipc{p['ipc']}/init/{p['delt']['criterion']}"
+        stage(folder, "methods.delt.select", "--ranking", f"{art}/ranking.csv", "--data", data, "--out", init)
+        return init
+    if method == "edc":  # the statistics stage
+        stage(folder, "methods.edc.statistics", "--teachers", f"{art}/teachers", "--data", data,
+              "--out", f"{art}/edc_statistics")
+        return f"{art}/edc_statistics"
+    return {"sre2l": "noise", "infer": f"{data}/train"}[method]
 
 
 def link_shared(folder: Path, base: Path, dataset: str) -> None:
@@ -117,7 +161,12 @@ def claim(folder: Path) -> bool:
 def run(args: argparse.Namespace) -> None:
     root = Path(args.root).absolute()
     extra = yaml.safe_load(args.params) if args.params else {}
-    base = shared(root, args.dataset, args.ipc, extra)  # run one stream first, or they train a teacher each
+    bad = [name for name in args.settings if name not in settings_of(args.method)]
+    if bad:
+        sys.exit(f"--method {args.method} has no setting {', '.join(bad)}; its settings: "
+                 f"{', '.join(settings_of(args.method))}")
+    # run one stream first, or they train a teacher each
+    base = shared(root, args.dataset, args.ipc, extra, args.method)
     epochs = params_for(args.dataset, args.ipc, None, {}, extra)["evaluate"]["epochs"]
     random = root / f"{args.dataset}-ipc{args.ipc}-random"
     if args.random and claim(random):
@@ -131,10 +180,10 @@ def run(args: argparse.Namespace) -> None:
         folder = root / f"{args.dataset}-ipc{args.ipc}-{args.method}-{name}"
         if not claim(folder):
             continue
-        (folder / "params.yaml").write_text(yaml.safe_dump(
-            params_for(args.dataset, args.ipc, args.method, SETTINGS[name], extra), sort_keys=False))
+        p = params_for(args.dataset, args.ipc, args.method, settings_of(args.method)[name], extra)
+        (folder / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
         link_shared(folder, base, args.dataset)
-        init = {"sre2l": "noise", "infer": f"data/{args.dataset}/train"}[args.method]
+        init = prerequisites(folder, p, args.method, args.dataset)
         stage(folder, "recover", args.method, "--teachers", f"artifacts/{args.dataset}/teachers", "--init", init,
               "--data", f"data/{args.dataset}", "--out", "set", "--stats", "stats.json")
         record(root, row(evaluate_set(folder, args.dataset, "set", epochs), dataset=args.dataset, ipc=args.ipc,
@@ -146,7 +195,9 @@ def table(root: Path) -> None:
     print("| dataset | IPC | method | setting | intra-class cos | fidelity | fkd top-1 | hard top-1 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['setting']} | {r['intra_class_cosine']:.3f} | "
+        cos = r["intra_class_cosine"]  # null at IPC 1: one image per class has no pair
+        cos = "–" if cos is None else f"{cos:.3f}"
+        print(f"| {r['dataset']} | {r['ipc']} | {r['method']} | {r['setting']} | {cos} | "
               f"{100 * r['teacher_fidelity']:.0f} % | {100 * r['fkd_mean']:.1f} ± {100 * r['fkd_std']:.1f} | "
               f"{100 * r['hard_mean']:.1f} ± {100 * r['hard_std']:.1f} |")
 
@@ -156,8 +207,9 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="working folder (one sub-folder per setting)")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--method", default="sre2l", choices=["sre2l", "infer"])
-    parser.add_argument("--settings", nargs="*", default=[], choices=sorted(SETTINGS))
+    parser.add_argument("--method", default="sre2l", choices=METHODS)
+    parser.add_argument("--settings", nargs="*", default=[], choices=sorted({*SETTINGS, *EDC_SETTINGS}),
+                        help="names of SETTINGS (sre2l, delt, infer) or EDC_SETTINGS (edc)")
     parser.add_argument("--random", action="store_true", help="also evaluate the random real subset")
     parser.add_argument("--params", help="YAML mapping merged into every setting's params (e.g. prepare.image_size)")
     parser.add_argument("--table", action="store_true", help="print the Markdown table of results.jsonl")

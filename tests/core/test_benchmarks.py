@@ -129,3 +129,28 @@ def test_startup_benchmark_measures_a_revision_beside_this_tree():
     assert re.search(r"^sum, weighted by starts +1 ", out, re.M), out
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
     assert not re.search(r"/before ", worktrees), worktrees  # the temporary worktree is gone
+
+
+def test_small_data_knobs_knows_every_recover_method(tmp_path):
+    """Every recover method is accepted, each with its own settings (EDC's are overrides of `edc`, not of a
+    recover block), and the teachers its stages read (dvc.yaml's deps) are the ones trained."""
+    import importlib.util
+
+    import yaml
+
+    from stages import methods
+
+    spec = importlib.util.spec_from_file_location("small_data_knobs", REPO / "benchmarks" / "small_data_knobs.py")
+    knobs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(knobs)
+    assert set(knobs.METHODS) == set(methods.joining("recover"))
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert knobs.teachers_of(p, "sre2l") == ["convnet"]
+    assert knobs.teachers_of(p, "edc") == ["convnet", "resnet18_modified"]
+    assert knobs.teachers_of(p, "infer") == ["convnet", "resnet18_modified"]
+    assert all(set(v) <= {"r_loss", "momentum"} for v in knobs.EDC_SETTINGS.values())
+    result = subprocess.run([sys.executable, "benchmarks/small_data_knobs.py", "--root", str(tmp_path),
+                             "--method", "edc", "--settings", "r_bn1"], cwd=REPO, env=stage_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "--method edc has no setting r_bn1" in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before any stage ran
