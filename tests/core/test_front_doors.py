@@ -121,7 +121,7 @@ def test_artifacts_section_is_written_and_a_stale_one_is_seen(tmp_path):
 
 def test_every_distilled_set_and_teacher_is_named():
     declared = yaml.safe_load(dvc_yaml.DVC_YAML.read_text())["artifacts"]
-    assert list(declared) == ["teacher-convnet", "teacher-resnet18_modified", "random", "sre2l", "delt", "infer",
+    assert list(declared) == ["teacher-convnet", "teacher-resnet18_modified", "random", "sre2l", "delt", "infer", "edc",
                               "d4m", "vlcp", "rded", "podd"]
     assert declared["podd"]["path"] == "artifacts/${dataset}/podd${podd.ipc}/distilled/podd"
     assert declared["delt"]["labels"] == ["delt", "distilled"] and declared["delt"]["type"] == "dataset"
