@@ -210,7 +210,7 @@ def test_unknown_method_is_one_params_line(tmp_path):
     argv[1] = "nosuch"
     refused(folder, argv, "artifacts/digits/ipc3/distilled/nosuch", "ParamsError",
             "python -m stages.recover: argument method: invalid choice: 'nosuch' "
-            "(choose from 'sre2l', 'delt', 'infer') (--help lists the arguments)")
+            "(choose from 'sre2l', 'delt', 'infer', 'edc') (--help lists the arguments)")
 
 
 @pytest.mark.parametrize("name, override, message", [
