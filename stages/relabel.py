@@ -5,6 +5,8 @@ partner, λ, cutmix box), the teacher labels exactly those augmented batches, an
 are stored (or, with relabel.topk = k, each crop's k largest logits, their classes and one logit for the
 rest: stages/training/soft_labels.py). evaluate's `fkd` protocol replays the files: same crops, stored logits, no
 teacher.
+With relabel.teachers (EDC's multi-teacher relabel) each crop's logits are the mean of those teachers' logits,
+each teacher reading the crop in its own normalisation; null keeps evaluate.teacher alone.
 Under torchrun every rank draws every epoch's plan (cheap) and labels its own block of epochs, so the
 files are the ones a single process writes. Each finished epoch is also kept in `.<out>.resume/`, so a
 killed run relabels only the epochs it had not finished (their plans are drawn again: same stream).
@@ -41,11 +43,11 @@ class Labelling:
     """What labelling a draw reads: the set, the teacher and the evaluation recipe whose plans it labels."""
     p: Params
     card: Card
-    teacher: torch.nn.Module
-    t_meta: dict
-    teacher_dir: Path
+    teachers: list[torch.nn.Module]  # one (evaluate.teacher), or relabel.teachers whose logits are averaged
+    t_meta: list[dict]
+    teacher_dirs: list[Path]
     size: int
-    norm: tuple[list[float], list[float]]  # the teacher's own normalisation
+    norms: list[tuple[list[float], list[float]]]  # each teacher's own normalisation
     batch_size: int
     augment: Augment
     epochs: int
@@ -54,20 +56,35 @@ class Labelling:
     def topk(self) -> int | None:
         return self.p.relabel.topk
 
+    def logits(self, images: torch.Tensor, plan, batch) -> torch.Tensor:
+        """The crops of one planned batch as each teacher sees them, labelled: the teachers' mean logits."""
+        each = [predict(t, render(images, plan, batch, *norm, self.size)) for t, norm in zip(self.teachers, self.norms)]
+        return each[0] if len(each) == 1 else torch.stack(each).mean(0)
 
-def load_inputs(p: Params, set_dir: Path, teacher_dir: Path, data: Path, epochs: int) -> tuple[Labelling, ImageSet]:
-    """The set (draw 0), the teacher and the recipe; relabel.topk checked against the class count."""
+
+def teacher_dirs(p: Params, teacher_dir: Path, teachers_root: Path | None) -> list[Path]:
+    """The labelling teachers' folders: evaluate.teacher's (`--teacher`), or relabel.teachers' under `--teachers`."""
+    if p.relabel.teachers is None:
+        return [teacher_dir]
+    if teachers_root is None:
+        raise ParamsError(f"relabel.teachers = {p.relabel.teachers}: the stage needs --teachers, the folder of "
+                          "teacher folders (dvc.yaml passes artifacts/<dataset>/teachers)")
+    return [teachers_root / arch for arch in p.relabel.teachers]
+
+
+def load_inputs(p: Params, set_dir: Path, dirs: list[Path], data: Path, epochs: int) -> tuple[Labelling, ImageSet]:
+    """The set (draw 0), the teachers and the recipe; relabel.topk checked against the class count."""
     data_meta = read_data_meta(data)
     card, images = load_set(set_dir, data)
-    teacher, t_meta = load_checkpoint(teacher_dir, data_meta.classes_sha256)
-    size, norm = images.images.shape[-1], (t_meta["mean"], t_meta["std"])
+    teachers, t_meta = zip(*(load_checkpoint(d, data_meta.classes_sha256) for d in dirs))
+    size, norms = images.images.shape[-1], [(m["mean"], m["std"]) for m in t_meta]
     classes = read_classes(data)
     batch_size = eval_batch_size(p.evaluate, len(images), len(classes))
     augment = eval_augment(p.evaluate, size)
     topk = p.relabel.topk
     if topk is not None and topk > len(classes):
         raise ParamsError(f"relabel.topk = {topk}: more than the {len(classes)} classes of {data}")
-    return Labelling(p, card, teacher, t_meta, teacher_dir, size, norm, batch_size, augment, epochs), images
+    return Labelling(p, card, list(teachers), list(t_meta), dirs, size, norms, batch_size, augment, epochs), images
 
 
 def resume_settings(p: Params) -> dict:
@@ -75,7 +92,7 @@ def resume_settings(p: Params) -> dict:
     not depend on --epochs: a run asked for more epochs reuses the ones it has)."""
     return {"seed": p.seed, "evaluate": p.evaluate.model_dump(include={"batch_size", "crop_scale", "flip", "mix",
                                                                        "mix_alpha"}),
-            "topk": p.relabel.topk}
+            "topk": p.relabel.topk, **({} if p.relabel.teachers is None else {"teachers": p.relabel.teachers})}
 
 
 def label_epochs(lab: Labelling, images: ImageSet, folder: Path, prefix: str, key: tuple, mine: set[int],
@@ -94,10 +111,18 @@ def label_epochs(lab: Labelling, images: ImageSet, folder: Path, prefix: str, ke
         if epoch in kept:
             shutil.copyfile(resume.path(prefix + out.name), out)
             continue
-        logits = torch.cat([predict(lab.teacher, render(images.images, plan, s, *lab.norm, lab.size))
-                            for s in plan.batches()])
+        logits = torch.cat([lab.logits(images.images, plan, s) for s in plan.batches()])
         write_epoch(out, plan, logits, lab.topk)
         resume.write_bytes(prefix + out.name, out.read_bytes())  # atomically: a kill leaves whole epochs only
+
+
+def teacher_record(lab: Labelling) -> dict:
+    """fkd.json's teacher: the one (evaluate.teacher), or the teachers whose mean logits label the crops."""
+    made = [{"arch": m["arch"], "sha256": sha256_file(d / "model.safetensors")}
+            for m, d in zip(lab.t_meta, lab.teacher_dirs)]
+    if lab.p.relabel.teachers is None:
+        return {"teacher": made[0]}
+    return {"teachers": made, "logits_of": "the mean of the teachers' raw logits (EDC's multi-teacher relabel)"}
 
 
 def fkd_record(lab: Labelling, images: ImageSet, draw: int | None, key: tuple) -> dict:
@@ -107,7 +132,7 @@ def fkd_record(lab: Labelling, images: ImageSet, draw: int | None, key: tuple) -
         "epochs": lab.epochs, "batch_size": lab.batch_size, "num_images": len(images),
         "augment": {"crop_scale": list(augment.crop_scale), "flip": augment.flip, "mix": augment.mix,
                     "mix_alpha": augment.mix_alpha, "image_size": lab.size},
-        "teacher": {"arch": lab.t_meta["arch"], "sha256": sha256_file(lab.teacher_dir / "model.safetensors")},
+        **teacher_record(lab),
         "set": {"method": lab.card.method, "paths": images.paths, **({} if draw is None else {"draw": draw})},
         "seed": derive_seed(lab.p.seed, "relabel", *key), "topk": topk,
         "logits": "raw teacher logits, fp16" if topk is None else
@@ -115,16 +140,19 @@ def fkd_record(lab: Labelling, images: ImageSet, draw: int | None, key: tuple) -
     }
 
 
-def run(p: Params, set_dir: Path, teacher_dir: Path, data: Path, epochs: int, out: Path) -> None:
+def run(p: Params, set_dir: Path, teacher_dir: Path, data: Path, epochs: int, out: Path,
+        teachers_root: Path | None = None) -> None:
     """Label `epochs` evaluation epochs of the set (each draw of baseline@random in its own draw<k>/) into the
-    folder `out`, with an fkd.json per labelled folder."""
+    folder `out`, with an fkd.json per labelled folder. `teachers_root` holds relabel.teachers' folders."""
     outputs.claim("relabel", {"--out": (out, outputs.FKD)},
-                  {"--set": set_dir, "--teacher": teacher_dir, "--data": data})
-    lab, images = load_inputs(p, set_dir, teacher_dir, data, epochs)
-    inputs = [set_dir, teacher_dir, data]
+                  {"--set": set_dir, "--teacher": teacher_dir, "--data": data, "--teachers": teachers_root})
+    dirs = teacher_dirs(p, teacher_dir, teachers_root)
+    lab, images = load_inputs(p, set_dir, dirs, data, epochs)
+    inputs = [set_dir, *dirs, data]
     with distributed.world() as world, distributed.shared_dir(world, out) as tmp:
         resume = Resume.shared(world, out, resume_settings(p), inputs)
-        lab.teacher.to(world.device)
+        for teacher in lab.teachers:
+            teacher.to(world.device)
         mine = set(world.shard(range(epochs)))
         # baseline@random's draws: each its own labels in draw<k>/ (draw 0 keeps the stream a single set has)
         records = []
@@ -148,12 +176,15 @@ def run(p: Params, set_dir: Path, teacher_dir: Path, data: Path, epochs: int, ou
 def main() -> None:
     parser = cli.ArgumentParser(description=__doc__)
     parser.add_argument("--set", required=True, type=Path, help="distilled set folder (with card.json)")
-    parser.add_argument("--teacher", required=True, type=Path, help="teacher folder (model.safetensors + meta.json)")
+    parser.add_argument("--teacher", required=True, type=Path,
+                        help="evaluate.teacher's folder (model.safetensors + meta.json): it labels the crops")
+    parser.add_argument("--teachers", type=Path,
+                        help="the folder of teacher folders, where relabel.teachers are read (their mean logits)")
     parser.add_argument("--data", required=True, type=Path, help="data/<dataset>")
     parser.add_argument("--epochs", type=int, required=True, help="evaluation epochs to store")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
-    run(params.load(), args.set, args.teacher, args.data, args.epochs, args.out)
+    run(params.load(), args.set, args.teacher, args.data, args.epochs, args.out, args.teachers)
 
 
 if __name__ == "__main__":

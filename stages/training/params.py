@@ -129,6 +129,7 @@ class Report(Section):
 
 class Relabel(Section):
     topk: Optional[Positive]  # None: dense fp16 logits; k: FKD's top-k form (stages/training/soft_labels.py)
+    teachers: Optional[list[str]] = None  # None: evaluate.teacher labels; a list: their mean logits (EDC's relabel)
 
 
 class Flags(Section):
@@ -151,6 +152,10 @@ def check(p) -> None:
                              f"takes `{arch}: null`)")
     if p.evaluate.teacher not in p.teacher.archs:
         raise ValueError(f"evaluate.teacher = {p.evaluate.teacher!r}: not one of teacher.archs {p.teacher.archs}")
+    if p.relabel.teachers is not None:
+        if not p.relabel.teachers:
+            raise ValueError("relabel.teachers = []: name at least one teacher, or null for evaluate.teacher")
+        teacher_archs(p, "relabel.teachers", p.relabel.teachers)
 
 
 def teacher_arch(p, key: str, arch: str) -> None:

@@ -284,3 +284,37 @@ def test_relabel_run_is_a_typed_function_tests_call_in_process(relabelled, monke
     assert "draw1/epoch_0002.parquet" in made
     assert all((folder / "labels" / name).read_bytes() == (cli / name).read_bytes() for name in made)
     assert not list(folder.glob(".labels*"))  # no temp or resume folder left
+
+
+def test_relabel_teachers_label_each_crop_with_their_mean_logits(relabelled):
+    """EDC's multi-teacher relabel: relabel.teachers' logits averaged, each teacher reading the crop in its own
+    normalisation; one listed teacher gives the files evaluate.teacher alone gives; the folder is required."""
+    both = ["convnet", "resnet18_modified"]
+    root = workdir(relabelled, "ensemble", {"relabel": {"teachers": both}})
+    (root / "artifacts/digits/teachers").mkdir(parents=True)
+    (root / TEACHER).symlink_to(relabelled / TEACHER)
+    run_stage(root, "teacher", "--arch", "resnet18_modified", "--data", "data/digits", "--out",
+              "artifacts/digits/teachers/resnet18_modified")
+    (root / SET).parent.mkdir(parents=True)
+    (root / SET).symlink_to(relabelled / SET)
+    args = ["--set", SET, "--teacher", TEACHER, "--data", "data/digits", "--epochs", "1"]
+    refused = run_stage(root, "relabel", *args, "--out", "mean", check=False)
+    assert_refused(refused, "ParamsError", r"relabel.teachers = \['convnet', 'resnet18_modified'\]: the stage needs "
+                                           "--teachers")
+    run_stage(root, "relabel", *args, "--teachers", "artifacts/digits/teachers", "--out", "mean")
+
+    meta = json.loads((root / "mean/draw0/fkd.json").read_text())
+    assert [t["arch"] for t in meta["teachers"]] == both and "teacher" not in meta
+    plan, logits = read_epoch(epoch_file(root / "mean/draw0", 0))
+    _, images = load_set(root / SET, root / "data" / "digits")
+    teachers = [load_checkpoint(root / "artifacts/digits/teachers" / arch) for arch in both]
+    for s in plan.batches():
+        each = [predict(t, render(images.images, plan, s, m["mean"], m["std"], 16)) for t, m in teachers]
+        assert not torch.equal(each[0], each[1])
+        assert torch.equal(logits[s], ((each[0] + each[1]) / 2).to(torch.float16))
+
+    one = workdir(relabelled, "ensemble_of_one", {"relabel": {"teachers": ["convnet"]}})
+    (one / "artifacts").symlink_to(root / "artifacts")
+    run_stage(one, "relabel", *args, "--teachers", "artifacts/digits/teachers", "--out", "one")
+    assert (one / "one/draw0/epoch_0000.parquet").read_bytes() == \
+        (relabelled / DRAW0 / "epoch_0000.parquet").read_bytes()
