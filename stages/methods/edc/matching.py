@@ -134,14 +134,19 @@ class StatisticMatching:
         self.drop_rate, self.patch_swap, self.rng = drop_rate, patch_swap, rng
         self.terms: list[torch.Tensor] = []
         self.ema: dict[str, torch.Tensor] = {}
+        self.class_targets: dict[str, torch.Tensor] = {}
         self.labels = torch.zeros(0, dtype=torch.long)
         self.paused = False
         self.handles = []
 
     def _class_target(self, index: int, stat: str) -> torch.Tensor:
+        """The batch's class target: the mean over its labels, made once per batch (start() clears them)."""
         if self.patch_swap and stat.startswith("patch_"):  # the reference saves these two under each other's name
             stat = {"patch_mean": "patch_var", "patch_var": "patch_mean"}[stat]
-        return self.targets[f"{index:03d}.class_{stat}"][self.labels].mean(0)
+        key = f"{index:03d}.class_{stat}"
+        if key not in self.class_targets:
+            self.class_targets[key] = self.targets[key][self.labels].mean(0)
+        return self.class_targets[key]
 
     def _hook(self, index: int, module: nn.Module):
         conv = isinstance(module, nn.Conv2d)
@@ -173,7 +178,7 @@ class StatisticMatching:
             handle.remove()
 
     def start(self, labels: torch.Tensor) -> None:
-        self.labels, self.ema, self.terms = labels, {}, []
+        self.labels, self.ema, self.terms, self.class_targets = labels, {}, [], {}
 
     @contextlib.contextmanager
     def pause(self) -> Iterator[None]:
