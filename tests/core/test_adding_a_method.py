@@ -2,8 +2,8 @@
 first `ipc` train images of each class, in the train folder's sorted order), is written into a copy of the
 project exactly as the recipe says - its package (`__init__.py` declaring METHOD, one stage module), its page
 and its dvc.yaml block - then `python -m stages.layout.dvc_yaml --write` fills in the rest, and
-`dvc repro evaluate@first` takes it through prepare, the evaluate teacher, its own stage, relabel@first and
-evaluate@first; the report lists it. `git status` in the copy counts the places the recipe touched."""
+`dvc repro evaluate@first` takes it through prepare, the teachers (relabel reads every one: relabel.teachers), its
+own stage, relabel@first and evaluate@first; the report lists it. `git status` in the copy counts the places the recipe touched."""
 from __future__ import annotations
 
 import json
@@ -87,7 +87,7 @@ order, then file name). It has no knob and needs no teacher. It exists to show w
 (docs/code-layout.md): its package, this page, its dvc.yaml block and one command.
 
 ```bash
-dvc repro evaluate@first          # prepare, the evaluate teacher, first, relabel@first, evaluate@first
+dvc repro evaluate@first          # prepare, the teachers, first, relabel@first, evaluate@first
 ```
 """
 
@@ -166,7 +166,8 @@ def test_a_new_method_runs_through_relabel_evaluate_and_the_report(tmp_path):
     assert after["artifacts"] == before["artifacts"]
 
     log = dvc(project, "repro", "evaluate@first")
-    assert ran(log) == {"prepare", "teacher@convnet", "first", "relabel@first", "evaluate@first"}, log
+    assert ran(log) == {"prepare", "teacher@convnet", "teacher@resnet18_modified", "first", "relabel@first",
+                        "evaluate@first"}, log
     art = project / "artifacts" / "digits" / "ipc3"
     card = json.loads((art / "distilled" / "first" / "card.json").read_text())
     assert card["method"] == "first" and card["ipc"] == 3 and card["num_images"] == 30 and card["teacher"] is None
