@@ -63,7 +63,7 @@ def ddpipe_overrides(raw: dict) -> dict:
 def check_expressible(r) -> None:
     """Engine settings the reference has no flag for must be at its fixed behaviour."""
     fixed = {"r_var": (r.r_var, 1.0), "crop_min_scale": (r.crop_min_scale, 1.0), "flip": (r.flip, False),
-             "dwa_steps": (r.dwa_steps, 0)}
+             "dwa_steps": (r.dwa_steps, 0), "clamp_start": (r.clamp_start, False)}
     refuse_unexpressible("sre2l.recover", fixed)
 
 
@@ -124,6 +124,7 @@ def plan(ctx):
          "the reference cannot batch IPC indices (ddpipe's default 10 has no reference equivalent)"),
         ("r_var", str(r.r_var), "no flag: variance and mean terms weigh 1"),
         ("crop_min_scale / flip", f"{r.crop_min_scale} / {r.flip}", "no flags: no crop, no flip in recover_cifar.py"),
+        ("clamp_start", str(r.clamp_start), "no flag: the first forward reads the raw noise, clamped after each step"),
         ("teacher", ctx.params.sre2l.teacher, "--arch-path: ddpipe's teacher folder (adaptation 1)"),
         ("seed", f"{ctx.seed} (batch seeds from it)", "none in the reference; the harness's shim seeds it "
          "per IPC index at ddpipe's batch seed (adaptation 11)"),

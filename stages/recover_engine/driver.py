@@ -23,7 +23,7 @@ def engine_config(section) -> RecoverConfig:
     return RecoverConfig(iterations=r.iterations, lr=r.lr, r_bn=r.r_bn, first_bn_multiplier=r.first_bn_multiplier,
                          r_var=r.r_var, jitter=r.jitter, crop_min_scale=r.crop_min_scale,
                          crop_schedule=r.crop_schedule, flip=r.flip, dwa_steps=r.dwa_steps, dwa_rho=r.dwa_rho,
-                         roll=r.roll)
+                         roll=r.roll, clamp_start=r.clamp_start)
 
 
 def diverged(method: str, e: DivergedError) -> DivergedError:

@@ -79,6 +79,7 @@ class RecoverConfig:
     dwa_steps: int = 0  # DWA: gradient-ascent steps on a teacher copy per batch (0 = off)
     dwa_rho: float = 0.0  # DWA: total weight displacement (L2)
     roll: str = "symmetric"  # roll offsets in [-jitter, jitter]; "positive": [0, jitter] (the references)
+    clamp_start: bool = False  # clamp before the first forward; False: after the first step (SRe2L's reference)
 
 
 def crop_min(cfg: RecoverConfig, t: int) -> float:
@@ -204,7 +205,8 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
     not in the forward pass, so neither the loss nor the batch's BN statistics see it.
     """
     low, high = (bound.to(init.device) for bound in pixel_bounds(mean, std))
-    x = torch.maximum(torch.minimum(init, high), low).requires_grad_(True)
+    # SRe2L's reference feeds raw N(0, 1) noise to its first forward and clamps after each step (clamp_start: false)
+    x = (torch.maximum(torch.minimum(init, high), low) if cfg.clamp_start else init.clone()).requires_grad_(True)
     stop = torch.full_like(join, cfg.iterations) if stop is None else stop
 
     def batch_at(t: int):

@@ -22,6 +22,8 @@ class Recover(Section):
     r_var: NonNegFloat
     jitter: NonNegInt
     roll: Literal["symmetric", "positive"]  # shifts in [-jitter, jitter], or [0, jitter] (the references)
+    clamp_start: bool  # clamp the starts to the pixel range before the first forward (false: after the first step,
+                       # as SRe2L's recover_cifar.py; a no-op for starts made of pixels)
     crop_min_scale: Annotated[float, Field(gt=0, le=1)]
     crop_schedule: Literal["fixed", "cosine"]
     flip: bool

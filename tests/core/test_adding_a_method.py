@@ -3,7 +3,8 @@ first `ipc` train images of each class, in the train folder's sorted order), is 
 project exactly as the recipe says - its package (`__init__.py` declaring METHOD, one stage module), its page
 and its dvc.yaml block - then `python -m stages.layout.dvc_yaml --write` fills in the rest, and
 `dvc repro evaluate@first` takes it through prepare, the teachers (relabel reads every one: relabel.teachers), its
-own stage, relabel@first and evaluate@first; the report lists it. `git status` in the copy counts the places the recipe touched."""
+own stage, relabel@first and evaluate@first; the report lists it. `git status` in the copy counts the places the
+recipe touched."""
 from __future__ import annotations
 
 import json

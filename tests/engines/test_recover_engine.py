@@ -65,6 +65,37 @@ def test_recover_fits_the_teacher_and_keeps_pixels_valid():
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
 
 
+def test_the_start_is_clamped_after_the_first_step_unless_clamp_start(tmp_path):
+    """clamp_start false (SRe2L's reference): iteration 0 reads the raw noise, and the images are in range after;
+    true: iteration 0 reads the clamped noise. Starts made of pixels give the same bytes either way."""
+    import csv
+
+    from stages.recover_engine.engine import RecoverConfig, logging_losses, recover_batch
+
+    teacher = tiny_teacher()
+    labels = torch.tensor([0, 1, 2])
+    noise = torch.randn(3, 3, 8, 8) * 3  # far outside [0, 1] at mean 0, std 1
+    pixels = torch.rand(3, 3, 8, 8)
+    kept = noise.clone()
+    first_ce, out = {}, {}
+    for clamp in (False, True):
+        cfg = RecoverConfig(iterations=2, lr=0.1, r_bn=0.01, first_bn_multiplier=10, r_var=1.0, jitter=0,
+                            crop_min_scale=1.0, crop_schedule="fixed", flip=False, clamp_start=clamp)
+        log = tmp_path / f"{clamp}.csv"
+        with logging_losses(log):
+            recovered = recover_batch(teacher, noise, labels, torch.zeros(3, dtype=torch.long), cfg, [0, 0, 0],
+                                      [1, 1, 1], np.random.default_rng(0))
+        first_ce[clamp] = float(next(csv.DictReader(open(log)))["ce"])
+        assert recovered.min() >= 0 and recovered.max() <= 1
+        out[clamp] = recover_batch(teacher, pixels, labels, torch.zeros(3, dtype=torch.long), cfg, [0, 0, 0],
+                                   [1, 1, 1], np.random.default_rng(0))
+    with torch.no_grad():
+        assert first_ce[False] == pytest.approx(F.cross_entropy(teacher(noise), labels).item(), rel=1e-5)
+        assert first_ce[True] == pytest.approx(F.cross_entropy(teacher(noise.clamp(0, 1)), labels).item(), rel=1e-5)
+    assert torch.equal(out[False], out[True])
+    assert torch.equal(noise, kept)  # the caller's start is not written to
+
+
 def test_late_joiners_are_untouched_before_their_round():
     from stages.recover_engine.engine import RecoverConfig, recover_batch
 
