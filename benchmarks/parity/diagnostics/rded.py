@@ -31,7 +31,7 @@ import sys
 sys.argv = {argv}  # the parity run's reference command: argument.py parses it on import
 import numpy as np
 import torch
-from synthesize.utils import mix_images, selector
+from synthesize.utils import batched_forward, cross_entropy, mix_images, pad, selector
 import ddpipe_teacher
 from stages.data.folder import normalise
 from stages.data.prepared import open_images
@@ -65,10 +65,15 @@ for label, name in enumerate(classes):
     gap = float((mixed - stitched_theirs).abs().max())
     worst = max(worst, gap)
     same_all += same
+    # the reference's score, -log(softmax) in float32: 0 where the softmax rounds to 1 (ties its argsort orders
+    # arbitrarily); ddpipe's log-softmax keeps those apart
+    flat = normalised.permute(1, 0, 2, 3, 4).flatten(0, 1)
+    scores = cross_entropy(batched_forward(observer, pad(flat, size), m), torch.full((m,), label).repeat(crops))
+    zeros = int((scores.view(crops, m).min(0).values == 0).sum())
     print(f"class {{name}}: {{m * crops}} crops; kept the same crops in the same order: {{same}} "
           f"(rank positions that differ: {{differ[:8]}}{{'...' if len(differ) > 8 else ''}}; "
-          f"{{in_both}} of {{n}} kept crops in both); mix_images vs stitch on the reference's kept crops: "
-          f"max |diff| {{gap:.2e}}")
+          f"{{in_both}} of {{n}} kept crops in both; candidates whose best crop the reference scores exactly 0: "
+          f"{{zeros}}); mix_images vs stitch on the reference's kept crops: max |diff| {{gap:.2e}}")
 print(f"classes with the same kept crops in the same order: {{same_all}} of {{len(classes)}}; "
       f"stitching: max |diff| {{worst:.2e}} (factor {{factor}})")
 '''
