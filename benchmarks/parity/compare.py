@@ -19,6 +19,7 @@ import json
 import shutil
 import statistics
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +76,8 @@ class Plan:
     reference_command: list[str]
     reference_log_flags: list[str]  # arguments of reference_command that only turn loss printing on
     reference_images: str  # regex over the image paths under {out}, named groups `label` and `index`
-    loss_format: LossFormat
-    ddpipe_command: list[str]  # after `python -m`, run in the work project; `--losses <csv>` is appended
+    loss_format: LossFormat | None  # None: a method without iterations (RDED): no curves, ddpipe runs without --losses
+    ddpipe_command: list[str]  # after `python -m`, run in the work project; `--losses <csv>` is appended (loss_format)
     ddpipe_set: str  # the set's folder name under artifacts/<ds>/ipc<N>/distilled
     knobs: list[tuple[str, str, str]] = field(default_factory=list)  # (knob, ddpipe, reference): printed, in the table
     notes: list[str] = field(default_factory=list)  # reference details recorded, not changed
@@ -84,6 +85,9 @@ class Plan:
     # ddpipe's after `python -m` in the work project, the reference's in reference_cwd ({out} as above)
     ddpipe_before: list[list[str]] = field(default_factory=list)
     reference_before: list[list[str]] = field(default_factory=list)
+    # method-specific measures of the two sets (RDED: the observer's losses of the kept crops):
+    # (ctx, ddpipe's set folder, the imported reference set folder) -> {measure: {"ddpipe": v, "reference": v}}
+    set_measures: Callable[..., dict] | None = None
 
 
 def merge(base: dict, overrides: dict) -> dict:
@@ -146,8 +150,8 @@ def run_reference(ctx: Context, module, checkout: Path, repeats: int = 1
                   for i, b in enumerate(plan.reference_before)]
         shutil.rmtree(images, ignore_errors=True)
         logged = run_measured(command, cwd, ctx.out / "logs" / "reference.log", env)
-        rows = parse_losses(logged.output, plan.loss_format)
-        if not rows:
+        rows = parse_losses(logged.output, plan.loss_format) if plan.loss_format else []
+        if plan.loss_format and not rows:
             raise RunError(f"{logged.log}: no loss lines in the reference's output (format {plan.loss_format.start!r})")
         collect_images(images, plan.reference_images, ctx.classes, ctx.out / "reference_images")
         shutil.rmtree(images)  # the unlogged runs write it again
@@ -155,13 +159,15 @@ def run_reference(ctx: Context, module, checkout: Path, repeats: int = 1
         unlogged = [run_measured(quiet, cwd, ctx.out / "logs" / f"reference_unlogged{i}.log", env)
                     for i in range(repeats)]
         shutil.rmtree(images, ignore_errors=True)
-    write_csv(ctx.out / "curves" / "reference.csv", rows, LOSS_COLUMNS)
+    if plan.loss_format:
+        write_csv(ctx.out / "curves" / "reference.csv", rows, LOSS_COLUMNS)
     return plan, lines, logged, unlogged, rows, before
 
 
 def run_ddpipe(ctx: Context, plan: Plan, repeats: int = 1
                ) -> tuple[Measured, list[Measured], list[dict], bool | None, list[Measured]]:
-    """The plan's `ddpipe_before` commands once, then the stage `repeats` times without, then once with --losses;
+    """The plan's `ddpipe_before` commands once, then the stage `repeats` times without, then once with --losses
+    (without where the plan has no loss format: then the last run is the "logged" one and has no rows);
     (logged, unlogged runs, loss rows, whether every run wrote the same bytes, the before runs)."""
     target = ctx.sets / "distilled" / plan.ddpipe_set
     before = [ddpipe_stage(ctx, b, ctx.out / "logs" / f"ddpipe_before{i}.log")
@@ -172,9 +178,10 @@ def run_ddpipe(ctx: Context, plan: Plan, repeats: int = 1
         sets.append({p.relative_to(target).as_posix(): p.read_bytes() for p in sorted(target.rglob("*.png"))})
         shutil.rmtree(target)
     curves = ctx.out / "curves" / "ddpipe.csv"
-    logged = ddpipe_stage(ctx, [*plan.ddpipe_command, "--losses", str(curves)], ctx.out / "logs" / "ddpipe.log")
+    losses = ["--losses", str(curves)] if plan.loss_format else []
+    logged = ddpipe_stage(ctx, [*plan.ddpipe_command, *losses], ctx.out / "logs" / "ddpipe.log")
     second = {p.relative_to(target).as_posix(): p.read_bytes() for p in sorted(target.rglob("*.png"))}
-    rows = read_csv(curves)
+    rows = read_csv(curves) if plan.loss_format else []
     batches = {name: i for i, name in enumerate(dict.fromkeys(r["batch"] for r in rows))}
     rows = [{**r, "batch": batches[r["batch"]]} for r in rows]
     return logged, unlogged, rows, all(s == second for s in sets) if sets else None, before
@@ -339,9 +346,12 @@ def markdown(result: dict) -> str:
                   *[f"| {side} | {ev[side]['teacher_fidelity']} | {ev[side]['intra_class_cosine']} |"
                     for side in ("ddpipe", "reference")], ""]
     t = result["time_memory"]
-    lines += ["## Time and memory of the recover itself", "", "| run | ddpipe | reference | ratio ddpipe/reference |",
+    curves = result["curves"] is not None  # None: a method without loss curves (no --losses: the runs only repeat)
+    lines += ["## Time and memory of the synthesis itself", "", "| run | ddpipe | reference | ratio ddpipe/reference |",
               "|---|---|---|---|"]
-    for key, label in (("logged", "losses logged every iteration"), ("unlogged", "no loss logging (fastest run)")):
+    labels = (("logged", "losses logged every iteration"), ("unlogged", "no loss logging (fastest run)")) if curves \
+        else (("logged", "first run"), ("unlogged", "repeat runs (fastest)"))
+    for key, label in labels:
         if key in t:
             r = t[key]
             lines += [f"| wall s, {label} | {r['ddpipe']} | {r['reference']} | {r['ratio']} |",
@@ -353,11 +363,15 @@ def markdown(result: dict) -> str:
     for side, runs in t.get("before", {}).items():  # run once before the measured runs (EDC: statistics)
         lines += [f"| before, {side}: `{b['command']}`: wall s (CPU s), peak RSS MiB | {b['seconds']} "
                   f"({b['cpu_seconds']}), {b['peak_rss_mib']} | | |" for b in runs]
-    lines += ["",
-              "ddpipe's images with and without `--losses`: " + {True: "the same bytes", False: "DIFFERENT (a bug)",
-                                                                  None: "not checked (--repeats 0)"}[same], "",
-              "## Loss curves (mean over batches)", "", *curve_table(result["curves"]), "",
-              "## Pixels (uint8 levels)", "", *pixel_table(result["pixels"]), "",
+    lines += ["", ("ddpipe's images with and without `--losses`: " if curves else "ddpipe's images in every run: ")
+              + {True: "the same bytes", False: "DIFFERENT (a bug)", None: "not checked (--repeats 0)"}[same], ""]
+    if curves:
+        lines += ["## Loss curves (mean over batches)", "", *curve_table(result["curves"]), ""]
+    if result.get("set_measures"):
+        lines += ["## Method-specific measures of the two sets", "", "| measure | ddpipe | reference |",
+                  "|---|---|---|",
+                  *[f"| {k} | {v['ddpipe']} | {v['reference']} |" for k, v in result["set_measures"].items()], ""]
+    lines += ["## Pixels (uint8 levels)", "", *pixel_table(result["pixels"]), "",
               "## Reference details recorded, not changed", "", *[f"- {n}" for n in result["notes"]], ""]
     return "\n".join(lines)
 
@@ -406,9 +420,10 @@ def run(module, checkout: Path, project: Path, out: Path, params_file: Path | No
                        "--out", str((ctx.sets / "distilled" / reference_name).relative_to(work))],
                  out / "logs" / "import_set.log")
     ours_logged, ours_unlogged, our_rows, same_bytes, ours_before = run_ddpipe(ctx, plan, repeats)
-    batches = len({r["batch"] for r in our_rows})
-    plot_curves(our_rows, ref_rows, out / "curves.png",
-                f"{module.NAME}: {ctx.dataset}, IPC {ctx.ipc} (mean over {batches} batches)")
+    if plan.loss_format:
+        batches = len({r["batch"] for r in our_rows})
+        plot_curves(our_rows, ref_rows, out / "curves.png",
+                    f"{module.NAME}: {ctx.dataset}, IPC {ctx.ipc} (mean over {batches} batches)")
     result = {
         "method": module.NAME, "dataset": ctx.dataset, "ipc": ctx.ipc, "seed": ctx.seed, "threads": threads,
         "command": command,
@@ -418,9 +433,12 @@ def run(module, checkout: Path, project: Path, out: Path, params_file: Path | No
         "adaptations": lines, "knobs": plan.knobs, "notes": plan.notes,
         "time_memory": time_memory(ours_logged, ours_unlogged, ref_logged, ref_unlogged, ours_before, ref_before),
         "ddpipe_logging_same_bytes": same_bytes,
-        "curves": curve_summary(our_rows, ref_rows),
+        "curves": curve_summary(our_rows, ref_rows) if plan.loss_format else None,
         "pixels": pixel_comparison(ctx, ctx.sets / "distilled" / plan.ddpipe_set, out / "reference_images"),
     }
+    if plan.set_measures:
+        result["set_measures"] = plan.set_measures(ctx, ctx.sets / "distilled" / plan.ddpipe_set,
+                                                   ctx.sets / "distilled" / reference_name)
     if evaluate_sets:
         ours, theirs = evaluate(ctx, plan.ddpipe_set), evaluate(ctx, reference_name)
         result["evaluation"] = {

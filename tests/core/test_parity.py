@@ -178,6 +178,14 @@ def test_recover_loss_log_leaves_the_images_alone(tmp_path):
     assert once().equal(plain)  # the log is off again outside the block
 
 
+def applied_copy(module, plan, variable: str, tmp_path: Path) -> Path:
+    """The adapter's files copied from the reference checkout $variable names, every adaptation applied (each
+    pattern found as declared, or ReferenceChangedError)."""
+    copy = copy_reference(Path(os.environ[variable]), module.FILES, tmp_path / "copy")
+    assert len(apply_adaptations(copy, plan.adaptations)) == len(plan.adaptations)
+    return copy
+
+
 @pytest.mark.skipif(not os.environ.get("DDPIPE_SRE2L_REFERENCE"),
                     reason="DDPIPE_SRE2L_REFERENCE: a checkout of VILA-Lab/SRe2L, to check the adapter's patterns")
 def test_the_sre2l_adapter_still_applies(tmp_path):
@@ -189,9 +197,7 @@ def test_the_sre2l_adapter_still_applies(tmp_path):
                       r_var=1.0, crop_min_scale=1.0, flip=False, dwa_steps=0, lr=0.25, iterations=5, jitter=2,
                       r_bn=1.0, first_bn_multiplier=10.0, roll="positive", ipc_per_batch=1))})}),
                   raw_params={}, threads=1)
-    plan = sre2l.plan(ctx)
-    copy = copy_reference(Path(os.environ["DDPIPE_SRE2L_REFERENCE"]), sre2l.FILES, tmp_path / "copy")
-    assert len(apply_adaptations(copy, plan.adaptations)) == len(plan.adaptations)
+    applied_copy(sre2l, sre2l.plan(ctx), "DDPIPE_SRE2L_REFERENCE", tmp_path)
 
 
 def edc_context(tmp_path, **edc):
@@ -225,8 +231,104 @@ def test_the_edc_adapter_refuses_what_the_reference_cannot_run(tmp_path):
 def test_the_edc_adapter_still_applies(tmp_path):
     from benchmarks.parity import edc
 
-    plan = edc.plan(edc_context(tmp_path))
-    copy = copy_reference(Path(os.environ["DDPIPE_EDC_REFERENCE"]), edc.FILES, tmp_path / "copy")
-    assert len(apply_adaptations(copy, plan.adaptations)) == len(plan.adaptations)
+    copy = applied_copy(edc, edc.plan(edc_context(tmp_path)), "DDPIPE_EDC_REFERENCE", tmp_path)
     text = (copy / edc.SCRIPT).read_text()
     assert "cuda" not in text.replace("torch.cuda.empty_cache()", "").replace("torch.cuda.device_count()", "")
+
+
+STAGE = '''"""A stand-in ddpipe stage for a method without loss curves: it refuses --losses."""
+import argparse
+import os
+
+import numpy as np
+from PIL import Image
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--out")
+args = parser.parse_args()  # an unknown --losses exits 2
+for c in range(10):
+    os.makedirs(os.path.join(args.out, str(c)), exist_ok=True)
+    for k in range(2):
+        Image.fromarray(np.full((16, 16, 3), 20 * c + k, np.uint8)).save(os.path.join(args.out, str(c), f"{k}.png"))
+'''
+
+
+def test_a_method_without_loss_curves_runs_without_them(checkout, tmp_path):
+    """loss_format None (RDED): the reference's output is not parsed for losses, ddpipe's stage runs without
+    --losses, no curves are written or tabled, the runs still check ddpipe's bytes, and a plan's set_measures
+    reach the table."""
+    from types import SimpleNamespace
+
+    from benchmarks.parity import compare
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "standin_stage.py").write_text(STAGE)
+    ctx = compare.Context(project, tmp_path / "out", "digits", 2, 0, [str(c) for c in range(10)], 16, [0.3] * 3,
+                          [0.35] * 3, params=None, raw_params={}, threads=1)
+    plan = compare.Plan(adaptations=ADAPTATIONS, shims={"shim.py": '"""written by the harness"""\nOK = True\n'},
+                        reference_cwd="ref", reference_command=[sys.executable, "train.py", "--out", "{out}", "--ipc",
+                                                                "2"],
+                        reference_log_flags=[], reference_images=IMAGES, loss_format=None,
+                        ddpipe_command=["standin_stage", "--out", "artifacts/digits/ipc2/distilled/standin"],
+                        ddpipe_set="standin")
+    module = SimpleNamespace(NAME="standin", REPOSITORY="stand-in", FILES=["ref/train.py"], plan=lambda _ctx: plan)
+    _, lines, ref_logged, ref_unlogged, ref_rows, _ = compare.run_reference(ctx, module, checkout, repeats=1)
+    assert ref_rows == [] and len(ref_unlogged) == 1 and not (ctx.out / "curves").exists()
+    assert len(list((ctx.out / "reference_images").rglob("*.jpg"))) == 20
+    logged, unlogged, rows, same, _ = compare.run_ddpipe(ctx, plan, repeats=1)
+    assert rows == [] and same is True and "--losses" not in logged.command and len(unlogged) == 1
+
+    result = {"method": "standin", "reference": {"repository": "stand-in", "commit": None}, "dataset": "digits",
+              "ipc": 2, "seed": 0, "threads": 1, "command": "python -m benchmarks.parity standin", "adaptations": lines,
+              "knobs": [], "notes": [], "curves": None, "ddpipe_logging_same_bytes": same,
+              "time_memory": compare.time_memory(logged, unlogged, ref_logged, ref_unlogged),
+              "pixels": compare.pixel_comparison(ctx, ctx.sets / "distilled" / "standin", ctx.out / "reference_images"),
+              "set_measures": {"kept loss": {"ddpipe": 0.1, "reference": 0.2}}}
+    md = compare.markdown(result)
+    assert "Loss curves" not in md and "ddpipe's images in every run: the same bytes" in md, md
+    assert "| wall s, first run |" in md and "| wall s, repeat runs (fastest) |" in md
+    assert "| kept loss | 0.1 | 0.2 |" in md
+
+
+def rded_context(tmp_path, counts=(3, 4), **rded):
+    """A Context whose params carry only what the RDED adapter reads, and a train folder of `counts` images."""
+    from benchmarks.parity.compare import Context
+
+    classes = [str(c) for c in range(len(counts))]
+    for c, n in zip(classes, counts):
+        (tmp_path / "data" / "digits" / "train" / c).mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            (tmp_path / "data" / "digits" / "train" / c / f"{k}.png").write_bytes(b"")
+    section = dict(observer="convnet", candidates=3, crops=5, factor=1, crop_scale=[0.08, 1.0]) | rded
+    return Context(tmp_path, tmp_path, "digits", 2, 0, classes, 16, [0.3] * 3, [0.35] * 3,
+                   params=type("P", (), {"rded": type("R", (), section)}), raw_params={}, threads=1)
+
+
+def test_the_rded_adapter_maps_its_knobs_and_refuses_what_the_reference_cannot_run(tmp_path):
+    from benchmarks.parity import rded
+    from stages.pipeline.errors import ParamsError
+
+    plan = rded.plan(rded_context(tmp_path))
+    command = plan.reference_command
+    for flag, value in (("--mipc", "3"), ("--num-crop", "5"), ("--factor", "1"), ("--ipc", "2")):
+        assert command[command.index(flag) + 1] == value
+    assert plan.loss_format is None and plan.set_measures is rded.set_measures
+    assert "CLASSES = ['0', '1']" in plan.shims["ddpipe_teacher.py"]
+    with pytest.raises(ParamsError, match=r"rded.candidates = 4: above the smallest class \(3 train images of "
+                                          r"class '0'\).*-S rded.candidates=3"):
+        rded.plan(rded_context(tmp_path, candidates=4))
+    with pytest.raises(ParamsError, match=r"rded.crop_scale = \[0.5, 1.0\]"):
+        rded.plan(rded_context(tmp_path, crop_scale=[0.5, 1.0]))
+    log = "Namespace(...)\nkept observer losses 0.000100 0.200000\nother\nkept observer losses 1.000000 3.000000\n"
+    assert rded.kept_losses(log) == [[0.0001, 0.2], [1.0, 3.0]]
+
+
+@pytest.mark.skipif(not os.environ.get("DDPIPE_RDED_REFERENCE"),
+                    reason="DDPIPE_RDED_REFERENCE: a checkout of LINs-lab/RDED, to check the adapter's patterns")
+def test_the_rded_adapter_still_applies(tmp_path):
+    from benchmarks.parity import rded
+
+    copy = applied_copy(rded, rded.plan(rded_context(tmp_path)), "DDPIPE_RDED_REFERENCE", tmp_path)
+    for name in (rded.SYNTH, rded.UTILS):  # validation/utils.py's cutmix (.cuda()) is the student's, never called
+        assert ".cuda()" not in (copy / name).read_text()
