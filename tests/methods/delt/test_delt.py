@@ -141,7 +141,7 @@ def test_class_major_delt_cannot_be_sharded_by_ipc_range():
             "recover": {"iterations": 20, "lr": 0.25, "r_bn": 0.01, "first_bn_multiplier": 10.0, "r_var": 1.0,
                         "jitter": 0, "roll": "symmetric", "crop_min_scale": 0.5, "crop_schedule": "cosine",
                         "flip": False, "ipc_per_batch": 2, "ipc_start": 0, "ipc_end": None, "dwa_steps": 0,
-                        "dwa_rho": 0.015}}
+                        "dwa_rho": 0.015, "clamp_start": False}}
     assert Delt.model_validate(base).batch_order == "class"
     with pytest.raises(ValueError, match="batch_order = 'class': batches are whole classes"):
         Delt.model_validate({**base, "recover": {**base["recover"], "ipc_start": 2}})
