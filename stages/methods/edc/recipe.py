@@ -133,8 +133,11 @@ def run_edc(p, teachers, statistics_dir: Path, train_dir: Path, classes: list[st
     members = [np.flatnonzero(train.labels.numpy() == c) for c in range(C)]
     if e.distinct_init and (small := [classes[c] for c in range(C) if len(members[c]) < p.ipc]):
         raise PipelineError(f"edc.distinct_init: classes {small} have fewer than ipc = {p.ipc} train images")
-    rded_start = functools.cache(lambda c: rded_class(p, observers[teachers.archs.index(e.rded.observer)], train,
-                                                       members[c], c, classes[c], size, teachers))
+    # batches are class-major, so a class's RDED starts are needed by adjacent batches only: keep the classes one
+    # batch spans (+1), not all of them (ImageNet at IPC 50 would hold every class's 224 px starts)
+    rded_start = functools.lru_cache(maxsize=-(-e.batch_size // p.ipc) + 1)(
+        lambda c: rded_class(p, observers[teachers.archs.index(e.rded.observer)], train, members[c], c, classes[c],
+                             size, teachers))
     batches = world.shard(plan_batches(C, p.ipc, e.batch_size))
     names = {b.start: f"batch{b.start:07d}" for b in batches}
     saved = finished.load(list(names.values()), "recover edc")
