@@ -58,7 +58,10 @@ class Labelling:
 
     def logits(self, images: torch.Tensor, plan, batch) -> torch.Tensor:
         """The crops of one planned batch as each teacher sees them, labelled: the teachers' mean logits."""
-        each = [predict(t, render(images, plan, batch, *norm, self.size)) for t, norm in zip(self.teachers, self.norms)]
+        crops = {}  # rendered once per normalisation: teachers that share one (the usual case) share the crops
+        for norm in self.norms:
+            crops.setdefault(str(norm), render(images, plan, batch, *norm, self.size))
+        each = [predict(t, crops[str(norm)]) for t, norm in zip(self.teachers, self.norms)]
         return each[0] if len(each) == 1 else torch.stack(each).mean(0)
 
 
